@@ -1,0 +1,153 @@
+"""The narrow contract between strategies and whatever runs them.
+
+Strategies are pure algorithms: they import nothing from ``core``, ``workers`` or
+``app``. Everything they may touch is described here — the request they send to a
+model role, the generation they get back, the context that hands them models,
+budget, tracing and randomness, and the few exceptions they are expected to handle.
+``core`` implements these protocols; the test simulator and the embedded models sit
+behind them without a strategy knowing.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Message = dict[str, str]
+"""An OpenAI chat message: ``{"role": "user", "content": "..."}``."""
+
+
+class ModelRequest(BaseModel):
+    """One logical model call, independent of which server answers it.
+
+    Exactly one of ``messages`` (chat) or ``prompt`` (raw completion) is set. The
+    canonical JSON of this object (with the role) is what the journal hashes, so
+    two calls with equal fields are the same call.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    messages: list[Message] | None = None
+    prompt: str | None = None
+    n: int = Field(default=1, ge=1, le=256)
+    max_tokens: int = Field(default=256, ge=1)
+    stop: list[str] | None = None
+    temperature: float | None = Field(default=None, ge=0.0, le=5.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    seed: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    # Continue the last assistant message instead of opening a new turn: the
+    # prefilled text is kept and generation resumes after it (vLLM's
+    # ``continue_final_message``; emulated with a raw prompt elsewhere).
+    continue_final_message: bool = False
+
+    def prompt_chars(self) -> int:
+        if self.prompt is not None:
+            return len(self.prompt)
+        return sum(len(m.get("content", "")) for m in self.messages or [])
+
+
+class TokenLogprob(BaseModel):
+    """One sampled token with its log-probability and the top alternatives."""
+
+    token: str
+    logprob: float
+    top: list[tuple[str, float]] = Field(default_factory=list)
+
+
+class Choice(BaseModel):
+    index: int
+    text: str
+    finish_reason: str | None = None
+    tokens: list[TokenLogprob] | None = None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class Generation(BaseModel):
+    """What a strategy gets back from ``ctx.models[role].generate``."""
+
+    role: str
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    call_key: str
+    replayed: bool = False
+    """True when the journal answered and no model server was asked."""
+
+    @property
+    def texts(self) -> list[str]:
+        return [c.text for c in self.choices]
+
+
+class ModelRole(Protocol):
+    """A named pool of model servers (``small``, ``large``, ``verifier``...)."""
+
+    name: str
+
+    async def generate(self, request: ModelRequest) -> Generation: ...
+
+
+class Budget(Protocol):
+    """What a strategy may read of the job budget (the context enforces it)."""
+
+    def remaining_tokens(self) -> int | None: ...
+
+    def exhausted(self) -> bool: ...
+
+
+class StrategyResult(BaseModel):
+    """The outcome of one strategy run."""
+
+    answer: str | None
+    text: str = ""
+    """The full text the answer came from (for a single sample), or a summary."""
+    votes: dict[str, int] = Field(default_factory=dict)
+    budget_exhausted: bool = False
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class Context(Protocol):
+    """Everything a strategy may use. Implemented by ``core.context``."""
+
+    models: Mapping[str, ModelRole]
+    budget: Budget
+    rng: random.Random
+
+    def trace(self, name: str, **attributes: Any) -> None:
+        """Record a decision (a vote, a score, a stop) as an event in the trace."""
+        ...
+
+    def span(self, name: str, **attributes: Any) -> Any:
+        """An async context manager opening a child span for a group of calls."""
+        ...
+
+    async def run(self, spec: BaseModel, problem: str) -> StrategyResult:
+        """Run a child strategy spec in a child span (composition by wrapping)."""
+        ...
+
+
+StrategyRun = Callable[[str, Context, Any], Awaitable[StrategyResult]]
+
+
+class BudgetExhausted(Exception):
+    """The job budget cannot pay for the next call.
+
+    Strategies catch it to return their best answer so far (anytime behaviour);
+    uncaught, the runner ends the job with no answer, marked budget_exhausted.
+    """
+
+    def __init__(self, what: Literal["tokens", "calls", "seconds", "cost"], detail: str = ""):
+        super().__init__(f"budget exhausted: {what}{': ' + detail if detail else ''}")
+        self.what = what
