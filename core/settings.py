@@ -14,6 +14,8 @@ from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ServerKind = Literal["vllm", "llamacpp", "openai", "simulator"]
+EmbeddedRole = Literal["small", "large"]
+EMBEDDED_ROLES: tuple[EmbeddedRole, ...] = ("small", "large")
 
 
 class PoolSettings(BaseModel):
@@ -69,7 +71,7 @@ class EmbeddedSettings(BaseModel):
     """The local CPU models used when no pools are configured."""
 
     enabled: bool = True
-    roles: list[Literal["small", "large"]] = Field(default_factory=lambda: ["small", "large"])
+    roles: list[EmbeddedRole] = Field(default_factory=lambda: list(EMBEDDED_ROLES))
     threads: int = Field(default=2, ge=1)
     slots: int = Field(default=16, ge=1)
     """Parallel sequences per model; also the largest ``n`` one request may carry."""

@@ -8,24 +8,66 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     DateTime,
+    Dialect,
     Float,
     ForeignKey,
     Index,
     Integer,
+    MetaData,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+# Every constraint and index gets a deterministic name, so migrations can drop or alter
+# them by name on both backends (SQLite batch mode cannot address an unnamed constraint;
+# PostgreSQL would otherwise invent its own names).
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """``DateTime(timezone=True)`` that is timezone-aware UTC on every backend.
+
+    SQLite has no time zone type: SQLAlchemy stores the wall-clock text and reads back
+    naive values, so the same code would compare aware with naive datetimes on SQLite
+    only. Values are converted to UTC on the way in (so SQLite's text sorts in time
+    order) and marked UTC on the way out. A naive datetime is refused rather than
+    guessed at.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value!r}: Ponder stores timezone-aware UTC")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
 
 
 def utcnow() -> datetime:
@@ -37,7 +79,8 @@ def new_id() -> str:
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSONType, list[Any]: JSONType}
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSONType, list[Any]: JSONType}
 
 
 class JobStatus:
@@ -66,9 +109,9 @@ class Job(Base):
     usage: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     parent_job_id: Mapped[str | None] = mapped_column(
         String(32), ForeignKey("jobs.id", ondelete="SET NULL"), nullable=True, index=True
     )
@@ -99,8 +142,8 @@ class Span(Base):
     kind: Mapped[str] = mapped_column(String(16))
     """``job`` | ``strategy`` | ``span`` | ``model_call`` | ``event``."""
     name: Mapped[str] = mapped_column(String(128))
-    start_ts: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    end_ts: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    start_ts: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    end_ts: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     attributes: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
@@ -134,7 +177,7 @@ class ModelCall(Base):
     cost: Mapped[float] = mapped_column(Float, default=0.0)
     source_job_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     """Set when this entry was copied from a parent job's journal (replay, fork)."""
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     __table_args__ = (
         UniqueConstraint("job_id", "key", "occurrence", name="uq_model_calls_key"),
@@ -148,5 +191,5 @@ class ApiKey(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     tenant: Mapped[str] = mapped_column(String(64), index=True)
     key_hash: Mapped[str] = mapped_column(String(128), unique=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

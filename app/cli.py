@@ -1,0 +1,135 @@
+"""The ``ponder`` command.
+
+    ponder solve "QUESTION" [--strategy NAME] [--param k=v ...] [--budget-tokens N] [--json]
+    ponder resume JOB_ID            run a job again; its journal pays for nothing twice
+    ponder replay JOB_ID [--strict | --live] [--fork-from N] [--param k=v ...] [--json]
+    ponder trace JOB_ID [--json]    the span tree with tokens and latency per node
+    ponder strategies [--json]
+    ponder db upgrade | downgrade REV | current
+    ponder simulate [--port P] [--script FILE.json]
+    ponder models prepare           assemble and verify the embedded model files
+
+Exit codes: 0 done, 1 the job itself failed, 2 bad input or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from app import render
+from core.errors import PonderError
+from core.settings import Settings
+
+
+def _kv(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value: Any = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ponder", description="Agentic reasoning orchestration.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    solve = sub.add_parser("solve", help="solve a problem in-process and keep its trace")
+    solve.add_argument("question")
+    solve.add_argument("--strategy", default=None, help="strategy kind (see `ponder strategies`)")
+    solve.add_argument("--param", "-p", action="append", type=_kv, default=[], metavar="K=V")
+    solve.add_argument("--role", action="append", type=_kv, default=[], metavar="ROLE=POOL")
+    solve.add_argument("--budget-tokens", type=int, default=None)
+    solve.add_argument("--budget-calls", type=int, default=None)
+    solve.add_argument("--budget-seconds", type=float, default=None)
+    solve.add_argument("--budget-cost", type=float, default=None)
+    solve.add_argument("--seed", type=int, default=None)
+    solve.add_argument("--json", action="store_true")
+
+    resume = sub.add_parser("resume", help="run an unfinished or failed job again")
+    resume.add_argument("job_id")
+    resume.add_argument("--json", action="store_true")
+
+    replay = sub.add_parser("replay", help="re-run a job from its journal")
+    mode = replay.add_mutually_exclusive_group()
+    mode.add_argument("--strict", action="store_true", help="fail on any call not journaled")
+    mode.add_argument("--live", action="store_true", help="call the model on a journal miss")
+    replay.add_argument("job_id")
+    replay.add_argument("--fork-from", type=int, default=None, metavar="N")
+    replay.add_argument("--param", "-p", action="append", type=_kv, default=[], metavar="K=V")
+    replay.add_argument("--json", action="store_true")
+
+    trace = sub.add_parser("trace", help="print a job's span tree")
+    trace.add_argument("job_id")
+    trace.add_argument("--json", action="store_true")
+
+    strategies = sub.add_parser("strategies", help="list strategies and their parameters")
+    strategies.add_argument("--json", action="store_true")
+
+    db = sub.add_parser("db", help="database migrations")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    db_sub.add_parser("upgrade").add_argument("revision", nargs="?", default="head")
+    db_sub.add_parser("downgrade").add_argument("revision")
+    db_sub.add_parser("current")
+
+    sim = sub.add_parser("simulate", help="run the scripted OpenAI-compatible model simulator")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8100)
+    sim.add_argument("--script", default=None, help="simulator config (JSON)")
+
+    models = sub.add_parser("models", help="embedded models")
+    models.add_argument("action", choices=["prepare"])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings()
+    except Exception as exc:  # pydantic's ValidationError on a bad PONDER_* variable
+        print(f"ponder: bad settings: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    try:
+        code = _dispatch(args, settings)
+    except PonderError as exc:
+        if getattr(args, "json", False):
+            print(json.dumps({"error": exc.to_dict()}, default=str))
+        print(f"ponder: {exc.message}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        print("ponder: interrupted", file=sys.stderr)
+        code = 130
+    raise SystemExit(code)
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    from app import commands
+
+    if args.command == "solve":
+        return asyncio.run(commands.solve(args, settings))
+    if args.command == "resume":
+        return asyncio.run(commands.resume(args, settings))
+    if args.command == "replay":
+        return asyncio.run(commands.replay(args, settings))
+    if args.command == "trace":
+        return asyncio.run(commands.trace(args, settings))
+    if args.command == "strategies":
+        return render.strategies(args.json)
+    if args.command == "db":
+        return commands.db(args, settings)
+    if args.command == "simulate":
+        return commands.simulate(args)
+    if args.command == "models":
+        return commands.models_prepare(settings)
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""Engines and sessions for the two supported backends: SQLite (default) and PostgreSQL.
+
+One database URL in settings serves both the sync engine (migrations, the CLI's schema
+check) and the async engine (the runner, the API), so the URL is normalised here:
+
+    sync_url("postgres://u@h/db")       -> "postgresql+psycopg://u@h/db"
+    async_url("sqlite:///data/p.db")    -> "sqlite+aiosqlite:///data/p.db"
+
+PostgreSQL is always reached through psycopg 3 (the only driver Ponder ships), whatever
+driver the URL names. Creating an engine opens no connection and touches no file.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from core.errors import ConfigError
+
+_POSTGRES_DRIVER = "postgresql+psycopg"
+_SQLITE_SYNC_DRIVER = "sqlite"
+_SQLITE_ASYNC_DRIVER = "sqlite+aiosqlite"
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+"""How long a SQLite connection waits for another process's write lock before failing."""
+
+# Per process. The API serves many requests at once and a worker runs jobs concurrently,
+# each holding a connection only around its reads and journal writes; 10 + 20 overflow
+# keeps a handful of processes well under PostgreSQL's default max_connections of 100.
+POSTGRES_POOL_SIZE = 10
+POSTGRES_MAX_OVERFLOW = 20
+
+
+def _parse(url: str) -> URL:
+    try:
+        return make_url(url)
+    except ArgumentError as exc:
+        # The URL may hold a password: name only its scheme.
+        scheme = url.split(":", 1)[0] if ":" in url else "?"
+        raise ConfigError(
+            f"database URL with scheme {scheme!r} cannot be parsed", field="database_url"
+        ) from exc
+
+
+def _with_driver(url: str, driver: str) -> str:
+    # Swap only the scheme: re-rendering a parsed URL re-escapes it ("sqlite:///:memory:"
+    # would come back as "%3Amemory%3A"), and the rest must reach the driver unchanged.
+    return driver + url[url.index("://") :]
+
+
+def _backend(url: URL) -> str:
+    backend = url.get_backend_name()
+    if backend in ("postgresql", "postgres"):
+        return "postgresql"
+    if backend == "sqlite":
+        return "sqlite"
+    raise ConfigError(
+        f"unsupported database {url.drivername!r}: Ponder runs on SQLite or PostgreSQL",
+        field="database_url",
+    )
+
+
+def sync_url(url: str) -> str:
+    """The URL for a sync engine: ``postgresql+psycopg://...`` or ``sqlite:///...``."""
+    parsed = _parse(url)
+    driver = _POSTGRES_DRIVER if _backend(parsed) == "postgresql" else _SQLITE_SYNC_DRIVER
+    return _with_driver(url, driver)
+
+
+def async_url(url: str) -> str:
+    """The URL for an async engine: psycopg 3 (async mode) or aiosqlite."""
+    parsed = _parse(url)
+    # psycopg 3 serves both modes under one dialect name; create_async_engine picks async.
+    driver = _POSTGRES_DRIVER if _backend(parsed) == "postgresql" else _SQLITE_ASYNC_DRIVER
+    return _with_driver(url, driver)
+
+
+def is_sqlite(url: str) -> bool:
+    return _backend(_parse(url)) == "sqlite"
+
+
+def _set_sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        # busy_timeout first: switching to WAL needs a lock another process may hold.
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        # WAL lets readers (the API, a CLI) proceed while a worker writes the journal.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        # NORMAL is durable against application crashes in WAL mode; only an OS crash or
+        # power loss can drop the last commits, which a resumed job re-records anyway.
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        # Off by default in SQLite; without it ON DELETE CASCADE silently does nothing.
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()
+
+
+def _engine_options(url: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if not is_sqlite(url):
+        # A server restart or an idle-timeout proxy leaves dead pooled connections.
+        options["pool_pre_ping"] = True
+        if "poolclass" not in overrides:  # sizes mean nothing to e.g. NullPool
+            options.update(pool_size=POSTGRES_POOL_SIZE, max_overflow=POSTGRES_MAX_OVERFLOW)
+    # The sqlite3 driver's default ("legacy") transaction control is kept on purpose: it
+    # begins a transaction only at the first write, so a read-then-write never has to
+    # upgrade a read snapshot to a write lock, the one case busy_timeout cannot wait out.
+    options.update(overrides)
+    return options
+
+
+def make_engine(url: str, **overrides: Any) -> Engine:
+    """A sync engine for ``url`` (any accepted spelling); ``overrides`` go to create_engine."""
+    normalised = sync_url(url)
+    engine = create_engine(normalised, **_engine_options(normalised, overrides))
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _set_sqlite_pragmas)
+    return engine
+
+
+def make_async_engine(url: str, **overrides: Any) -> AsyncEngine:
+    """An async engine for ``url``; ``overrides`` go to create_async_engine."""
+    normalised = async_url(url)
+    engine = create_async_engine(normalised, **_engine_options(normalised, overrides))
+    if engine.dialect.name == "sqlite":
+        # aiosqlite's adapted connection runs these synchronously inside the pool's connect.
+        event.listen(engine.sync_engine, "connect", _set_sqlite_pragmas)
+    return engine
+
+
+def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    # expire_on_commit=False: rows committed at the task or request boundary stay readable
+    # afterwards without a lazy reload, which async sessions cannot do implicitly.
+    return async_sessionmaker(engine, expire_on_commit=False)

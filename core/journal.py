@@ -1,0 +1,102 @@
+"""The journal: every model call of a job, keyed deterministically, recorded before use.
+
+A call's key is ``sha256(role, model, canonical request)`` plus its *occurrence*: the
+how-many-th identical request this job has issued, counted when the call is issued (in
+program order), not when it completes. Strategies take all randomness from the job's
+seeded rng and issue calls in a deterministic order, so a re-run issues the same keys:
+
+- resume: a re-run job finds its earlier calls here and pays for none of them again;
+- replay: a child job seeded with its parent's entries reproduces the parent's trace
+  (``strict`` mode fails on a miss, ``live`` calls the model);
+- fork: the child is seeded with only the parent's first N entries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from core.db.models import ModelCall
+from strategies.protocol import ModelRequest
+
+JournalMode = Literal["live", "strict"]
+
+
+@dataclass(frozen=True)
+class CallKey:
+    key: str
+    occurrence: int
+
+
+def request_key(role: str, model: str, request: ModelRequest) -> str:
+    # exclude_defaults keeps keys stable when a field with a default is added later.
+    body = request.model_dump(mode="json", exclude_defaults=True)
+    canonical = json.dumps(
+        {"role": role, "model": model, "request": body}, sort_keys=True, separators=(",", ":")
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class Journal:
+    def __init__(self, job_id: str, entries: list[ModelCall], mode: JournalMode = "live") -> None:
+        self.job_id = job_id
+        self.mode = mode
+        self._entries: dict[tuple[str, int], ModelCall] = {
+            (e.key, e.occurrence): e for e in entries
+        }
+        self._issued: Counter[str] = Counter()
+        self._next_seq = max((e.seq for e in entries), default=0) + 1
+        self.hits = 0
+        self.misses = 0
+
+    def issue(self, role: str, model: str, request: ModelRequest) -> CallKey:
+        """Assign the call's key now, synchronously, in program order."""
+        key = request_key(role, model, request)
+        occurrence = self._issued[key]
+        self._issued[key] += 1
+        return CallKey(key, occurrence)
+
+    def lookup(self, call: CallKey) -> ModelCall | None:
+        entry = self._entries.get((call.key, call.occurrence))
+        if entry is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return entry
+
+    def new_entry(
+        self,
+        call: CallKey,
+        *,
+        role: str,
+        request: ModelRequest,
+        response: dict[str, Any],
+        endpoint: str | None,
+        latency_ms: float,
+        attempts: list[dict[str, Any]],
+        prompt_tokens: int,
+        completion_tokens: int,
+        cost: float,
+    ) -> ModelCall:
+        """A journal row for a call just answered; the caller writes it before returning."""
+        entry = ModelCall(
+            job_id=self.job_id,
+            seq=self._next_seq,
+            key=call.key,
+            occurrence=call.occurrence,
+            role=role,
+            request=request.model_dump(mode="json", exclude_defaults=True),
+            response=response,
+            endpoint=endpoint,
+            latency_ms=latency_ms,
+            attempts=attempts,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cost=cost,
+        )
+        self._next_seq += 1
+        self._entries[(call.key, call.occurrence)] = entry
+        return entry

@@ -1,0 +1,100 @@
+"""What a process needs to run jobs: database sessions, model pools, and the runner.
+
+``Runtime`` is an async context manager. Entering it migrates a SQLite database on first
+use, opens the engine, and — only when asked for roles — brings up pools: the
+configured ones, or, when none are configured, the embedded CPU models (started as a
+child process and stopped on exit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from core.db.engine import make_async_engine, make_sessionmaker
+from core.db.migrate import ensure_schema
+from core.embedded.manager import EmbeddedModels
+from core.errors import ConfigError, PoolUnavailable
+from core.pools.registry import Pools
+from core.runner import Runner
+from core.settings import PoolSettings, Settings
+
+
+class Runtime:
+    def __init__(self, settings: Settings, roles: Iterable[str] | None = None) -> None:
+        """``roles``: the model roles this process will call (None: no models at all)."""
+        self.settings = settings
+        self.roles = set(roles) if roles is not None else None
+        self.embedded: EmbeddedModels | None = None
+        self.engine: AsyncEngine | None = None
+        self.sessions: async_sessionmaker[AsyncSession]
+        self.pools: Pools = Pools({})
+        self.http: httpx.AsyncClient | None = None
+
+    @property
+    def runner(self) -> Runner:
+        return Runner(self.sessions, self.pools)
+
+    async def __aenter__(self) -> Runtime:
+        url = self.settings.resolved_database_url()
+        if url.startswith("sqlite"):
+            # A local file is ours to create and migrate; a shared PostgreSQL is migrated
+            # on purpose, with `ponder db upgrade`, by whoever deploys.
+            await asyncio.to_thread(ensure_schema, url)
+        self.engine = make_async_engine(url)
+        self.sessions = make_sessionmaker(self.engine)
+        if self.roles:
+            await self._start_pools()
+        return self
+
+    async def _start_pools(self) -> None:
+        assert self.roles is not None
+        configured: dict[str, PoolSettings] = dict(self.settings.pools)
+        if not configured:
+            if not self.settings.embedded.enabled:
+                raise ConfigError(
+                    "no model pools are configured and the embedded models are disabled; "
+                    "set PONDER_POOLS__<ROLE>__ENDPOINTS and __MODEL, or enable "
+                    "PONDER_EMBEDDED__ENABLED"
+                )
+            wanted = [r for r in self.settings.embedded.roles if r in self.roles]
+            if wanted:
+                embedded = self.settings.embedded.model_copy(update={"roles": wanted})
+                cache = self.settings.embedded.cache_dir or (self.settings.data_dir / "models")
+                self.embedded = EmbeddedModels(embedded, Path(cache))
+                configured = await asyncio.to_thread(self.embedded.start)
+        self.http = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
+            timeout=httpx.Timeout(600.0, connect=5.0),
+        )
+        self.pools = Pools.from_settings(configured, self.http)
+
+    async def check_pools(self, roles: Iterable[str]) -> None:
+        """Fail fast, before any job is written, when a needed pool answers nowhere."""
+        for role in sorted(set(roles)):
+            pool = self.pools.get(role)
+            if pool is None:
+                continue  # resolve_roles reports unknown roles with the field name
+            health = await pool.health()
+            if not any(h.ok for h in health):
+                urls = ", ".join(h.url for h in health)
+                raise PoolUnavailable(f"pool '{role}' is unreachable: no endpoint answered ({urls})")
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.pools.aclose()
+        if self.http is not None:
+            await self.http.aclose()
+        if self.engine is not None:
+            await self.engine.dispose()
+        if self.embedded is not None:
+            await asyncio.to_thread(self.embedded.stop)

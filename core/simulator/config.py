@@ -1,0 +1,137 @@
+"""The simulator's script: which replies it gives, how slowly, and when it fails.
+
+Every model forbids unknown keys, so a typo in a script file (``"replys"``) fails
+at load time with the field's path instead of silently giving the default reply.
+Regexes are compiled at validation time for the same reason.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from core.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _check_regex(pattern: str | None) -> str | None:
+    if pattern is not None:
+        try:
+            re.compile(pattern, re.S)
+        except re.error as exc:
+            raise ValueError(f"invalid regex {pattern!r}: {exc}") from exc
+    return pattern
+
+
+class Latency(_Strict):
+    """How long a request takes; see docs/simulator.md for the formula."""
+
+    ttft_ms: float = Field(default=0.0, ge=0)
+    """Fixed time before the first token (queueing, scheduling)."""
+    per_token_ms: float = Field(default=0.0, ge=0)
+    """Decode time per generated token (one decode step)."""
+    prompt_per_token_ms: float = Field(default=0.0, ge=0)
+    """Prefill time per prompt token."""
+    concurrency_slowdown: float = Field(default=0.0, ge=0)
+    """Decode steps take ``1 + x * (other requests running)`` times longer."""
+    batch_n: bool = True
+    """The ``n`` choices of one request decode together, as in vLLM (wall time is that
+    of the longest choice); False decodes them one after another (sum of choices)."""
+
+
+class Rule(_Strict):
+    """A scripted reply for requests whose prompt text matches ``match``."""
+
+    match: str = ""
+    """Regex searched (``re.S``) in the prompt text; "" matches every request."""
+    model: str | None = None
+    """Only requests naming this model match."""
+    replies: list[str] = Field(min_length=1)
+    pick: Literal["cycle", "seed", "first"] = "cycle"
+    """cycle: a per-rule counter advances once per generated choice (and persists
+    across requests until reset); seed: index = stable hash(seed, choice index) when
+    the request carries a seed, else cycle; first: always ``replies[0]``."""
+    token_logprob: float = Field(default=-0.05, le=0)
+    """Logprob reported for every sampled token."""
+    first_token_entropy: float | None = Field(default=None, ge=0)
+    """Nats. When set, the first token's top alternatives are shaped so that the
+    distribution over them, normalised, has exactly this entropy."""
+    finish_reason: str = "stop"
+    """Reported when neither ``stop`` nor ``max_tokens`` cut the reply."""
+    latency: Latency | None = None
+    """Overrides the global latency for matching requests."""
+
+    @field_validator("match")
+    @classmethod
+    def _valid_regex(cls, pattern: str) -> str:
+        _check_regex(pattern)
+        return pattern
+
+
+class Failure(_Strict):
+    """An injected fault: the first ``times`` matching requests fail."""
+
+    kind: Literal["status", "disconnect", "hang"] = "status"
+    """status: an OpenAI-style error; disconnect: the connection is closed without a
+    response; hang: no answer until the client gives up (at most 60 s)."""
+    status: int = Field(default=500, ge=400, le=599)
+    times: int = Field(default=1, ge=0)
+    match: str | None = None
+    """Regex on the prompt text; None fails any request."""
+    retry_after_s: float | None = Field(default=None, ge=0)
+    """Sent as a ``Retry-After`` header (use with 429 or 503)."""
+
+    @field_validator("match")
+    @classmethod
+    def _valid_regex(cls, pattern: str | None) -> str | None:
+        return _check_regex(pattern)
+
+
+class SimulatorConfig(_Strict):
+    """The whole script. Requests for any model name are accepted."""
+
+    models: list[str] = Field(default_factory=lambda: ["sim"], min_length=1)
+    """Names listed by ``/v1/models``."""
+    rules: list[Rule] = Field(default_factory=list)
+    """The first matching rule wins; no match gives ``default_reply``."""
+    default_reply: str = "The answer is 42."
+    latency: Latency = Field(default_factory=Latency)
+    failures: list[Failure] = Field(default_factory=list)
+    max_n: int | None = Field(default=None, ge=1)
+    """Requests with a larger ``n`` get a 400 naming ``n`` (llama.cpp's slot limit)."""
+    max_running: int | None = Field(default=None, ge=1)
+    """Requests beyond this many wait in a queue (``vllm:num_requests_waiting``)."""
+    completions_logprobs_layout: Literal["legacy", "chat"] = "legacy"
+    """vLLM answers ``/v1/completions`` in the legacy layout; llama.cpp in the chat one."""
+
+
+def load_config(path: Path) -> SimulatorConfig:
+    """Read a JSON script file.
+
+    Raises:
+        ConfigError: the file is missing, is not JSON, or does not validate; the
+            message names the file and every offending field.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read simulator script {path}: {exc}") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"simulator script {path} is not valid JSON: {exc}") from exc
+    try:
+        return SimulatorConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid simulator script {path}: {problems}") from exc

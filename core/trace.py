@@ -1,0 +1,204 @@
+"""The trace of a running job: spans, decision events and journal rows, written in order.
+
+All writes of one job go through one ``TraceWriter``: a single task that drains a queue
+and commits everything pending in one transaction. Concurrent fan-out therefore costs
+one commit per batch rather than one per call, writes never interleave (SQLite allows
+one writer), and a caller that must not proceed before its row is durable (the journal:
+*record before the strategy sees the result*) awaits the future of its write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from contextvars import ContextVar
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from core.db.models import ModelCall, Span, new_id
+
+log = logging.getLogger(__name__)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class _Write:
+    rows: list[Span | ModelCall] = field(default_factory=list)
+    span_updates: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    done: asyncio.Future[None] | None = None
+
+
+class TraceWriter:
+    """Serialises and batches one job's trace writes."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+        self._queue: asyncio.Queue[_Write | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="trace-writer")
+
+    def submit(
+        self,
+        rows: list[Span | ModelCall] | None = None,
+        span_updates: list[tuple[str, dict[str, Any]]] | None = None,
+        *,
+        wait: bool = False,
+    ) -> asyncio.Future[None] | None:
+        if self._failure is not None:
+            raise RuntimeError("trace writer failed earlier") from self._failure
+        write = _Write(rows or [], span_updates or [])
+        if wait:
+            write.done = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(write)
+        return write.done
+
+    async def flush(self) -> None:
+        done = self.submit(wait=True)
+        assert done is not None
+        await done
+
+    async def close(self) -> None:
+        if self._task is None:
+            return
+        await self.flush()
+        self._queue.put_nowait(None)
+        await self._task
+        self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            first = await self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            try:
+                await self._commit(batch)
+            except BaseException as exc:  # noqa: BLE001 - handed to every waiter, then re-raised
+                self._failure = exc
+                for write in batch:
+                    if write.done is not None and not write.done.done():
+                        write.done.set_exception(exc)
+                log.exception("trace write failed")
+                raise
+            for write in batch:
+                if write.done is not None and not write.done.done():
+                    write.done.set_result(None)
+            if stop:
+                return
+
+    async def _commit(self, batch: list[_Write]) -> None:
+        if not any(w.rows or w.span_updates for w in batch):
+            return
+        async with self._sessions() as session, session.begin():
+            for write in batch:
+                session.add_all(write.rows)
+            await session.flush()
+            for write in batch:
+                for span_id, values in write.span_updates:
+                    await session.execute(update(Span).where(Span.id == span_id).values(**values))
+
+
+SpanListener = Callable[[str, dict[str, Any]], None]
+"""Called with (event type, payload) for progress displays; must not block."""
+
+
+class Tracer:
+    """Builds a job's span tree. Sequence numbers are assigned synchronously at open,
+    so the trace order is the program's issue order, not completion order."""
+
+    def __init__(self, job_id: str, writer: TraceWriter) -> None:
+        self.job_id = job_id
+        self.writer = writer
+        self._seq = 0
+        # A context variable, not a stack: concurrent tasks (fan-out under gather) each
+        # see the span that was current when they were created.
+        self._current: ContextVar[str | None] = ContextVar(f"span-{job_id}", default=None)
+        self.listeners: list[SpanListener] = []
+
+    @property
+    def current(self) -> str | None:
+        return self._current.get()
+
+    @property
+    def spans_opened(self) -> int:
+        return self._seq
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _notify(self, kind: str, payload: dict[str, Any]) -> None:
+        for listener in self.listeners:
+            listener(kind, payload)
+
+    def new_span(
+        self, kind: str, name: str, attributes: dict[str, Any], parent_id: str | None = None
+    ) -> Span:
+        """A span object with its id and seq fixed now; the caller decides when to write it."""
+        return Span(
+            id=new_id(),
+            job_id=self.job_id,
+            parent_id=parent_id if parent_id is not None else self.current,
+            seq=self._next_seq(),
+            kind=kind,
+            name=name,
+            start_ts=now(),
+            attributes=attributes,
+        )
+
+    def event(self, name: str, attributes: dict[str, Any]) -> None:
+        """A decision (vote, score, stop...): a zero-length span, written without waiting."""
+        span = self.new_span("event", name, attributes)
+        span.end_ts = span.start_ts
+        self.writer.submit([span])
+        self._notify("event", {"name": name, **attributes})
+
+    @contextlib.asynccontextmanager
+    async def span(self, kind: str, name: str, **attributes: Any) -> AsyncIterator[Span]:
+        span = self.new_span(kind, name, dict(attributes))
+        self.writer.submit([span])
+        token = self._current.set(span.id)
+        self._notify("span_open", {"kind": kind, "name": name})
+        status = "ok"
+        try:
+            yield span
+        except BaseException as exc:
+            status = type(exc).__name__
+            raise
+        finally:
+            self._current.reset(token)
+            span.attributes = {**span.attributes, "status": status}
+            self.writer.submit(
+                span_updates=[
+                    (
+                        span.id,
+                        {
+                            "end_ts": now(),
+                            "attributes": span.attributes,
+                            "prompt_tokens": span.prompt_tokens or 0,
+                            "completion_tokens": span.completion_tokens or 0,
+                            "cost": span.cost or 0.0,
+                        },
+                    )
+                ]
+            )
+            self._notify("span_close", {"kind": kind, "name": name, "status": status})

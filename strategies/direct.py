@@ -1,0 +1,43 @@
+"""``direct``: one sample from one role — the baseline every other strategy is measured against."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from strategies.answers import extract_answer
+from strategies.prompts import solve_messages
+from strategies.protocol import BudgetExhausted, Context, ModelRequest, StrategyResult
+
+
+class Params(BaseModel):
+    """One call, greedy by default. Cost: 1 call, at most ``max_tokens`` generated tokens."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["direct"] = "direct"
+    role: str = Field(default="small", description="Model role to ask.")
+    max_tokens: int = Field(default=512, ge=1, le=32768)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    system: str | None = Field(default=None, description="Replaces the default system prompt.")
+
+
+async def run(problem: str, ctx: Context, params: Params) -> StrategyResult:
+    request = ModelRequest(
+        messages=solve_messages(problem, params.system),
+        max_tokens=params.max_tokens,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        seed=ctx.rng.randrange(2**31),
+    )
+    try:
+        generation = await ctx.models[params.role].generate(request)
+    except BudgetExhausted:
+        ctx.trace("budget_exhausted", best=None)
+        return StrategyResult(answer=None, budget_exhausted=True)
+    text = generation.choices[0].text
+    answer = extract_answer(text)
+    ctx.trace("answer", answer=answer, finish_reason=generation.choices[0].finish_reason)
+    return StrategyResult(answer=answer, text=text)

@@ -1,0 +1,147 @@
+"""``self_consistency``: sample several reasoning paths, majority-vote their final answers.
+
+Wang et al., *Self-Consistency Improves Chain of Thought Reasoning in Language Models*
+(ICLR 2023). Cost: ``n`` samples of up to ``max_tokens`` each.
+
+Adaptive mode (Aggarwal et al., *Let's Sample Step by Step: Adaptive-Consistency for
+Efficient Reasoning and Coding with LLMs*, EMNLP 2023) samples in batches and stops as
+soon as either
+- the leader cannot be overturned: its lead over the runner-up exceeds the samples
+  still allowed, so more samples cannot change the answer (exact, free saving); or
+- the vote is confident: under a Beta(leader + 1, runner-up + 1) posterior on the
+  leader's share of the two-way contest, P(share > 1/2) >= ``confidence``. This is the
+  paper's Beta stopping criterion; 0.95 is its recommended setting, which saved 2-4x
+  samples at under 0.1 point of accuracy loss in the paper's experiments.
+``min_samples`` guards against stopping on a single lucky agreement.
+
+Samples whose answer cannot be extracted vote for nothing. Ties go to the answer that
+reached the tied count first (stable, deterministic).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from math import comb
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from strategies.answers import extract_answer
+from strategies.prompts import solve_messages
+from strategies.protocol import BudgetExhausted, Context, ModelRequest, StrategyResult
+
+
+class Params(BaseModel):
+    """Majority vote over ``n`` samples; optionally stop early once the vote is settled."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["self_consistency"] = "self_consistency"
+    role: str = Field(default="small", description="Model role that samples.")
+    n: int = Field(default=8, ge=1, le=256, description="Most samples to draw.")
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=0.95, gt=0.0, le=1.0)
+    max_tokens: int = Field(default=512, ge=1, le=32768, description="Per sample.")
+    adaptive: bool = Field(default=False, description="Stop sampling once the vote is settled.")
+    batch_size: int = Field(default=4, ge=1, le=256, description="Samples per call (adaptive).")
+    min_samples: int = Field(default=3, ge=1, description="Never stop before this many (adaptive).")
+    confidence: float = Field(
+        default=0.95, gt=0.5, lt=1.0, description="Beta stopping threshold (adaptive)."
+    )
+    system: str | None = Field(default=None, description="Replaces the default system prompt.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Params:
+        if self.min_samples > self.n:
+            raise ValueError("min_samples must not exceed n")
+        return self
+
+
+def leader_share_confidence(leader: int, runner_up: int) -> float:
+    """P(p > 1/2) for p ~ Beta(leader + 1, runner_up + 1), exactly, for integer counts.
+
+    Uses the identity I_x(a, b) = P(Binomial(a + b - 1, x) >= a) for integers a, b.
+    """
+    a, b = leader + 1, runner_up + 1
+    trials = a + b - 1
+    below = sum(comb(trials, k) for k in range(a))
+    return below / 2**trials
+
+
+def ranked(votes: Counter[str], first_seen: dict[str, int]) -> list[tuple[str, int]]:
+    return sorted(votes.items(), key=lambda item: (-item[1], first_seen[item[0]]))
+
+
+def stop_reason(votes: Counter[str], first_seen: dict[str, int], drawn: int, params: Params) -> str | None:
+    """Why adaptive sampling may stop now, or None to keep sampling."""
+    if drawn >= params.n:
+        return "n_reached"
+    if not votes:
+        return None
+    order = ranked(votes, first_seen)
+    leader = order[0][1]
+    runner_up = order[1][1] if len(order) > 1 else 0
+    if leader - runner_up > params.n - drawn:
+        return "leader_cannot_be_overturned"
+    if drawn >= params.min_samples:
+        if leader_share_confidence(leader, runner_up) >= params.confidence:
+            return "confident"
+    return None
+
+
+async def run(problem: str, ctx: Context, params: Params) -> StrategyResult:
+    model = ctx.models[params.role]
+    messages = solve_messages(problem, params.system)
+    votes: Counter[str] = Counter()
+    first_seen: dict[str, int] = {}
+    best_text: dict[str, str] = {}
+    drawn = 0
+    exhausted = False
+    reason: str | None = None
+    batch = params.batch_size if params.adaptive else params.n
+
+    while drawn < params.n:
+        size = min(batch, params.n - drawn)
+        request = ModelRequest(
+            messages=messages,
+            n=size,
+            max_tokens=params.max_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            seed=ctx.rng.randrange(2**31),
+        )
+        try:
+            generation = await model.generate(request)
+        except BudgetExhausted as exc:
+            exhausted = True
+            ctx.trace("budget_exhausted", what=exc.what, samples=drawn)
+            break
+        for choice in generation.choices:
+            answer = extract_answer(choice.text)
+            ctx.trace("sample", index=drawn, answer=answer, finish_reason=choice.finish_reason)
+            if answer is not None:
+                votes[answer] += 1
+                first_seen.setdefault(answer, drawn)
+                best_text.setdefault(answer, choice.text)
+            drawn += 1
+        if params.adaptive:
+            reason = stop_reason(votes, first_seen, drawn, params)
+            if reason is not None:
+                break
+
+    order = ranked(votes, first_seen)
+    answer = order[0][0] if order else None
+    ctx.trace(
+        "vote",
+        votes=dict(order),
+        answer=answer,
+        samples=drawn,
+        stopped=reason or ("budget_exhausted" if exhausted else "n_reached"),
+    )
+    return StrategyResult(
+        answer=answer,
+        text=best_text.get(answer, "") if answer else "",
+        votes=dict(order),
+        budget_exhausted=exhausted,
+        details={"samples": drawn, "stopped": reason or ("budget" if exhausted else "n_reached")},
+    )
