@@ -64,7 +64,8 @@ async def measure(calls: int, database_url: str) -> dict[str, dict[str, float]]:
                     session, question="bench", strategy={"kind": "direct"}, budget={}
                 )
                 job_id = job.id
-            writer = TraceWriter(rt.sessions)
+            assert rt.sync_engine is not None
+            writer = TraceWriter(rt.sync_engine)
             writer.start()
             tracer = Tracer(job_id, writer)
             model = RoleModel(

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
+from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.budget import BudgetSpec, JobBudget
@@ -90,10 +91,15 @@ async def run_strategy(params: BaseModel, problem: str, ctx: JobContext) -> Stra
 
 class Runner:
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], pools: Mapping[str, PoolClient]
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        pools: Mapping[str, PoolClient],
+        engine: Engine,
     ) -> None:
+        """``engine``: a synchronous engine on the same database, for trace writes."""
         self.sessions = sessions
         self.pools = pools
+        self.engine = engine
 
     async def run(self, job_id: str, listeners: list[SpanListener] | None = None) -> RunOutcome:
         started = time.monotonic()
@@ -109,7 +115,7 @@ class Runner:
             question, spec, budget_spec = job.question, job.strategy, job.budget
             roles, seed, mode = job.roles, job.seed, job.replay_mode or "live"
 
-        writer = TraceWriter(self.sessions)
+        writer = TraceWriter(self.engine)
         writer.start()
         tracer = Tracer(job_id, writer)
         tracer.listeners.extend(listeners or [])

@@ -14,9 +14,10 @@ from pathlib import Path
 from types import TracebackType
 
 import httpx
+from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from core.db.engine import make_async_engine, make_sessionmaker
+from core.db.engine import make_async_engine, make_engine, make_sessionmaker
 from core.db.migrate import ensure_schema
 from core.embedded.manager import EmbeddedModels
 from core.errors import ConfigError, PoolUnavailable
@@ -32,13 +33,15 @@ class Runtime:
         self.roles = set(roles) if roles is not None else None
         self.embedded: EmbeddedModels | None = None
         self.engine: AsyncEngine | None = None
+        self.sync_engine: Engine | None = None
         self.sessions: async_sessionmaker[AsyncSession]
         self.pools: Pools = Pools({})
         self.http: httpx.AsyncClient | None = None
 
     @property
     def runner(self) -> Runner:
-        return Runner(self.sessions, self.pools)
+        assert self.sync_engine is not None
+        return Runner(self.sessions, self.pools, self.sync_engine)
 
     async def __aenter__(self) -> Runtime:
         url = self.settings.resolved_database_url()
@@ -48,6 +51,7 @@ class Runtime:
             await asyncio.to_thread(ensure_schema, url)
         self.engine = make_async_engine(url)
         self.sessions = make_sessionmaker(self.engine)
+        self.sync_engine = make_engine(url)
         if self.roles:
             await self._start_pools()
         return self
@@ -96,5 +100,7 @@ class Runtime:
             await self.http.aclose()
         if self.engine is not None:
             await self.engine.dispose()
+        if self.sync_engine is not None:
+            self.sync_engine.dispose()
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.stop)

