@@ -18,7 +18,7 @@ from core.db.models import Job, ModelCall, Span
 from core.runner import RunOutcome
 from strategies.registry import STRATEGIES
 
-out = Console()
+out = Console(soft_wrap=True)
 err = Console(stderr=True)
 
 

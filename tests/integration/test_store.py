@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -120,16 +120,57 @@ def test_ensure_schema_migrates_once_then_costs_one_query(
     assert table_names(empty_database_url) == SCHEMA_TABLES | {"alembic_version"}
 
 
-def test_concurrent_first_use_migrates_once(empty_database_url: str) -> None:
-    # A CLI solve and a worker starting together on a fresh database.
+def assert_at_head_once(url: str) -> None:
+    with sync_engine(url) as engine, engine.connect() as connection:
+        versions = connection.execute(text("SELECT version_num FROM alembic_version")).all()
+    assert [row[0] for row in versions] == [head_revision()]
+    assert table_names(url) == SCHEMA_TABLES | {"alembic_version"}
+
+
+def test_concurrent_first_use_from_several_processes(empty_database_url: str) -> None:
+    # A CLI solve and workers starting together on a fresh database. Each process says
+    # when its imports are done and waits for the word to go, so the migrations overlap.
+    script = (
+        "import sys\n"
+        "from core.db.migrate import ensure_schema\n"
+        "print('ready', flush=True)\n"
+        "sys.stdin.readline()\n"
+        "ensure_schema(sys.argv[1])\n"
+    )
+    with ExitStack() as stack:
+        processes = []
+        for _ in range(3):
+            process = stack.enter_context(
+                subprocess.Popen(
+                    [sys.executable, "-c", script, empty_database_url],
+                    cwd=REPO_ROOT,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
+            stack.callback(process.kill)  # runs before Popen's exit waits; no-op if done
+            processes.append(process)
+        for process in processes:
+            assert process.stdout is not None
+            assert process.stdout.readline().strip() == "ready"
+        for process in processes:
+            assert process.stdin is not None
+            process.stdin.write("go\n")
+            process.stdin.flush()
+        for process in processes:
+            _, stderr = process.communicate(timeout=120)
+            assert process.returncode == 0, stderr
+    assert_at_head_once(empty_database_url)
+
+
+def test_concurrent_first_use_from_several_threads(empty_database_url: str) -> None:
+    # Two runtimes in one process, each calling asyncio.to_thread(ensure_schema, ...).
     with ThreadPoolExecutor(max_workers=4) as pool:
         for future in [pool.submit(ensure_schema, empty_database_url) for _ in range(4)]:
             future.result()
-
-    with sync_engine(empty_database_url) as engine, engine.connect() as connection:
-        versions = connection.execute(text("SELECT version_num FROM alembic_version")).all()
-    assert [row[0] for row in versions] == [head_revision()]
-    assert table_names(empty_database_url) == SCHEMA_TABLES | {"alembic_version"}
+    assert_at_head_once(empty_database_url)
 
 
 def test_ensure_schema_refuses_a_revision_from_a_newer_ponder(empty_database_url: str) -> None:
@@ -311,7 +352,9 @@ async def test_timestamps_sort_in_time_order_across_offsets(async_engine: AsyncE
     early = datetime(2025, 1, 1, 10, 0, tzinfo=timezone(timedelta(hours=2)))
     late = datetime(2025, 1, 1, 9, 0, tzinfo=UTC)
     async with make_sessionmaker(async_engine)() as session:
-        session.add_all([make_job(id="late", created_at=late), make_job(id="early", created_at=early)])
+        session.add_all(
+            [make_job(id="late", created_at=late), make_job(id="early", created_at=early)]
+        )
         await session.commit()
         ordered = await session.scalars(select(Job.id).order_by(Job.created_at))
         assert list(ordered) == ["early", "late"]
@@ -319,7 +362,8 @@ async def test_timestamps_sort_in_time_order_across_offsets(async_engine: AsyncE
         assert list(before_nine) == ["early"]
 
 
-UNIQUE_CASES = {
+# name -> (two rows that collide, PostgreSQL's constraint name, SQLite's column list)
+UNIQUE_CASES: dict[str, tuple[Callable[[str], list[Base]], str, str]] = {
     "journal key": (
         lambda job: [make_model_call(job, 0, "k", 0), make_model_call(job, 1, "k", 0)],
         "uq_model_calls_key",
