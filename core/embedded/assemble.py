@@ -222,6 +222,7 @@ def _stamp_matches(target: Path, stamp: Path, spec: ModelSpec) -> bool:
     return bool(
         isinstance(recorded, dict)
         and recorded.get("sha256") == spec.sha256
+        and recorded.get("size") == spec.size
         and all(recorded.get(key) == value for key, value in current.items())
     )
 
