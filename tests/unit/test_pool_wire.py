@@ -226,3 +226,31 @@ def test_error_message_extracts_the_servers_explanation(content: bytes, message:
 )  # fmt: skip
 def test_retry_after_takes_seconds_only(header: str | None, seconds: float | None) -> None:
     assert retry_after(header) == seconds
+
+
+def test_alternatives_are_ranked_most_likely_first() -> None:
+    # vLLM at temperature > 0 lists the sampled token first even when it is less likely.
+    data = {
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "b"},
+                "finish_reason": "stop",
+                "logprobs": {
+                    "content": [
+                        {
+                            "token": "b",
+                            "logprob": -2.0,
+                            "top_logprobs": [
+                                {"token": "b", "logprob": -2.0},
+                                {"token": "a", "logprob": -0.2},
+                            ],
+                        }
+                    ]
+                },
+            }
+        ]
+    }
+    _, choices, _ = parse_response(data, chat=True)
+    assert choices[0].tokens is not None
+    assert choices[0].tokens[0].top == [("a", -0.2), ("b", -2.0)]
