@@ -8,6 +8,10 @@
     ponder db upgrade | downgrade REV | current
     ponder simulate [--port P] [--script FILE.json]
     ponder models prepare           assemble and verify the embedded model files
+    ponder keys create --tenant T   a new API key for tenant T (printed once, stored hashed)
+    ponder worker [--concurrency N] [--queues high,default,low] [--reaper]
+                                    a Celery worker (broker: PONDER_BROKER_URL)
+    ponder serve [--host H] [--port P]   embedded mode: API + a worker + the embedded models
 
 Exit codes: 0 done, 1 the job itself failed, 2 bad input or configuration.
 """
@@ -86,6 +90,32 @@ def _parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="embedded models")
     models.add_argument("action", choices=["prepare"])
+
+    keys = sub.add_parser("keys", help="API keys of the REST API")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create a key; it is printed once, never again")
+    create.add_argument("--tenant", required=True, help="the tenant whose jobs the key sees")
+
+    worker = sub.add_parser("worker", help="run a Celery worker (broker: PONDER_BROKER_URL)")
+    worker.add_argument(
+        "--concurrency", "-c", type=int, default=None, help="worker processes (default: cores)"
+    )
+    worker.add_argument(
+        "--queues",
+        "-Q",
+        default="high,default,low",
+        help="priorities to take jobs from, most urgent first (default: high,default,low)",
+    )
+    worker.add_argument("--pool", choices=["prefork", "threads", "solo"], default="prefork")
+    worker.add_argument(
+        "--reaper", action="store_true", help="also run the reaper (re-enqueues orphaned jobs)"
+    )
+    worker.add_argument("--loglevel", default="INFO")
+
+    serve = sub.add_parser("serve", help="embedded mode: the API, a worker and the models")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--worker-concurrency", type=int, default=2, metavar="N")
     return parser
 
 
@@ -128,6 +158,12 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return commands.simulate(args)
     if args.command == "models":
         return commands.models_prepare(settings)
+    if args.command == "keys":
+        return asyncio.run(commands.keys_create(args, settings))
+    if args.command == "worker":
+        return commands.worker(args, settings)
+    if args.command == "serve":
+        return commands.serve(args, settings)
     raise AssertionError(args.command)
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+import sys
+from typing import Any, Literal
 
 from app import render
 from core.db import repo
@@ -67,7 +68,7 @@ async def resume(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def replay(args: argparse.Namespace, settings: Settings) -> int:
-    mode = "live" if args.live else "strict"
+    mode: Literal["strict", "live"] = "live" if args.live else "strict"
     async with Runtime(settings) as rt:
         parent_id = await resolve_job_id(rt.sessions, args.job_id)
         async with rt.sessions() as session:
@@ -154,4 +155,41 @@ def models_prepare(settings: Settings) -> int:
     for role in settings.embedded.roles:
         path = model_file(role, cache)
         print(f"{role}: {path} (verified)")
+    return 0
+
+
+def worker(args: argparse.Namespace, settings: Settings) -> int:
+    from workers.launch import run_worker
+
+    return run_worker(
+        settings,
+        concurrency=args.concurrency,
+        queues=[q.strip() for q in args.queues.split(",") if q.strip()],
+        pool=args.pool,
+        reaper=args.reaper,
+        loglevel=args.loglevel,
+    )
+
+
+def serve(args: argparse.Namespace, settings: Settings) -> int:
+    from workers.launch import serve_embedded
+
+    return serve_embedded(
+        settings, host=args.host, port=args.port, worker_concurrency=args.worker_concurrency
+    )
+
+
+async def keys_create(args: argparse.Namespace, settings: Settings) -> int:
+    from core.keys import create_key, validate_tenant
+
+    validate_tenant(args.tenant)  # before touching the database
+    async with Runtime(settings) as rt:
+        key = await create_key(rt.sessions, args.tenant)
+    # The only copy: the database keeps its hash. Notes go to stderr so that
+    # `KEY=$(ponder keys create --tenant t)` captures the key alone.
+    print(key)
+    print(
+        f"ponder: API key for tenant {args.tenant!r} created; it is shown only this once.",
+        file=sys.stderr,
+    )
     return 0

@@ -25,8 +25,6 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import httpx
-
 from core.budget import BudgetSpec, JobBudget
 from core.context import RoleModel
 from core.db import repo
@@ -35,7 +33,7 @@ from core.runtime import Runtime
 from core.settings import PoolSettings, Settings
 from core.simulator.config import Rule, SimulatorConfig
 from core.simulator.server import Simulator
-from core.trace import TraceWriter, Tracer
+from core.trace import Tracer, TraceWriter
 from strategies.protocol import ModelRequest
 
 MESSAGES = [{"role": "user", "content": "What is 2 + 3?"}]
@@ -52,7 +50,9 @@ async def measure(calls: int, database_url: str) -> dict[str, dict[str, float]]:
     with Simulator(config) as sim, tempfile.TemporaryDirectory() as tmp:
         pool = PoolSettings(endpoints=[sim.url], model="sim", kind="simulator")
         settings = Settings(
-            database_url=database_url, data_dir=Path(tmp), pools={"small": pool},
+            database_url=database_url,
+            data_dir=Path(tmp),
+            pools={"small": pool},
             _env_file=None,  # type: ignore[call-arg]
         )
         async with Runtime(settings, roles={"small"}) as rt:
@@ -69,8 +69,12 @@ async def measure(calls: int, database_url: str) -> dict[str, dict[str, float]]:
             writer.start()
             tracer = Tracer(job_id, writer)
             model = RoleModel(
-                "small", client, "sim", journal=Journal(job_id, []),
-                budget=JobBudget(BudgetSpec()), tracer=tracer,
+                "small",
+                client,
+                "sim",
+                journal=Journal(job_id, []),
+                budget=JobBudget(BudgetSpec()),
+                tracer=tracer,
             )
             seed = 0
 
@@ -93,7 +97,9 @@ async def measure(calls: int, database_url: str) -> dict[str, dict[str, float]]:
                 await model.generate(request())
 
             ways: dict[str, Callable[[], Awaitable[None]]] = {
-                "raw": raw, "pool": pooled, "journal": journaled,
+                "raw": raw,
+                "pool": pooled,
+                "journal": journaled,
             }
             samples: dict[str, list[float]] = {name: [] for name in ways}
             for _ in range(50):  # warm connections, caches, the JIT-less interpreter

@@ -82,9 +82,9 @@ class JobBudget:
         remaining = self.remaining_tokens()
         if remaining is not None and remaining < self.spec.min_tokens:
             return True
-        if self.spec.max_calls is not None:
-            if self.spent.calls + self._reserved_calls >= self.spec.max_calls:
-                return True
+        calls = self.spec.max_calls
+        if calls is not None and self.spent.calls + self._reserved_calls >= calls:
+            return True
         seconds = self.remaining_seconds()
         return seconds is not None and seconds <= 0
 
@@ -116,15 +116,16 @@ class JobBudget:
         role_cap = self.spec.role_tokens.get(role)
         if role_cap is not None:
             used = self.by_role.get(role, Spent()).completion_tokens
-            caps.append(("tokens", max(0, role_cap - used - self._reserved_role_tokens.get(role, 0))))
+            reserved = self._reserved_role_tokens.get(role, 0)
+            caps.append(("tokens", max(0, role_cap - used - reserved)))
         for what, left in caps:
             fitted = min(fitted, left // n)
             if fitted < min(self.spec.min_tokens, max_tokens):
-                raise self._fail(what, f"{left} tokens left for {n} × {max_tokens}")  # type: ignore[arg-type]
+                raise self._fail(what, f"{left} tokens left for {n} × {max_tokens}")
 
-        if self.spec.max_calls is not None:
-            if self.spent.calls + self._reserved_calls + 1 > self.spec.max_calls:
-                raise self._fail("calls", f"{self.spec.max_calls} calls used")
+        calls = self.spec.max_calls
+        if calls is not None and self.spent.calls + self._reserved_calls + 1 > calls:
+            raise self._fail("calls", f"{calls} calls used")
 
         cost = (
             prompt_tokens_estimate * n * price_in_per_1k + fitted * n * price_out_per_1k

@@ -45,7 +45,10 @@ def _choices_from_json(raw: list[dict[str, Any]]) -> list[Choice]:
             ]
         choices.append(
             Choice.model_construct(
-                index=c["index"], text=c["text"], finish_reason=c.get("finish_reason"), tokens=tokens
+                index=c["index"],
+                text=c["text"],
+                finish_reason=c.get("finish_reason"),
+                tokens=tokens,
             )
         )
     return choices
@@ -89,7 +92,9 @@ class RoleModel:
         self.price_out = price_out_per_1k
 
     def cost(self, usage: Usage) -> float:
-        return (usage.prompt_tokens * self.price_in + usage.completion_tokens * self.price_out) / 1000
+        return (
+            usage.prompt_tokens * self.price_in + usage.completion_tokens * self.price_out
+        ) / 1000
 
     async def generate(self, request: ModelRequest) -> Generation:
         reservation = self.budget.reserve(

@@ -20,6 +20,8 @@ from core.pools.client import PoolClient
 from core.runner import resolve_roles, validate_spec
 
 MAX_QUESTION_CHARS = 100_000
+PRIORITIES = ("high", "default", "low")
+"""Queue classes, most urgent first; ``workers.celery_app`` maps each to a queue."""
 
 
 def validate_question(question: str) -> str:
@@ -31,6 +33,16 @@ def validate_question(question: str) -> str:
             field="question",
         )
     return question.strip()
+
+
+def validate_priority(priority: str) -> str:
+    if priority not in PRIORITIES:
+        raise InvalidInput(
+            f"priority must be one of {', '.join(PRIORITIES)}, not {priority!r}",
+            field="priority",
+            valid=list(PRIORITIES),
+        )
+    return priority
 
 
 def validate_budget(budget: Mapping[str, Any] | None) -> BudgetSpec:
@@ -53,10 +65,18 @@ async def submit_job(
     seed: int | None = None,
     tenant: str = "default",
     idempotency_key: str | None = None,
+    priority: str = "default",
 ) -> str:
+    """Validate and write one queued job; returns its id. Commits.
+
+    Enqueueing is the caller's next step, after this returns (``workers.enqueue``): a
+    worker must never receive the id of a row it cannot see yet. ``priority`` is stored
+    so that the reaper re-enqueues the job on the same queue.
+    """
     question = validate_question(question)
     params = validate_spec(strategy)
     budget_spec = validate_budget(budget)
+    priority = validate_priority(priority)
     bound = resolve_roles(params, pools, roles)
     async with sessions() as session, session.begin():
         job = await repo.create_job(
@@ -69,6 +89,8 @@ async def submit_job(
             tenant=tenant,
             idempotency_key=idempotency_key,
         )
+        if priority != "default":  # the column's default otherwise: no extra UPDATE
+            job.priority = priority
         return job.id
 
 
@@ -102,7 +124,11 @@ async def create_replay(
         parent = await repo.get_job(session, parent_id)
         if parent is None:
             raise NotFound(f"job {parent_id} not found")
-        spec = {**parent.strategy, **dict(strategy_overrides or {})}
+        overrides = dict(strategy_overrides or {})
+        if overrides.get("kind", parent.strategy.get("kind")) != parent.strategy.get("kind"):
+            spec = overrides  # another strategy: the parent's params mean nothing to it
+        else:
+            spec = {**parent.strategy, **overrides}
         params = validate_spec(spec)
         if fork_from is not None:
             total = await repo.count_calls(session, parent_id)
@@ -119,9 +145,7 @@ async def create_replay(
         if mode == "live":
             missing = [r for r in bound if bound[r]["pool"] not in pools]
             if missing:
-                raise InvalidInput(
-                    f"live replay needs pools for roles {missing}", field="roles"
-                )
+                raise InvalidInput(f"live replay needs pools for roles {missing}", field="roles")
         child = await repo.create_job(
             session,
             question=parent.question,

@@ -3,7 +3,8 @@
 ``run`` is idempotent per job: a finished job is returned as is; a job left ``running``
 or ``queued`` by a crash is run again from the top, and its journal answers every call
 it had already paid for. The CLI runs this in-process; Celery workers call the same
-function.
+function with a ``core.cancel.JobMonitor``, which adds the job's lease, heartbeats,
+cancellation and a time limit.
 """
 
 from __future__ import annotations
@@ -15,18 +16,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import sqlalchemy.exc
 from pydantic import BaseModel
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.budget import BudgetSpec, JobBudget
+from core.cancel import JobMonitor, JobStopped, holder_is_dead
 from core.context import JobContext, RoleModel
-from core.db import repo
-from core.db.models import JobStatus
-from core.errors import InvalidInput, NotFound, PonderError
+from core.db import control, repo
+from core.db.control import CANCELLED_ERROR
+from core.db.models import Job, JobStatus
+from core.errors import InvalidInput, NotFound, PonderError, PoolUnavailable
 from core.journal import Journal
 from core.pools.client import PoolClient
-from core.trace import SpanListener, TraceWriter, Tracer
+from core.trace import SpanListener, Tracer, TraceWriter
 from strategies.protocol import BudgetExhausted, StrategyResult
 from strategies.registry import STRATEGIES, SpecError, parse_spec, roles_used
 
@@ -78,7 +83,7 @@ def resolve_roles(
 
 
 async def run_strategy(params: BaseModel, problem: str, ctx: JobContext) -> StrategyResult:
-    kind = str(getattr(params, "kind"))
+    kind = str(getattr(params, "kind"))  # noqa: B009 - BaseModel itself declares no kind
     async with ctx.tracer.span("strategy", kind, params=params.model_dump(mode="json")) as span:
         result = await STRATEGIES[kind].run(problem, ctx, params)
         span.attributes = {
@@ -101,15 +106,34 @@ class Runner:
         self.pools = pools
         self.engine = engine
 
-    async def run(self, job_id: str, listeners: list[SpanListener] | None = None) -> RunOutcome:
+    async def run(
+        self,
+        job_id: str,
+        listeners: list[SpanListener] | None = None,
+        *,
+        monitor: JobMonitor | None = None,
+    ) -> RunOutcome:
+        """Run a job to a final state and save it.
+
+        Args:
+            job_id: the job.
+            listeners: progress callbacks (the CLI's live display).
+            monitor: given by workers. The run then first takes the job's lease and skips
+                a job that is finished, was cancelled before it started, or is held by a
+                live worker (``RunOutcome.extra["skipped"]`` says why); cancel requests,
+                the time limit and a lost lease stop the strategy; the outcome is saved
+                only while this worker still holds the lease; and a database failure is
+                raised for the task to retry rather than recorded as the job's failure.
+                Without it (the CLI), any unfinished job runs.
+        """
         started = time.monotonic()
         async with self.sessions() as session, session.begin():
-            job = await repo.get_job(session, job_id)
-            if job is None:
-                raise NotFound(f"job {job_id} not found")
-            if job.status in (JobStatus.SUCCEEDED, JobStatus.CANCELLED):
-                return RunOutcome(job.id, job.status, job.result, job.usage, job.error)
-            await repo.mark_running(session, job)
+            if monitor is None:
+                job = await self._start(session, job_id)
+            else:
+                job = await self._claim(session, job_id, monitor)
+            if isinstance(job, RunOutcome):
+                return job
             await repo.delete_spans(session, job.id)
             entries = list(await repo.list_calls(session, job.id))
             question, spec, budget_spec = job.question, job.strategy, job.budget
@@ -139,10 +163,13 @@ class Runner:
             models=models, budget=budget, tracer=tracer, seed=seed, run_child=run_strategy
         )
         status, result, error = JobStatus.FAILED, None, None
+        save, lease_lost = True, False
         try:
             params = validate_spec(spec)
-            async with tracer.span("job", "job", question=question[:200], mode=mode):
-                outcome = await run_strategy(params, question, ctx)
+            if monitor is not None and mode != "strict":
+                self._check_pools(roles)
+            task = asyncio.create_task(_run_job_span(params, question, ctx, mode))
+            outcome = await _wait(task, job_id, monitor, budget.spec.max_seconds)
             result = outcome.model_dump(mode="json")
             status = JobStatus.SUCCEEDED
         except BudgetExhausted as exc:
@@ -150,12 +177,24 @@ class Runner:
             result = StrategyResult(answer=None, budget_exhausted=True).model_dump(mode="json")
             result["details"] = {"exhausted": exc.what}
             status = JobStatus.SUCCEEDED
+        except JobStopped as exc:
+            if exc.reason == "cancelled":
+                status, error = JobStatus.CANCELLED, dict(CANCELLED_ERROR)
+            elif exc.reason == "time_limit":
+                error = {"code": "time_limit", "message": exc.detail}
+            else:  # lease_lost: the worker that holds the job now will save it
+                save, lease_lost = False, True
         except PonderError as exc:
             error = exc.to_dict()
         except asyncio.CancelledError:
             status, error = JobStatus.CANCELLED, {"code": "cancelled", "message": "cancelled"}
             raise
         except Exception as exc:  # a bug: keep the job's record honest, then surface it
+            if monitor is not None and is_infrastructure_error(exc):
+                # Not the job's fault: leave it running under this lease; the task retries
+                # (or the reaper re-enqueues it) and the journal pays for nothing twice.
+                save = False
+                raise
             log.exception("job %s failed", job_id)
             error = {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
         finally:
@@ -165,13 +204,11 @@ class Runner:
                 usage = usage_summary(budget, journal, time.monotonic() - started)
                 if result is not None and budget.was_exhausted:
                     result["budget_exhausted"] = True
-                async with self.sessions() as session, session.begin():
-                    job = await repo.get_job(session, job_id)
-                    assert job is not None
-                    await repo.finish_job(
-                        session, job, status=status, result=result, usage=usage, error=error
+                if save:
+                    lease_lost = not await self._save(
+                        job_id, monitor, status=status, result=result, usage=usage, error=error
                     )
-        return RunOutcome(
+        outcome_ = RunOutcome(
             job_id,
             status,
             result,
@@ -181,6 +218,159 @@ class Runner:
             replayed_calls=journal.hits,
             wall_s=time.monotonic() - started,
         )
+        if lease_lost:
+            outcome_.extra["lease_lost"] = True
+        return outcome_
+
+    async def _start(self, session: AsyncSession, job_id: str) -> Job | RunOutcome:
+        job = await repo.get_job(session, job_id)
+        if job is None:
+            raise NotFound(f"job {job_id} not found")
+        if job.status in (JobStatus.SUCCEEDED, JobStatus.CANCELLED):
+            return _as_outcome(job)
+        await repo.mark_running(session, job)
+        return job
+
+    async def _claim(
+        self, session: AsyncSession, job_id: str, monitor: JobMonitor
+    ) -> Job | RunOutcome:
+        if job_id in monitor.running:
+            # A duplicate delivery to the process that is running the job right now.
+            return _as_outcome(None, job_id, skipped="already running in this process")
+        claimed = await control.claim_job(
+            session, job_id, worker=monitor.worker, stale_before=monitor.stale_before()
+        )
+        job = await repo.get_job(session, job_id)
+        if job is None:
+            raise NotFound(f"job {job_id} not found")
+        if claimed:
+            return job
+        if job.status in JobStatus.FINAL:
+            return _as_outcome(job, skipped="finished")
+        if job.status == JobStatus.QUEUED and job.cancel_requested_at is not None:
+            # Flagged, but the canceller did not get to finish the job: do it now.
+            await control.cancel_queued_job(session, job_id)
+            await session.refresh(job)
+            return _as_outcome(job, skipped="cancelled before it ran")
+        if (
+            job.status == JobStatus.RUNNING
+            and job.cancel_requested_at is None
+            and job.worker is not None
+            and holder_is_dead(job.worker)
+            and await control.take_over_job(
+                session, job_id, worker=monitor.worker, previous=job.worker
+            )
+        ):
+            await session.refresh(job)
+            return job
+        return _as_outcome(job, skipped=f"held by worker {job.worker}")
+
+    def _check_pools(self, roles: Mapping[str, Mapping[str, str]]) -> None:
+        for role, binding in sorted(roles.items()):
+            if self.pools.get(binding["pool"]) is None:
+                configured = ", ".join(sorted(self.pools)) or "none"
+                raise PoolUnavailable(
+                    f"role '{role}' needs pool '{binding['pool']}', which this worker does "
+                    f"not have (configured: {configured})",
+                    field=f"roles.{role}",
+                )
+
+    async def _save(
+        self,
+        job_id: str,
+        monitor: JobMonitor | None,
+        *,
+        status: str,
+        result: dict[str, Any] | None,
+        usage: dict[str, Any],
+        error: dict[str, Any] | None,
+    ) -> bool:
+        """Write the outcome; False when a worker lost the lease and must not write it."""
+        async with self.sessions() as session, session.begin():
+            if monitor is None:
+                job = await repo.get_job(session, job_id)
+                assert job is not None
+                await repo.finish_job(
+                    session, job, status=status, result=result, usage=usage, error=error
+                )
+                return True
+            owned = await control.finish_owned_job(
+                session,
+                job_id,
+                worker=monitor.worker,
+                status=status,
+                result=result,
+                usage=usage,
+                error=error,
+            )
+        if not owned:
+            log.warning(
+                "job %s: another worker took it over; this run's outcome is dropped", job_id
+            )
+        return owned
+
+
+async def _run_job_span(
+    params: BaseModel, question: str, ctx: JobContext, mode: str
+) -> StrategyResult:
+    async with ctx.tracer.span("job", "job", question=question[:200], mode=mode):
+        return await run_strategy(params, question, ctx)
+
+
+async def _wait(
+    task: asyncio.Task[StrategyResult],
+    job_id: str,
+    monitor: JobMonitor | None,
+    max_seconds: float | None,
+) -> StrategyResult:
+    """Await the strategy task; a stop from the monitor surfaces as ``JobStopped``.
+
+    The strategy runs as its own task so that the monitor can cancel it alone: the
+    runner survives to save the outcome. Cancelling the runner itself (Ctrl-C in the
+    CLI) still cancels both, as before.
+    """
+    if monitor is None:
+        return await task
+    monitor.attach(job_id, task, max_seconds=max_seconds)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        stopped = monitor.stopped(job_id)
+        current = asyncio.current_task()
+        if stopped is None or (current is not None and current.cancelling()):
+            raise
+        raise stopped from None
+    finally:
+        monitor.detach(job_id)
+
+
+def _as_outcome(job: Job | None, job_id: str = "", *, skipped: str | None = None) -> RunOutcome:
+    if job is None:
+        outcome = RunOutcome(job_id, JobStatus.RUNNING, None, None, None)
+    else:
+        outcome = RunOutcome(job.id, job.status, job.result, job.usage, job.error)
+    if skipped is not None:
+        outcome.extra["skipped"] = skipped
+    return outcome
+
+
+def is_infrastructure_error(exc: BaseException) -> bool:
+    """A failure of the database or the network under it, not of the job.
+
+    Walks the cause chain: the trace writer re-raises its failure wrapped.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OperationalError | InterfaceError | DisconnectionError):
+            return True
+        if isinstance(current, DBAPIError) and current.connection_invalidated:
+            return True
+        if isinstance(current, ConnectionError | sqlalchemy.exc.TimeoutError):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def usage_summary(budget: JobBudget, journal: Journal, wall_s: float) -> dict[str, Any]:

@@ -87,7 +87,9 @@ class Runtime:
             health = await pool.health()
             if not any(h.ok for h in health):
                 urls = ", ".join(h.url for h in health)
-                raise PoolUnavailable(f"pool '{role}' is unreachable: no endpoint answered ({urls})")
+                raise PoolUnavailable(
+                    f"pool '{role}' is unreachable: no endpoint answered ({urls})"
+                )
 
     async def __aexit__(
         self,

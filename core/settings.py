@@ -6,11 +6,12 @@ Loading settings has no side effects (no network, no directories created).
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ServerKind = Literal["vllm", "llamacpp", "openai", "simulator"]
@@ -81,6 +82,48 @@ class EmbeddedSettings(BaseModel):
     start_timeout_s: float = Field(default=120.0, gt=0)
 
 
+class WorkerSettings(BaseModel):
+    """Celery workers, job leases, cancellation and the reaper (``PONDER_WORKER__*``)."""
+
+    key_prefix: str = ""
+    """Prefix of every broker key on Redis (kombu's ``global_keyprefix``), so that several
+    deployments or test runs can share one Redis without consuming each other's jobs."""
+    heartbeat_s: float = Field(default=5.0, gt=0)
+    """How often a worker stamps ``heartbeat_at`` on each job it runs."""
+    stale_after_s: float = Field(default=30.0, gt=0)
+    """A running job whose heartbeat is older than this is presumed orphaned."""
+    cancel_poll_s: float = Field(default=0.25, gt=0)
+    """How often a worker checks its running jobs for cancel requests."""
+    reaper_interval_s: float = Field(default=10.0, gt=0)
+    queued_timeout_s: float = Field(default=300.0, gt=0)
+    """A job still queued this long after its last enqueue is published again."""
+    max_attempts: int = Field(default=3, ge=1)
+    """Runs of one job a worker may start; a job whose workers keep dying fails after this."""
+    time_limit_s: float = Field(default=3600.0, gt=0)
+    """Ceiling on one run of a job; also the limit of a job whose budget has no max_seconds."""
+    time_limit_grace_s: float = Field(default=30.0, ge=0)
+    """Added to a budget's ``max_seconds``: the budget stops the strategy first, politely."""
+    hard_limit_extra_s: float = Field(default=30.0, gt=0)
+    """Celery's hard limit (the child is killed) comes this long after the soft one."""
+    broker_poll_s: float = Field(default=0.1, gt=0)
+    """Polling interval of the embedded (filesystem) broker; Redis blocks instead."""
+
+    @model_validator(mode="after")
+    def _heartbeat_below_staleness(self) -> WorkerSettings:
+        if self.stale_after_s <= 2 * self.heartbeat_s:
+            raise ValueError(
+                "stale_after_s must exceed twice heartbeat_s, or live jobs would be reaped"
+            )
+        return self
+
+    def time_limits(self, max_seconds: float | None) -> tuple[float, float]:
+        """``(soft, hard)`` seconds for one run of a job with this budget ``max_seconds``."""
+        soft = self.time_limit_s
+        if max_seconds is not None:
+            soft = min(max_seconds + self.time_limit_grace_s, self.time_limit_s)
+        return soft, soft + self.hard_limit_extra_s
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="PONDER_",
@@ -96,11 +139,39 @@ class Settings(BaseSettings):
     pools: dict[str, PoolSettings] = Field(default_factory=dict)
     embedded: EmbeddedSettings = Field(default_factory=EmbeddedSettings)
     default_strategy: str = "self_consistency"
+    broker_url: str | None = None
+    """Celery broker (``PONDER_BROKER_URL``), e.g. ``redis://127.0.0.1:6379/0``. Default: a
+    directory broker in ``data_dir/broker`` that needs no server (embedded mode)."""
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or "filesystem://localhost/"
+
+    def broker_dir(self) -> Path:
+        """Where the embedded filesystem broker keeps its messages."""
+        return (self.data_dir / "broker").resolve()
 
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'ponder.db').resolve()}"
+
+
+def pool_env(pools: dict[str, PoolSettings]) -> dict[str, str]:
+    """``PONDER_POOLS__<ROLE>__<FIELD>`` variables that recreate ``pools`` in a child process.
+
+    Only fields that differ from their defaults are written; lists go as JSON, which is
+    how pydantic-settings reads complex values.
+    """
+    env: dict[str, str] = {}
+    for role, pool in pools.items():
+        data = pool.model_dump(mode="json", exclude_defaults=True)
+        if pool.api_key is not None:
+            data["api_key"] = pool.api_key.get_secret_value()
+        for key, value in data.items():
+            name = f"PONDER_POOLS__{role.upper()}__{key.upper()}"
+            env[name] = value if isinstance(value, str) else json.dumps(value)
+    return env
 
 
 @lru_cache(maxsize=1)

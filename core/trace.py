@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from contextvars import ContextVar
 from collections.abc import AsyncIterator, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -94,7 +94,7 @@ class TraceWriter:
                 batch.append(item)
             try:
                 await self._commit(batch)
-            except BaseException as exc:  # noqa: BLE001 - handed to every waiter, then re-raised
+            except BaseException as exc:
                 self._failure = exc
                 for write in batch:
                     if write.done is not None and not write.done.done():

@@ -121,9 +121,16 @@ class StrategyResult(BaseModel):
 class Context(Protocol):
     """Everything a strategy may use. Implemented by ``core.context``."""
 
-    models: Mapping[str, ModelRole]
-    budget: Budget
-    rng: random.Random
+    # Read-only properties rather than attributes, so an implementation may expose
+    # narrower types (protocol attributes would be invariant).
+    @property
+    def models(self) -> Mapping[str, ModelRole]: ...
+
+    @property
+    def budget(self) -> Budget: ...
+
+    @property
+    def rng(self) -> random.Random: ...
 
     def trace(self, name: str, **attributes: Any) -> None:
         """Record a decision (a vote, a score, a stop) as an event in the trace."""

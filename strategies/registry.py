@@ -49,9 +49,8 @@ def parse_spec(spec: dict[str, Any], *, path: str = "strategy") -> BaseModel:
     kind = spec.get("kind")
     if kind not in STRATEGIES:
         valid = sorted(STRATEGIES)
-        raise SpecError(
-            f"unknown strategy {kind!r}; valid strategies: {', '.join(valid)}", f"{path}.kind", valid
-        )
+        message = f"unknown strategy {kind!r}; valid strategies: {', '.join(valid)}"
+        raise SpecError(message, f"{path}.kind", valid)
     try:
         return STRATEGIES[kind].params.model_validate(spec)
     except ValidationError as exc:

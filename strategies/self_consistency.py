@@ -24,7 +24,7 @@ from collections import Counter
 from math import comb
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from strategies.answers import extract_answer
 from strategies.prompts import solve_messages
@@ -44,17 +44,13 @@ class Params(BaseModel):
     max_tokens: int = Field(default=512, ge=1, le=32768, description="Per sample.")
     adaptive: bool = Field(default=False, description="Stop sampling once the vote is settled.")
     batch_size: int = Field(default=4, ge=1, le=256, description="Samples per call (adaptive).")
-    min_samples: int = Field(default=3, ge=1, description="Never stop before this many (adaptive).")
+    min_samples: int = Field(
+        default=3, ge=1, description="Never stop on confidence before this many (or n)."
+    )
     confidence: float = Field(
         default=0.95, gt=0.5, lt=1.0, description="Beta stopping threshold (adaptive)."
     )
     system: str | None = Field(default=None, description="Replaces the default system prompt.")
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Params:
-        if self.min_samples > self.n:
-            raise ValueError("min_samples must not exceed n")
-        return self
 
 
 def leader_share_confidence(leader: int, runner_up: int) -> float:
@@ -65,14 +61,16 @@ def leader_share_confidence(leader: int, runner_up: int) -> float:
     a, b = leader + 1, runner_up + 1
     trials = a + b - 1
     below = sum(comb(trials, k) for k in range(a))
-    return below / 2**trials
+    return float(below / 2**trials)
 
 
 def ranked(votes: Counter[str], first_seen: dict[str, int]) -> list[tuple[str, int]]:
     return sorted(votes.items(), key=lambda item: (-item[1], first_seen[item[0]]))
 
 
-def stop_reason(votes: Counter[str], first_seen: dict[str, int], drawn: int, params: Params) -> str | None:
+def stop_reason(
+    votes: Counter[str], first_seen: dict[str, int], drawn: int, params: Params
+) -> str | None:
     """Why adaptive sampling may stop now, or None to keep sampling."""
     if drawn >= params.n:
         return "n_reached"
@@ -83,9 +81,9 @@ def stop_reason(votes: Counter[str], first_seen: dict[str, int], drawn: int, par
     runner_up = order[1][1] if len(order) > 1 else 0
     if leader - runner_up > params.n - drawn:
         return "leader_cannot_be_overturned"
-    if drawn >= params.min_samples:
-        if leader_share_confidence(leader, runner_up) >= params.confidence:
-            return "confident"
+    enough = drawn >= min(params.min_samples, params.n)
+    if enough and leader_share_confidence(leader, runner_up) >= params.confidence:
+        return "confident"
     return None
 
 

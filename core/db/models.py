@@ -120,6 +120,21 @@ class Job(Base):
     replay_mode: Mapped[str | None] = mapped_column(String(8), nullable=True)
     """``strict`` (a journal miss fails the job) or ``live`` (a miss calls the model)."""
     idempotency_key: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """SHA-256 of the submitted request, so a reused ``Idempotency-Key`` with a different
+    body is told apart from a retry of the same one."""
+    # Job control (revision 0002): which queue, who runs the job, is it alive, stop it?
+    priority: Mapped[str] = mapped_column(String(8), default="default", server_default="default")
+    """``high`` | ``default`` | ``low``: the queue a worker takes the job from."""
+    worker: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    """The worker process holding the job's lease (``host:pid:nonce``); kept after the end."""
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    """Stamped every few seconds by the worker running the job; the reaper reads it."""
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    """Set by a cancel request: a queued job is cancelled at once, a running one by its
+    worker within ``worker.cancel_poll_s``."""
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    """When the reaper last published the job again (None: only the submitter's enqueue)."""
 
     __table_args__ = (
         UniqueConstraint("tenant", "idempotency_key", name="uq_jobs_tenant_idempotency"),

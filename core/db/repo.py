@@ -10,10 +10,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import and_, case, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.db.models import Job, JobStatus, ModelCall, Span, utcnow
+from core.db.models import ApiKey, Job, JobStatus, ModelCall, Span, utcnow
 
 
 async def create_job(
@@ -157,3 +157,146 @@ async def close_span(
     if attributes is not None:
         values["attributes"] = attributes
     await session.execute(update(Span).where(Span.id == span_id).values(**values))
+
+
+# -- the API: tenant-scoped reads, listing, idempotency, keys, metrics ------------------
+
+
+async def get_job_for_tenant(session: AsyncSession, job_id: str, tenant: str) -> Job | None:
+    """A job only if it belongs to ``tenant``: another tenant's job is indistinguishable
+    from a job that does not exist."""
+    job = await session.get(Job, job_id)
+    return job if job is not None and job.tenant == tenant else None
+
+
+async def get_job_by_idempotency_key(session: AsyncSession, tenant: str, key: str) -> Job | None:
+    rows = await session.execute(
+        select(Job).where(Job.tenant == tenant, Job.idempotency_key == key)
+    )
+    return rows.scalars().first()
+
+
+async def list_jobs(
+    session: AsyncSession,
+    tenant: str,
+    *,
+    limit: int,
+    status: str | None = None,
+    strategy: str | None = None,
+    created_after: datetime | None = None,
+    before: tuple[datetime, str] | None = None,
+) -> Sequence[Job]:
+    """A tenant's jobs, newest first; ``before`` is the keyset cursor ``(created_at, id)``
+    of the last job of the previous page (stable under concurrent inserts, unlike OFFSET)."""
+    query = select(Job).where(Job.tenant == tenant)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if strategy is not None:
+        query = query.where(Job.strategy["kind"].as_string() == strategy)
+    if created_after is not None:
+        query = query.where(Job.created_at > created_after)
+    if before is not None:
+        created, job_id = before
+        query = query.where(
+            or_(Job.created_at < created, and_(Job.created_at == created, Job.id < job_id))
+        )
+    query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    rows = await session.execute(query)
+    return rows.scalars().all()
+
+
+async def set_job_priority(session: AsyncSession, job_id: str, priority: str) -> None:
+    await session.execute(update(Job).where(Job.id == job_id).values(priority=priority))
+
+
+async def job_progress(session: AsyncSession, job_id: str) -> tuple[str, int] | None:
+    """``(status, attempts)`` without loading the job's JSON columns (polled by streams)."""
+    row = (
+        await session.execute(select(Job.status, Job.attempts).where(Job.id == job_id))
+    ).first()
+    return None if row is None else (row[0], row[1])
+
+
+async def list_spans_after(
+    session: AsyncSession, job_id: str, seq: int, *, limit: int = 500
+) -> Sequence[Span]:
+    rows = await session.execute(
+        select(Span)
+        .where(Span.job_id == job_id, Span.seq > seq)
+        .order_by(Span.seq)
+        .limit(limit)
+    )
+    return rows.scalars().all()
+
+
+async def list_closed_spans(session: AsyncSession, span_ids: Sequence[str]) -> Sequence[Span]:
+    """Those of ``span_ids`` that have ended, in seq order."""
+    if not span_ids:
+        return []
+    rows = await session.execute(
+        select(Span)
+        .where(Span.id.in_(list(span_ids)), Span.end_ts.is_not(None))
+        .order_by(Span.seq)
+    )
+    return rows.scalars().all()
+
+
+async def create_api_key(session: AsyncSession, *, tenant: str, key_hash: str) -> ApiKey:
+    key = ApiKey(tenant=tenant, key_hash=key_hash)
+    session.add(key)
+    await session.flush()
+    return key
+
+
+async def tenant_for_key_hash(session: AsyncSession, key_hash: str) -> str | None:
+    return await session.scalar(
+        select(ApiKey.tenant).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
+    )
+
+
+async def any_active_api_key(session: AsyncSession) -> bool:
+    found = await session.scalar(select(ApiKey.id).where(ApiKey.revoked_at.is_(None)).limit(1))
+    return found is not None
+
+
+async def count_jobs_by_status(session: AsyncSession) -> dict[str, int]:
+    rows = await session.execute(select(Job.status, func.count()).group_by(Job.status))
+    return {status: int(count) for status, count in rows.all()}
+
+
+async def live_call_stats(
+    session: AsyncSession, buckets_ms: Sequence[float]
+) -> list[dict[str, Any]]:
+    """Per role, over live calls only (journal rows copied into a replay are not calls):
+    count, token sums, latency sum and cumulative latency-bucket counts."""
+    bucket_columns = [
+        func.sum(case((ModelCall.latency_ms <= bound, 1), else_=0)) for bound in buckets_ms
+    ]
+    query = (
+        select(
+            ModelCall.role,
+            func.count(),
+            func.coalesce(func.sum(ModelCall.prompt_tokens), 0),
+            func.coalesce(func.sum(ModelCall.completion_tokens), 0),
+            func.coalesce(func.sum(ModelCall.latency_ms), 0.0),
+            func.coalesce(func.sum(ModelCall.cost), 0.0),
+            *bucket_columns,
+        )
+        .where(ModelCall.source_job_id.is_(None))
+        .group_by(ModelCall.role)
+    )
+    out = []
+    for row in (await session.execute(query)).all():
+        role, count, prompt, completion, latency_sum, cost, *buckets = row
+        out.append(
+            {
+                "role": role,
+                "count": int(count),
+                "prompt_tokens": int(prompt),
+                "completion_tokens": int(completion),
+                "latency_ms_sum": float(latency_sum),
+                "cost": float(cost),
+                "buckets": [int(b or 0) for b in buckets],
+            }
+        )
+    return out

@@ -122,17 +122,32 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m core.embedded.host", description="Serve the embedded GGUF models."
     )
-    parser.add_argument("--model", action="append", type=_parse_model, required=True,
-                        metavar="ROLE=PATH", help="a model to serve (repeatable)")
-    parser.add_argument("--alias", action="append", default=[], metavar="ROLE=NAME",
-                        help="model name the server reports (default: the catalog name)")
+    parser.add_argument(
+        "--model",
+        action="append",
+        type=_parse_model,
+        required=True,
+        metavar="ROLE=PATH",
+        help="a model to serve (repeatable)",
+    )
+    parser.add_argument(
+        "--alias",
+        action="append",
+        default=[],
+        metavar="ROLE=NAME",
+        help="model name the server reports (default: the catalog name)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--slots", type=int, default=16)
     parser.add_argument("--context", type=int, default=16384)
-    parser.add_argument("--parent-pid", type=int, default=0,
-                        help="exit as soon as this process is gone")
-    parser.add_argument("--watch-stdin", action="store_true",
-                        help="exit when stdin reaches end-of-file (the manager's pipe)")
+    parser.add_argument(
+        "--parent-pid", type=int, default=0, help="exit as soon as this process is gone"
+    )
+    parser.add_argument(
+        "--watch-stdin",
+        action="store_true",
+        help="exit when stdin reaches end-of-file (the manager's pipe)",
+    )
     return parser.parse_args(argv)
 
 
@@ -146,15 +161,23 @@ def _aliases(roles: list[str], given: list[str]) -> dict[str, str]:
     return aliases
 
 
-def serve(models: list[HostedModel], threads: int, slots: int, context: int,
-          ready: TextIO) -> None:
+def serve(models: list[HostedModel], threads: int, slots: int, context: int, ready: TextIO) -> None:
     """Start every model, announce their URLs on ``ready`` and serve until told to stop."""
     import xllamacpp
 
     servers: dict[str, Any] = {}
     try:
         for model in models:
-            servers[model.role] = xllamacpp.Server(server_params(model, threads, slots, context))
+            try:
+                servers[model.role] = xllamacpp.Server(
+                    server_params(model, threads, slots, context)
+                )
+            except RuntimeError as exc:
+                # llama.cpp has already logged the cause just above; a traceback adds nothing.
+                sys.stderr.write(
+                    f"ponder: cannot serve the {model.role!r} model {model.path}: {exc}\n"
+                )
+                raise SystemExit(1) from exc
         urls = {role: server.listening_address for role, server in servers.items()}
         ready.write(json.dumps(urls) + "\n")
         ready.flush()
@@ -167,6 +190,11 @@ def serve(models: list[HostedModel], threads: int, slots: int, context: int,
 
 def main(argv: list[str] | None = None) -> None:
     args = _parse_args(argv)
+    # Before xllamacpp loads libgomp, which reads it once. Measured (docs/embedded.md):
+    # with the default spin-waiting, two decode threads on two cores drop from ~35 to
+    # ~2 tokens/s as soon as any other process wants a core; sleeping at barriers costs
+    # a few percent on an idle machine and keeps ~15 tokens/s under contention.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     _die_with_parent(args.parent_pid)
     signal.signal(signal.SIGTERM, _exit_on_signal)
     signal.signal(signal.SIGINT, _exit_on_signal)

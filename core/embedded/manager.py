@@ -9,13 +9,16 @@ chatty) go to ``<cache_dir>/embedded-host.log``, never to Ponder's terminal.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import select
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -59,7 +62,7 @@ class EmbeddedModels:
 
     @property
     def log_path(self) -> Path:
-        return self._cache_dir / LOG_NAME
+        return self._cache_dir.resolve() / LOG_NAME
 
     @property
     def pid(self) -> int | None:
@@ -79,7 +82,7 @@ class EmbeddedModels:
         """
         if self._proc is not None:
             return dict(self.pools)
-        roles = list(dict.fromkeys(self._settings.roles))
+        roles: list[str] = list(dict.fromkeys(self._settings.roles))
         if not self._settings.enabled or not roles:
             return {}
         paths = {role: model_file(role, self._cache_dir) for role in roles}
@@ -160,7 +163,8 @@ class EmbeddedModels:
         root = str(Path(core.__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         log_handle = self._open_log(cmd)
-        try:
+
+        def popen() -> subprocess.Popen[bytes]:
             return subprocess.Popen(
                 cmd,
                 stdin=subprocess.PIPE,
@@ -170,6 +174,9 @@ class EmbeddedModels:
                 # Keep the terminal's Ctrl-C for Ponder: it decides when the models stop.
                 start_new_session=True,
             )
+
+        try:
+            return _spawner().submit(popen).result()
         finally:
             log_handle.close()
 
@@ -203,7 +210,8 @@ class EmbeddedModels:
                 code = proc.wait()
                 raise EmbeddedModelError(
                     f"the embedded model host exited with code {code} before it was ready; "
-                    f"see {self.log_path}"
+                    f"see {self.log_path}. If a model file is damaged, delete it and its "
+                    f".verified.json stamp from {self._cache_dir} and retry."
                 )
             line += chunk
         urls = json.loads(line)
@@ -220,6 +228,24 @@ class EmbeddedModels:
             return ""
         lines = text.splitlines()[-_TAIL_LINES:]
         return "last lines of the host log:\n" + "\n".join(lines)
+
+
+_SPAWNER: ThreadPoolExecutor | None = None
+_SPAWNER_LOCK = threading.Lock()
+
+
+def _spawner() -> ThreadPoolExecutor:
+    """One thread that lives as long as the process and forks every model host.
+
+    PR_SET_PDEATHSIG fires when the *thread* that forked the child ends, not the
+    process: a host started from a short-lived thread (``asyncio.to_thread`` once its
+    executor shuts down, a request handler) would be killed with that thread.
+    """
+    global _SPAWNER
+    with _SPAWNER_LOCK:
+        if _SPAWNER is None:
+            _SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedded-spawner")
+        return _SPAWNER
 
 
 def _wait_healthy(urls: dict[str, str], deadline: float) -> None:
@@ -240,7 +266,5 @@ def _wait_healthy(urls: dict[str, str], deadline: float) -> None:
 
 def _close(stream: IO[bytes] | None) -> None:
     if stream is not None:
-        try:
+        with contextlib.suppress(OSError):
             stream.close()
-        except OSError:
-            pass

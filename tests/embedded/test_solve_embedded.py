@@ -30,7 +30,11 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 def ponder(env: dict[str, str], *args: str) -> dict[str, object]:
     result = subprocess.run(
         [sys.executable, "-m", "app.cli", *args, "--json"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     out: dict[str, object] = json.loads(result.stdout)
@@ -39,8 +43,17 @@ def ponder(env: dict[str, str], *args: str) -> dict[str, object]:
 
 def test_self_consistency_on_the_embedded_model_then_strict_replay(env: dict[str, str]) -> None:
     solved = ponder(
-        env, "solve", QUESTION, "--strategy", "self_consistency",
-        "-p", "n=3", "-p", "max_tokens=256", "--seed", "1",
+        env,
+        "solve",
+        QUESTION,
+        "--strategy",
+        "self_consistency",
+        "-p",
+        "n=3",
+        "-p",
+        "max_tokens=256",
+        "--seed",
+        "1",
     )
     assert solved["answer"] == "48"
     usage = solved["usage"]

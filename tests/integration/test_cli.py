@@ -30,10 +30,16 @@ def cli_env(tmp_path: Path, sim_url: str | None) -> dict[str, str]:
     return env
 
 
-def ponder(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def ponder(
+    env: dict[str, str], *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "app.cli", *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -58,8 +64,9 @@ def sim(simulator: Simulator) -> Simulator:
 
 def test_solve_trace_and_strict_replay(sim: Simulator, tmp_path: Path) -> None:
     env = cli_env(tmp_path, sim.url)
-    solved = ponder(env, "solve", "What is 2 + 3?", "--strategy", "self_consistency",
-                    "-p", "n=3", "--json")
+    solved = ponder(
+        env, "solve", "What is 2 + 3?", "--strategy", "self_consistency", "-p", "n=3", "--json"
+    )
     assert solved.returncode == 0, solved.stderr
     out = json.loads(solved.stdout)
     assert out["answer"] == "5" and out["votes"] == {"5": 3}
@@ -68,7 +75,10 @@ def test_solve_trace_and_strict_replay(sim: Simulator, tmp_path: Path) -> None:
     trace = json.loads(ponder(env, "trace", out["job_id"][:8], "--json").stdout)
     assert [s["kind"] for s in trace["spans"]][:3] == ["job", "strategy", "model_call"]
     assert [s["name"] for s in trace["spans"] if s["kind"] == "event"] == [
-        "sample", "sample", "sample", "vote"
+        "sample",
+        "sample",
+        "sample",
+        "vote",
     ]
 
     requests = sim.stats.requests
@@ -138,10 +148,22 @@ def test_sigkill_mid_job_then_resume_pays_only_for_missing_calls(
         )
     )
     env = cli_env(tmp_path, simulator.url)
-    spec: list[Any] = ["-p", "n=6", "-p", "adaptive=true", "-p", "batch_size=1", "-p", "min_samples=6"]
+    spec: list[Any] = [
+        "-p",
+        "n=6",
+        "-p",
+        "adaptive=true",
+        "-p",
+        "batch_size=1",
+        "-p",
+        "min_samples=6",
+    ]
     proc = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "solve", "What is 2 + 3?", *spec, "--json"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 60
     job_id, recorded = None, 0

@@ -14,7 +14,9 @@ from core.simulator.server import Simulator
 
 
 def script(*rules: Rule, latency: Latency | None = None) -> SimulatorConfig:
-    return SimulatorConfig(models=["sim-small", "sim-large"], rules=list(rules), latency=latency or Latency())
+    return SimulatorConfig(
+        models=["sim-small", "sim-large"], rules=list(rules), latency=latency or Latency()
+    )
 
 
 async def solve(rt: Runtime, strategy: dict[str, Any], **kwargs: Any) -> tuple[str, Any]:
@@ -32,11 +34,21 @@ async def spans_of(rt: Runtime, job_id: str) -> list[tuple[str, str, dict[str, A
 
 
 # What legitimately differs between a job and its replay: how each call was answered.
-HOW_ANSWERED = {"journal", "latency_ms", "recorded_latency_ms", "attempts", "emulated_n",
-                "finish_reasons", "endpoint", "mode"}
+HOW_ANSWERED = {
+    "journal",
+    "latency_ms",
+    "recorded_latency_ms",
+    "attempts",
+    "emulated_n",
+    "finish_reasons",
+    "endpoint",
+    "mode",
+}
 
 
-def comparable(spans: list[tuple[str, str, dict[str, Any]]]) -> list[tuple[str, str, dict[str, Any]]]:
+def comparable(
+    spans: list[tuple[str, str, dict[str, Any]]],
+) -> list[tuple[str, str, dict[str, Any]]]:
     return [(k, n, {x: y for x, y in a.items() if x not in HOW_ANSWERED}) for k, n, a in spans]
 
 
@@ -74,7 +86,7 @@ async def test_adaptive_self_consistency_stops_once_settled(
     runtime: Runtime, simulator: Simulator
 ) -> None:
     simulator.set_config(script(Rule(replies=["The answer is 5."])))
-    job_id, outcome = await solve(
+    _job_id, outcome = await solve(
         runtime,
         {"kind": "self_consistency", "n": 16, "adaptive": True, "batch_size": 2, "min_samples": 2},
     )
@@ -107,7 +119,10 @@ async def test_strict_replay_with_changed_params_fails_clearly(
     simulator.set_config(script(Rule(replies=["The answer is 5."])))
     parent_id, _ = await solve(runtime, {"kind": "direct"})
     child_id = await create_replay(
-        runtime.sessions, runtime.pools, parent_id, mode="strict",
+        runtime.sessions,
+        runtime.pools,
+        parent_id,
+        mode="strict",
         strategy_overrides={"max_tokens": 99},
     )
     child = await runtime.runner.run(child_id)
@@ -119,8 +134,14 @@ async def test_strict_replay_with_changed_params_fails_clearly(
 async def test_fork_calls_only_what_is_new(runtime: Runtime, simulator: Simulator) -> None:
     # Alternating answers keep the vote open, so all three calls are made.
     simulator.set_config(script(Rule(replies=["The answer is 5.", "The answer is 7."])))
-    spec = {"kind": "self_consistency", "n": 6, "adaptive": True, "batch_size": 2,
-            "min_samples": 6, "confidence": 0.99}
+    spec = {
+        "kind": "self_consistency",
+        "n": 6,
+        "adaptive": True,
+        "batch_size": 2,
+        "min_samples": 6,
+        "confidence": 0.99,
+    }
     parent_id, parent = await solve(runtime, spec)
     assert parent.live_calls == 3
     before = simulator.stats.requests
@@ -140,8 +161,14 @@ async def test_fan_out_under_a_token_budget_never_exceeds_it(
 ) -> None:
     long_reply = " ".join(["word"] * 60) + " The answer is {}."
     simulator.set_config(script(Rule(replies=[long_reply.format(5), long_reply.format(7)])))
-    spec = {"kind": "self_consistency", "n": 12, "adaptive": True, "batch_size": 4,
-            "min_samples": 12, "max_tokens": 100}
+    spec = {
+        "kind": "self_consistency",
+        "n": 12,
+        "adaptive": True,
+        "batch_size": 4,
+        "min_samples": 12,
+        "max_tokens": 100,
+    }
     job_id, outcome = await solve(runtime, spec, budget={"max_tokens": 500})
     assert outcome.usage["completion_tokens"] <= 500
     assert outcome.status == "succeeded"
@@ -153,9 +180,10 @@ async def test_fan_out_under_a_token_budget_never_exceeds_it(
 async def test_exhaustion_returns_the_best_answer_so_far(
     runtime: Runtime, simulator: Simulator
 ) -> None:
-    simulator.set_config(script(Rule(replies=["The answer is 5.", "The answer is 5.", "The answer is 8."])))
-    spec = {"kind": "self_consistency", "n": 9, "adaptive": True, "batch_size": 3,
-            "min_samples": 9}
+    simulator.set_config(
+        script(Rule(replies=["The answer is 5.", "The answer is 5.", "The answer is 8."]))
+    )
+    spec = {"kind": "self_consistency", "n": 9, "adaptive": True, "batch_size": 3, "min_samples": 9}
     _, outcome = await solve(runtime, spec, budget={"max_calls": 1})
     assert outcome.result["answer"] == "5"
     assert outcome.result["votes"] == {"5": 2, "8": 1}

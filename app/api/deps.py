@@ -1,0 +1,89 @@
+"""Request dependencies: the app's shared services, a database session, the tenant.
+
+Authentication: ``Authorization: Bearer <key>``; the key's tenant scopes everything the
+request can see. While the database holds no active key at all, requests without a key
+are accepted as tenant ``default`` (``ponder serve`` then binds 127.0.0.1 only); as soon
+as one key exists, every ``/v1`` request needs one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.api.errors import Unauthorized
+from app.api.executor import JobExecutor
+from app.api.settings import ApiSettings
+from core import keys
+from core.db import repo
+from core.pools.registry import Pools
+from core.settings import PoolSettings, Settings
+
+DEFAULT_TENANT = "default"
+
+
+@dataclass
+class ApiState:
+    """Everything the routes share, built once by the app's lifespan."""
+
+    settings: Settings
+    api: ApiSettings
+    pool_settings: Mapping[str, PoolSettings]
+    engine: AsyncEngine
+    sync_engine: Engine
+    sessions: async_sessionmaker[AsyncSession]
+    pools: Pools
+    executor: JobExecutor
+
+
+def get_state(request: Request) -> ApiState:
+    state: ApiState = request.app.state.ponder
+    return state
+
+
+State = Annotated[ApiState, Depends(get_state)]
+
+
+async def get_session(state: State) -> AsyncIterator[AsyncSession]:
+    # Read-only work: writes go through core functions that own their transaction.
+    async with state.sessions() as session:
+        yield session
+
+
+# scope="function": closed when the route returns, not when a streamed response ends, so
+# a long SSE stream never holds a pooled connection.
+Session = Annotated[AsyncSession, Depends(get_session, scope="function")]
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("the Authorization header must be 'Bearer <API key>'")
+    return token.strip()
+
+
+async def get_tenant(request: Request, session: Session) -> str:
+    token = _bearer(request)
+    if token is None:
+        if await repo.any_active_api_key(session):
+            raise Unauthorized("an API key is required: 'Authorization: Bearer <key>'")
+        return DEFAULT_TENANT
+    tenant = await keys.tenant_for_key(session, token)
+    if tenant is None:
+        # With no keys at all the server is open: a token is ignored rather than refused,
+        # because OpenAI clients cannot send a request without one.
+        if not await repo.any_active_api_key(session):
+            return DEFAULT_TENANT
+        raise Unauthorized("unknown or revoked API key")
+    return tenant
+
+
+Tenant = Annotated[str, Depends(get_tenant)]

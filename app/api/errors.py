@@ -1,0 +1,172 @@
+"""HTTP-only errors and the one error body every failure uses.
+
+    PonderError (core.errors)             {"error": {"code", "message", "field"?, ...}}
+    ├── Unauthorized            401       missing, unknown or revoked API key
+    ├── IdempotencyConflict     409       an Idempotency-Key reused with another body
+    ├── PayloadTooLarge         413       body over ApiSettings.max_body_bytes
+    └── EnqueueFailed           503       the job is saved but the broker refused it
+
+Request validation (FastAPI's) is turned into the same shape as ``InvalidInput``: a 422
+whose ``field`` is the dotted path of the first bad field (``strategy.n``, ``budget``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from core.errors import PonderError
+
+log = logging.getLogger(__name__)
+
+
+class Unauthorized(PonderError):
+    code = "unauthorized"
+    status = 401
+
+
+class IdempotencyConflict(PonderError):
+    code = "idempotency_conflict"
+    status = 409
+
+
+class PayloadTooLarge(PonderError):
+    code = "payload_too_large"
+    status = 413
+
+
+class EnqueueFailed(PonderError):
+    code = "enqueue_failed"
+    status = 503
+
+
+def error_body(exc: PonderError) -> dict[str, Any]:
+    detail = {k: v for k, v in exc.to_dict().items() if v is not None}
+    # Details may hold anything a core error attached; the body must stay JSON.
+    return {"error": json.loads(json.dumps(detail, default=str))}
+
+
+def error_response(exc: PonderError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+    return JSONResponse(error_body(exc), status_code=exc.status, headers=headers)
+
+
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "none", "dict", "list", "json-or-python"})
+
+
+def _field(loc: Sequence[Any]) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        parts = parts[1:]
+    # A union's members show up in the location as type tags ("dict[str,any]", "str"):
+    # the field a client can fix is the path without them.
+    parts = [p for p in parts if p not in _TYPE_TAGS and "[" not in p and "(" not in p]
+    return ".".join(parts) or "body"
+
+
+def validation_error(exc: RequestValidationError) -> PonderError:
+    from core.errors import InvalidInput
+
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
+    # A body that is not JSON at all: its "location" is a character offset.
+    field = "body" if first.get("type") == "json_invalid" else _field(first.get("loc", ()))
+    problems = [
+        {"field": _field(e.get("loc", ())), "message": str(e.get("msg", ""))} for e in errors
+    ]
+    return InvalidInput(f"{field}: {first.get('msg', 'invalid')}", field=field, errors=problems)
+
+
+def install_handlers(app: FastAPI) -> None:
+    async def ponder_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, PonderError)
+        if exc.status >= 500:
+            log.warning("%s %s -> %s: %s", request.method, request.url.path, exc.code, exc)
+        return error_response(exc)
+
+    async def request_invalid(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return error_response(validation_error(exc))
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+        err = PonderError(str(exc.detail))
+        err.code, err.status = codes.get(exc.status_code, "http_error"), exc.status_code
+        return error_response(err)
+
+    app.add_exception_handler(PonderError, ponder_error)
+    app.add_exception_handler(RequestValidationError, request_invalid)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+
+
+class BodyLimitMiddleware:
+    """413 for request bodies over ``limit`` bytes, declared or streamed.
+
+    A declared ``Content-Length`` over the limit is refused before the app runs; a
+    chunked body is counted as it arrives and cut off at the limit, so a client can
+    never make the server buffer more than ``limit`` bytes.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(scope, receive, send)
+            return
+        seen = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge(self.limit)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _TooLarge:
+            if started:
+                raise
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        exc = PayloadTooLarge(
+            f"request body exceeds {self.limit} bytes", limit_bytes=self.limit
+        )
+        # Connection: close, since the rest of the body is never read.
+        response = error_response(exc)
+        response.headers["Connection"] = "close"
+        await response(scope, receive, send)
+
+
+class _TooLarge(StarletteHTTPException):
+    """Raised from inside the body read. An HTTPException on purpose: FastAPI turns any
+    other exception while reading a body into a 400, but re-raises these, and the
+    handler above renders them as ``payload_too_large``."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(status_code=413, detail=f"request body exceeds {limit} bytes")

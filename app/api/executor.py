@@ -1,0 +1,164 @@
+"""Who runs a job once its row is committed: the production broker, or this process.
+
+The API calls ``submit`` only after the transaction that created the job committed, so
+a worker never looks for a row it cannot see yet.
+
+    CeleryExecutor      production: ``workers.enqueue.enqueue_job`` (imported on first
+                        use, so the API imports no Celery until it needs it)
+    InProcessExecutor   runs ``core.runner.Runner.run`` as a task on the API's own event
+                        loop: tests, and single-process demos with no broker
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from sqlalchemy import Engine
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from core.cancel import JobMonitor, worker_identity
+from core.pools.client import PoolClient
+from core.runner import Runner
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExecutorContext:
+    """What an executor may use, handed over when the app starts."""
+
+    sessions: async_sessionmaker[AsyncSession]
+    sync_engine: Engine
+    pools: Mapping[str, PoolClient]
+    broker_url: str | None = None
+
+
+@dataclass(frozen=True)
+class Readiness:
+    ok: bool
+    detail: str
+
+
+class JobExecutor(Protocol):
+    name: str
+
+    async def start(self, context: ExecutorContext) -> None: ...
+
+    async def submit(
+        self, job_id: str, *, priority: str, max_seconds: float | None = None
+    ) -> None:
+        """Hand a committed job over to be run; raise if it could not be handed over.
+        ``max_seconds`` is the job's budget limit, if any (a broker may use it)."""
+        ...
+
+    async def ready(self) -> Readiness: ...
+
+    async def close(self) -> None: ...
+
+
+class CeleryExecutor:
+    """Enqueues to the Celery broker (Redis in production)."""
+
+    name = "celery"
+
+    def __init__(self, enqueue: Callable[..., None] | None = None) -> None:
+        self._enqueue = enqueue
+        self._broker_url: str | None = None
+
+    async def start(self, context: ExecutorContext) -> None:
+        self._broker_url = context.broker_url
+
+    def _enqueue_fn(self) -> Callable[..., None]:
+        if self._enqueue is None:
+            from workers.enqueue import enqueue_job
+
+            self._enqueue = enqueue_job
+        return self._enqueue
+
+    async def submit(
+        self, job_id: str, *, priority: str, max_seconds: float | None = None
+    ) -> None:
+        extra = {"max_seconds": max_seconds} if max_seconds is not None else {}
+        # Publishing is blocking network I/O in kombu: keep it off the event loop.
+        await asyncio.to_thread(self._enqueue_fn(), job_id, priority=priority, **extra)
+
+    async def ready(self) -> Readiness:
+        url = self._broker_url
+        if not url:
+            return Readiness(True, "no broker URL configured (the worker's default applies)")
+        if not url.startswith(("redis://", "rediss://")):
+            return Readiness(True, f"{url.split(':', 1)[0]} broker: not probed")
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+        try:
+            await client.ping()
+            return Readiness(True, "redis answers PING")
+        except Exception as exc:  # any failure to reach the broker means "not ready"
+            return Readiness(False, f"redis: {type(exc).__name__}: {exc}")
+        finally:
+            await client.aclose()
+
+    async def close(self) -> None:
+        return None
+
+
+class InProcessExecutor:
+    """Runs each job as an asyncio task in this process (no broker, no durability).
+
+    Example:
+        >>> app = create_app(settings, executor=InProcessExecutor())
+    """
+
+    name = "in-process"
+
+    def __init__(self, *, cancel_poll_s: float = 0.1) -> None:
+        self._runner: Runner | None = None
+        self._monitor: JobMonitor | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._cancel_poll_s = cancel_poll_s
+
+    async def start(self, context: ExecutorContext) -> None:
+        self._runner = Runner(context.sessions, context.pools, context.sync_engine)
+        # The same monitor a worker uses: cancel requests reach jobs run here too.
+        self._monitor = JobMonitor(
+            context.sessions, worker=worker_identity(), cancel_poll_s=self._cancel_poll_s
+        )
+
+    async def submit(
+        self, job_id: str, *, priority: str, max_seconds: float | None = None
+    ) -> None:
+        task = asyncio.create_task(self._run(job_id), name=f"job:{job_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, job_id: str) -> None:
+        assert self._runner is not None, "executor used before start()"
+        try:
+            await self._runner.run(job_id, monitor=self._monitor)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The runner records every expected failure on the job itself; this is a bug
+            # or a lost database, and nobody else would ever see it.
+            log.exception("in-process job %s crashed", job_id)
+
+    @property
+    def running(self) -> int:
+        return len(self._tasks)
+
+    async def ready(self) -> Readiness:
+        return Readiness(True, f"in-process executor, {len(self._tasks)} jobs running")
+
+    async def close(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._monitor is not None:
+            await self._monitor.close()

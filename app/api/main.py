@@ -1,0 +1,130 @@
+"""The FastAPI application.
+
+    uvicorn app.api.main:app          # settings from PONDER_* / .env, Celery executor
+
+``create_app`` is the factory: tests and ``ponder serve`` pass their own settings, the
+pools to validate against (``ponder serve`` passes the embedded models' pools) and an
+executor (``InProcessExecutor`` runs jobs in this process; the default enqueues to Celery
+after commit). Building the app opens nothing; the lifespan opens the database engines
+and the pool clients (no network until a request needs it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.api.deps import ApiState
+from app.api.errors import BodyLimitMiddleware, install_handlers
+from app.api.executor import CeleryExecutor, ExecutorContext, InProcessExecutor, JobExecutor
+from app.api.metrics import ApiMetrics, HttpMetricsMiddleware
+from app.api.openai_compat import router as openai_router
+from app.api.routes.catalog import router as catalog_router
+from app.api.routes.jobs import router as jobs_router
+from app.api.routes.system import router as system_router
+from app.api.routes.traces import router as traces_router
+from app.api.settings import ApiSettings
+from core.db.engine import make_async_engine, make_engine, make_sessionmaker
+from core.db.migrate import ensure_schema
+from core.pools.registry import Pools
+from core.settings import PoolSettings, Settings, get_settings
+
+DESCRIPTION = """Submit reasoning jobs, follow them live, replay, fork and diff them.
+Authenticate with `Authorization: Bearer <key>` (`ponder keys create --tenant T`);
+errors are `{"error": {"code", "message", "field"?}}`. See docs/api.md."""
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    executor: JobExecutor | None = None,
+    pools: Mapping[str, PoolSettings] | None = None,
+    api_settings: ApiSettings | None = None,
+) -> FastAPI:
+    """Build the API.
+
+    Args:
+        settings: core settings (database, pools); default: from the environment.
+        executor: runs committed jobs; default by ``PONDER_API_EXECUTOR``: ``celery``
+            (``CeleryExecutor``, enqueue after commit) or ``in-process``.
+        pools: role -> pool settings to validate and run against; default
+            ``settings.pools``.
+        api_settings: HTTP-layer limits; default: from ``PONDER_API_*``.
+
+    Example:
+        >>> app = create_app(settings, executor=InProcessExecutor())
+        >>> uvicorn.run(app, host="127.0.0.1", port=8000)
+    """
+    api = api_settings or ApiSettings()
+    metrics = ApiMetrics(api.metrics_cache_s)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        core_settings = settings or get_settings()
+        url = core_settings.resolved_database_url()
+        if url.startswith("sqlite"):
+            # As the CLI does: a local file is ours to create; PostgreSQL is migrated on
+            # deploy (`ponder db upgrade`).
+            await asyncio.to_thread(ensure_schema, url)
+        engine = make_async_engine(url)
+        sync_engine = make_engine(url)
+        pool_settings = dict(pools if pools is not None else core_settings.pools)
+        clients = Pools.from_settings(pool_settings)
+        chosen = executor if executor is not None else _default_executor(api)
+        state = ApiState(
+            settings=core_settings,
+            api=api,
+            pool_settings=pool_settings,
+            engine=engine,
+            sync_engine=sync_engine,
+            sessions=make_sessionmaker(engine),
+            pools=clients,
+            executor=chosen,
+        )
+        await chosen.start(
+            ExecutorContext(state.sessions, sync_engine, clients, core_settings.broker_url)
+        )
+        app.state.ponder = state
+        try:
+            yield
+        finally:
+            await chosen.close()
+            await clients.aclose()
+            await engine.dispose()
+            sync_engine.dispose()
+
+    app = FastAPI(
+        title="Ponder",
+        version="1",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.metrics = metrics
+    install_handlers(app)
+    for router in (jobs_router, traces_router, catalog_router, openai_router, system_router):
+        app.include_router(router)
+    # Outermost last: metrics see every request, including those refused for size.
+    app.add_middleware(BodyLimitMiddleware, limit=api.max_body_bytes)
+    app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
+    return app
+
+
+def _default_executor(api: ApiSettings) -> JobExecutor:
+    if api.executor == "in-process":
+        return InProcessExecutor()
+    return CeleryExecutor()
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `uvicorn app.api.main:app` gets an app built on first access, not on import, so
+    # importing this module (tests, `ponder serve`) reads no settings.
+    if name == "app":
+        built = create_app()
+        globals()["app"] = built
+        return built
+    raise AttributeError(name)

@@ -1,0 +1,303 @@
+"""An OpenAI-compatible face: ``POST /v1/chat/completions`` and ``GET /v1/models``.
+
+The model name picks a strategy preset, ``ponder/<kind>`` (``ponder/self_consistency``,
+``ponder/direct``); the last user message is the question. The request submits an
+ordinary job, waits for it (at most ``ApiSettings.chat_timeout_s``) and answers in the
+chat.completion shape: ``id`` is the job id, ``usage`` counts every internal model call,
+and a ``ponder`` extension carries the answer, the votes and the trace's URL.
+
+Sampling fields (``temperature``, ``max_tokens``...) are accepted and ignored: the
+strategy decides how its internal calls sample. An optional ``ponder`` object in the
+request sets strategy parameters, a budget and role overrides, as ``POST /v1/jobs`` does.
+``stream: true`` sends the role at once, keep-alive comments while the job runs, then the
+answer as one content chunk, as chat.completion.chunk SSE ending with ``[DONE]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header
+from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.sse import KEEPALIVE_COMMENT, format_sse_event
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from app.api.deps import ApiState, State, Tenant
+from app.api.errors import error_body
+from app.api.schemas import JobCreate
+from app.api.services import jobs
+from app.api.services.system import MODEL_PREFIX
+from app.api.sse import HEADERS, KEEPALIVE_S
+from core.db import repo
+from core.db.models import Job, JobStatus
+from core.errors import InvalidInput, NotFound, PonderError
+from strategies.registry import STRATEGIES
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class JobTimedOut(PonderError):
+    code = "job_timeout"
+    status = 504
+
+
+class JobFailed(PonderError):
+    code = "job_failed"
+    status = 502
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: str
+    content: str | list[TextPart] | None = None
+
+
+class PonderOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    strategy: dict[str, Any] | None = Field(
+        default=None, description="Parameters merged into the preset (not `kind`)."
+    )
+    budget: dict[str, Any] | None = None
+    roles: dict[str, str] | None = None
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    # OpenAI clients send many optional fields; unknown ones are ignored, not refused.
+    model_config = ConfigDict(extra="ignore")
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = Field(default=1, ge=1, le=1)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    ponder: PonderOptions | None = None
+
+
+def _kind(model: str) -> str:
+    kind = model[len(MODEL_PREFIX) :] if model.startswith(MODEL_PREFIX) else None
+    if kind not in STRATEGIES:
+        valid = [MODEL_PREFIX + k for k in sorted(STRATEGIES)]
+        raise ModelNotFound(
+            f"model {model!r} does not exist; models: {', '.join(valid)}",
+            field="model",
+            valid=valid,
+        )
+    return kind
+
+
+def _question(messages: list[ChatMessage]) -> str:
+    for message in reversed(messages):
+        if message.role != "user":
+            continue
+        if isinstance(message.content, str):
+            return message.content
+        if message.content:
+            return "\n".join(p.text for p in message.content if p.type == "text" and p.text)
+    raise InvalidInput("messages must contain a user message with text", field="messages")
+
+
+async def _wait(state: ApiState, job_id: str, timeout_s: float) -> Job | None:
+    """The finished job, or None if it is still running when the time is up."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.02
+    while True:
+        async with state.sessions() as session:
+            progress = await repo.job_progress(session, job_id)
+            if progress is None:
+                raise NotFound(f"job {job_id} not found")
+            if progress[0] in JobStatus.FINAL:
+                return await repo.get_job(session, job_id)
+        if time.monotonic() >= deadline:
+            return None
+        await asyncio.sleep(min(delay, max(deadline - time.monotonic(), 0.0)))
+        delay = min(delay * 1.5, 0.25)
+
+
+def _usage(job: Job) -> dict[str, int]:
+    usage = job.usage or {}
+    prompt = int(usage.get("prompt_tokens", 0))
+    completion = int(usage.get("completion_tokens", 0))
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def _content(job: Job) -> str:
+    result = job.result or {}
+    return str(result.get("text") or result.get("answer") or "")
+
+
+def _extension(job: Job) -> dict[str, Any]:
+    result, usage = job.result or {}, job.usage or {}
+    return {
+        "job_id": job.id,
+        "status": job.status,
+        "answer": result.get("answer"),
+        "votes": result.get("votes") or {},
+        "budget_exhausted": bool(result.get("budget_exhausted")),
+        "calls": usage.get("calls", 0),
+        "cost": usage.get("cost", 0.0),
+        "trace": f"/v1/jobs/{job.id}/trace",
+    }
+
+
+def _finish_reason(job: Job) -> Literal["stop", "length"]:
+    return "length" if (job.result or {}).get("budget_exhausted") else "stop"
+
+
+def _outcome_error(job: Job | None, job_id: str, timeout_s: float) -> PonderError | None:
+    if job is None:
+        return JobTimedOut(
+            f"job {job_id} did not finish within {timeout_s:g}s; it keeps running: "
+            f"GET /v1/jobs/{job_id}",
+            job_id=job_id,
+        )
+    if job.status != JobStatus.SUCCEEDED:
+        error = job.error or {}
+        return JobFailed(
+            f"job {job.id} {job.status}: {error.get('message', 'no answer')}",
+            job_id=job.id,
+            job_error=error.get("code"),
+        )
+    return None
+
+
+@router.get("/models")
+async def list_models(tenant: Tenant) -> dict[str, Any]:
+    """Every strategy preset, as OpenAI model objects."""
+    return {
+        "object": "list",
+        "data": [
+            {"id": MODEL_PREFIX + kind, "object": "model", "created": 0, "owned_by": "ponder"}
+            for kind in sorted(STRATEGIES)
+        ],
+    }
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(
+    body: ChatCompletionRequest,
+    state: State,
+    tenant: Tenant,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> JSONResponse | StreamingResponse:
+    """Run a strategy preset as if it were a model; see the module doc."""
+    kind = _kind(body.model)
+    options = body.ponder or PonderOptions()
+    overrides = dict(options.strategy or {})
+    overrides.pop("kind", None)
+    try:
+        request = JobCreate(
+            question=_question(body.messages),
+            strategy={**overrides, "kind": kind},
+            budget=options.budget,
+            roles=options.roles,
+            seed=body.seed,
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = "messages" if first["loc"][:1] == ("question",) else "ponder"
+        raise InvalidInput(f"{field}: {first['msg']}", field=field) from None
+    job, _ = await jobs.submit(state, tenant, request, idempotency_key)
+    timeout_s = state.api.chat_timeout_s
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        stream = _stream(state, job.id, body.model, int(job.created_at.timestamp()), include_usage)
+        return StreamingResponse(stream, media_type="text/event-stream", headers=HEADERS)
+    finished = await _wait(state, job.id, timeout_s)
+    error = _outcome_error(finished, job.id, timeout_s)
+    if error is not None:
+        return JSONResponse(error_body(error), status_code=error.status)
+    assert finished is not None
+    return JSONResponse(
+        {
+            "id": finished.id,
+            "object": "chat.completion",
+            "created": int(finished.created_at.timestamp()),
+            "model": body.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": _content(finished)},
+                    "logprobs": None,
+                    "finish_reason": _finish_reason(finished),
+                }
+            ],
+            "usage": _usage(finished),
+            "system_fingerprint": None,
+            "ponder": _extension(finished),
+        }
+    )
+
+
+def _chunk(job_id: str, model: str, created: int, choices: list[Any], **extra: Any) -> bytes:
+    data = {
+        "id": job_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": choices,
+        **extra,
+    }
+    return format_sse_event(data_str=json.dumps(data))
+
+
+async def _stream(
+    state: ApiState, job_id: str, model: str, created: int, include_usage: bool
+) -> AsyncIterator[bytes]:
+    yield _chunk(
+        job_id, model, created, [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                  "finish_reason": None}]
+    )
+    timeout_s = state.api.chat_timeout_s
+    deadline = time.monotonic() + timeout_s
+    finished: Job | None = None
+    while True:
+        # Waits in slices so a keep-alive comment goes out while a long job runs.
+        left = deadline - time.monotonic()
+        finished = await _wait(state, job_id, max(min(KEEPALIVE_S, left), 0.0))
+        if finished is not None or time.monotonic() >= deadline:
+            break
+        yield KEEPALIVE_COMMENT
+    error = _outcome_error(finished, job_id, timeout_s)
+    if error is not None:
+        # The openai client raises an APIError on a chunk carrying "error".
+        yield format_sse_event(data_str=json.dumps(error_body(error)))
+        yield format_sse_event(data_str="[DONE]")
+        return
+    assert finished is not None
+    yield _chunk(
+        job_id, model, created, [{"index": 0, "delta": {"content": _content(finished)},
+                                  "finish_reason": None}]
+    )
+    yield _chunk(
+        job_id,
+        model,
+        created,
+        [{"index": 0, "delta": {}, "finish_reason": _finish_reason(finished)}],
+        ponder=_extension(finished),
+    )
+    if include_usage:
+        yield _chunk(job_id, model, created, [], usage=_usage(finished))
+    yield format_sse_event(data_str="[DONE]")

@@ -1,0 +1,1 @@
+"""One router per resource; each route validates, calls a service and shapes the reply."""

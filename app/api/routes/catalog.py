@@ -1,0 +1,24 @@
+"""/v1/strategies and /v1/pools."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.api.deps import State, Tenant
+from app.api.schemas import PoolOut, StrategyOut
+from app.api.services import system
+
+router = APIRouter(prefix="/v1", tags=["catalog"])
+
+
+@router.get("/strategies", response_model=list[StrategyOut])
+async def list_strategies(tenant: Tenant) -> list[StrategyOut]:
+    """Each strategy kind with its parameters' JSON schema and its documentation."""
+    return system.strategies()
+
+
+@router.get("/pools", response_model=list[PoolOut])
+async def list_pools(state: State, tenant: Tenant, probe: bool = True) -> list[PoolOut]:
+    """Each model role's pool; `probe=true` health-checks every endpoint now. Breaker
+    state and request counts are this API process's own view of the endpoints."""
+    return await system.pools(state, probe=probe)

@@ -1,0 +1,245 @@
+"""Request and response bodies of the v1 API (the OpenAI-compatible ones live in
+``openai_compat``). Trace events are ``core.events.Event``: one schema everywhere."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.db.models import Job
+from core.events import Event
+from core.jobs import MAX_QUESTION_CHARS
+
+Priority = Literal["high", "default", "low"]
+JobStatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class _Strict(BaseModel):
+    # Unknown fields are refused with a 422 naming them: a typo ("budjet") must not be
+    # silently ignored and run the job with defaults.
+    model_config = ConfigDict(extra="forbid")
+
+
+class JobCreate(_Strict):
+    question: str = Field(max_length=MAX_QUESTION_CHARS, examples=["What is 17 * 23?"])
+    strategy: dict[str, Any] | str | None = Field(
+        default=None,
+        description="A strategy spec `{\"kind\": ..., **params}` (see GET /v1/strategies), "
+        "or just the kind. Default: the server's default strategy.",
+        examples=[{"kind": "self_consistency", "n": 8}],
+    )
+    budget: dict[str, Any] | None = Field(
+        default=None,
+        description="max_tokens, max_calls, max_seconds, max_cost, per_role.",
+        examples=[{"max_tokens": 4000}],
+    )
+    roles: dict[str, str] | None = Field(
+        default=None,
+        description="Strategy role -> configured pool name (never a URL).",
+        examples=[{"small": "large"}],
+    )
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    priority: Priority = "default"
+
+
+class ReplayCreate(_Strict):
+    mode: Literal["strict", "live"] = "strict"
+    fork_from: int | None = Field(
+        default=None,
+        ge=0,
+        description="Keep only the parent's first N journal entries (default: all).",
+    )
+    strategy: dict[str, Any] | None = Field(
+        default=None, description="Parameter overrides merged into the parent's spec."
+    )
+    roles: dict[str, str] | None = Field(
+        default=None, description="Role -> configured pool name (live mode only)."
+    )
+    priority: Priority = "default"
+
+
+class JobLinks(BaseModel):
+    self: str
+    trace: str
+    events: str
+
+
+class JobOut(BaseModel):
+    id: str
+    status: str
+    question: str
+    strategy: dict[str, Any]
+    budget: dict[str, Any]
+    roles: dict[str, Any]
+    seed: int
+    priority: str
+    result: dict[str, Any] | None
+    usage: dict[str, Any] | None
+    error: dict[str, Any] | None
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    parent_job_id: str | None
+    fork_point: int | None
+    replay_mode: str | None
+    idempotency_key: str | None
+    links: JobLinks
+
+    @classmethod
+    def of(cls, job: Job) -> JobOut:
+        base = f"/v1/jobs/{job.id}"
+        return cls(
+            id=job.id,
+            status=job.status,
+            question=job.question,
+            strategy=job.strategy,
+            budget=job.budget or {},
+            roles=job.roles or {},
+            seed=job.seed,
+            priority=job.priority or "default",
+            result=job.result,
+            usage=job.usage,
+            error=job.error,
+            attempts=job.attempts,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            parent_job_id=job.parent_job_id,
+            fork_point=job.fork_point,
+            replay_mode=job.replay_mode,
+            idempotency_key=job.idempotency_key,
+            links=JobLinks(self=base, trace=f"{base}/trace", events=f"{base}/events"),
+        )
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next (older) page; null on the last page."
+    )
+
+
+class JournalEntryOut(BaseModel):
+    seq: int
+    key: str
+    occurrence: int
+    role: str
+    endpoint: str | None
+    latency_ms: float
+    attempts: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    copied_from: str | None = Field(description="The job this entry was copied from.")
+
+
+class JournalSummary(BaseModel):
+    entries: int
+    recorded: int
+    """Entries this job paid for (live calls)."""
+    copied: int
+    """Entries seeded from a parent job (replay, fork)."""
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    calls: list[JournalEntryOut]
+
+
+class TraceOut(BaseModel):
+    job: JobOut
+    events: list[Event]
+    journal: JournalSummary
+
+
+class CallSide(BaseModel):
+    role: str | None
+    model: str | None
+    key: str | None
+    journal: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    latency_ms: float | None
+    texts: list[str] | None = None
+
+
+class Divergence(BaseModel):
+    index: int
+    """0-based position among each job's model calls, in issue order."""
+    reason: Literal["request", "response", "only_in_a", "only_in_b"]
+    differences: list[str]
+    """Request fields that differ (``n``, ``messages``...), or ``choices`` for a response."""
+    a: CallSide | None
+    b: CallSide | None
+
+
+class Deltas(BaseModel):
+    """b minus a."""
+
+    calls: int
+    live_calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    call_latency_ms: float
+    wall_s: float | None
+
+
+class CallComparison(BaseModel):
+    index: int
+    same_request: bool
+    same_response: bool | None
+    completion_tokens_delta: int
+    latency_ms_delta: float | None
+
+
+class DiffOut(BaseModel):
+    a: str
+    b: str
+    answers: tuple[str | None, str | None]
+    identical: bool
+    first_divergence: Divergence | None
+    deltas: Deltas
+    calls: list[CallComparison]
+
+
+class StrategyOut(BaseModel):
+    kind: str
+    model: str = Field(description="Its preset's name on /v1/chat/completions.")
+    doc: str
+    json_schema: dict[str, Any] = Field(alias="schema")
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+
+class EndpointOut(BaseModel):
+    url: str
+    breaker: str
+    outstanding: int
+    consecutive_failures: int
+    total_requests: int
+    total_failures: int
+    healthy: bool | None = None
+    health_status: int | None = None
+    health_latency_ms: float | None = None
+    health_error: str | None = None
+
+
+class PoolOut(BaseModel):
+    role: str
+    model: str
+    kind: str
+    endpoints: list[EndpointOut]
+
+
+class Check(BaseModel):
+    ok: bool
+    detail: str
+
+
+class Readiness(BaseModel):
+    ready: bool
+    checks: dict[str, Check]

@@ -1,0 +1,1 @@
+"""What the routes call: one function per use case, on top of ``core``. No HTTP here."""

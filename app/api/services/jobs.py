@@ -1,0 +1,230 @@
+"""Submitting, listing, reading, replaying and cancelling a tenant's jobs.
+
+Every write is one transaction that commits before the executor hears of the job
+(enqueue after commit): a worker never looks for a row it cannot see.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import random
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.api.deps import ApiState
+from app.api.errors import EnqueueFailed, IdempotencyConflict
+from app.api.schemas import JobCreate, JobStatusName, ReplayCreate
+from core.cancel import request_cancel
+from core.db import repo
+from core.db.models import Job
+from core.errors import InvalidInput, NotFound
+from core.jobs import create_replay, validate_budget, validate_question
+from core.runner import resolve_roles, validate_spec
+from strategies.registry import STRATEGIES
+
+log = logging.getLogger(__name__)
+
+MAX_IDEMPOTENCY_KEY = 128
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+
+
+def strategy_spec(strategy: dict[str, Any] | str | None, default: str) -> dict[str, Any]:
+    if strategy is None:
+        return {"kind": default}
+    if isinstance(strategy, str):
+        return {"kind": strategy}
+    return dict(strategy)
+
+
+def _check_idempotency_key(key: str | None) -> str | None:
+    if key is None:
+        return None
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable():
+        raise InvalidInput(
+            f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable characters",
+            field="Idempotency-Key",
+        )
+    return key
+
+
+def _fingerprint(payload: dict[str, Any]) -> str:
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+async def get_job(session: AsyncSession, tenant: str, job_id: str) -> Job:
+    job = await repo.get_job_for_tenant(session, job_id, tenant)
+    if job is None:
+        raise NotFound(f"job {job_id} not found")
+    return job
+
+
+async def _enqueue(state: ApiState, job: Job) -> None:
+    job_id = job.id
+    max_seconds = (job.budget or {}).get("max_seconds")
+    try:
+        await state.executor.submit(job_id, priority=job.priority, max_seconds=max_seconds)
+    except Exception as exc:
+        log.exception("job %s committed but not enqueued", job_id)
+        raise EnqueueFailed(
+            f"job {job_id} was saved but could not be queued ({type(exc).__name__}); "
+            "retry later",
+            job_id=job_id,
+        ) from exc
+
+
+async def _existing(state: ApiState, tenant: str, key: str, fingerprint: str) -> Job | None:
+    async with state.sessions() as session:
+        job = await repo.get_job_by_idempotency_key(session, tenant, key)
+    if job is not None and job.request_hash != fingerprint:
+        raise IdempotencyConflict(
+            f"Idempotency-Key {key!r} was used for a different request (job {job.id})",
+            field="Idempotency-Key",
+            job_id=job.id,
+        )
+    return job
+
+
+async def submit(
+    state: ApiState, tenant: str, body: JobCreate, idempotency_key: str | None
+) -> tuple[Job, bool]:
+    """Validate, store and enqueue a job. Returns ``(job, created)``: with a known
+    ``Idempotency-Key`` and the same request, the earlier job and False."""
+    key = _check_idempotency_key(idempotency_key)
+    question = validate_question(body.question)
+    params = validate_spec(strategy_spec(body.strategy, state.settings.default_strategy))
+    budget = validate_budget(body.budget)
+    bound = resolve_roles(params, state.pools, body.roles)
+    strategy = params.model_dump(mode="json")
+    budget_json = budget.model_dump(mode="json", exclude_defaults=True)
+    # The fingerprint covers the request as validated: {"kind": "direct"} and "direct"
+    # are the same request; an omitted seed is part of it (it means "pick one").
+    fingerprint = _fingerprint(
+        {
+            "question": question,
+            "strategy": strategy,
+            "budget": budget_json,
+            "roles": bound,
+            "seed": body.seed,
+            "priority": body.priority,
+        }
+    )
+    if key is not None:
+        earlier = await _existing(state, tenant, key, fingerprint)
+        if earlier is not None:
+            return earlier, False
+    seed = body.seed if body.seed is not None else random.SystemRandom().randrange(2**31)
+    try:
+        async with state.sessions() as session, session.begin():
+            job = await repo.create_job(
+                session,
+                question=question,
+                strategy=strategy,
+                budget=budget_json,
+                roles=bound,
+                seed=seed,
+                tenant=tenant,
+                idempotency_key=key,
+            )
+            job.request_hash = fingerprint
+            job.priority = body.priority  # the reaper re-enqueues on the same queue
+    except IntegrityError:
+        if key is None:
+            raise
+        # A concurrent request with the same key won the insert: answer as its retry.
+        earlier = await _existing(state, tenant, key, fingerprint)
+        if earlier is None:
+            raise
+        return earlier, False
+    await _enqueue(state, job)
+    return job, True
+
+
+def encode_cursor(job: Job) -> str:
+    raw = f"{job.created_at.isoformat()}|{job.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        created, job_id = base64.urlsafe_b64decode(padded).decode().split("|", 1)
+        when = datetime.fromisoformat(created)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidInput("cursor is not one this API returned", field="cursor") from None
+    if when.tzinfo is None:
+        raise InvalidInput("cursor is not one this API returned", field="cursor")
+    return when, job_id
+
+
+async def list_jobs(
+    session: AsyncSession,
+    tenant: str,
+    *,
+    limit: int,
+    status: JobStatusName | None,
+    strategy: str | None,
+    created_after: datetime | None,
+    cursor: str | None,
+) -> tuple[list[Job], str | None]:
+    if strategy is not None and strategy not in STRATEGIES:
+        valid = sorted(STRATEGIES)
+        raise InvalidInput(
+            f"unknown strategy {strategy!r}; valid strategies: {', '.join(valid)}",
+            field="strategy",
+            valid=valid,
+        )
+    if created_after is not None and created_after.tzinfo is None:
+        created_after = created_after.replace(tzinfo=UTC)  # a time without a zone is UTC
+    before = decode_cursor(cursor) if cursor else None
+    # One extra row tells whether another page exists without a COUNT.
+    rows = list(
+        await repo.list_jobs(
+            session,
+            tenant,
+            limit=limit + 1,
+            status=status,
+            strategy=strategy,
+            created_after=created_after,
+            before=before,
+        )
+    )
+    page = rows[:limit]
+    next_cursor = encode_cursor(page[-1]) if len(rows) > limit and page else None
+    return page, next_cursor
+
+
+async def replay(state: ApiState, tenant: str, parent_id: str, body: ReplayCreate) -> Job:
+    async with state.sessions() as session:
+        await get_job(session, tenant, parent_id)
+    child_id = await create_replay(
+        state.sessions,
+        state.pools,
+        parent_id,
+        mode=body.mode,
+        fork_from=body.fork_from,
+        strategy_overrides=body.strategy,
+        roles=body.roles,
+    )
+    if body.priority != "default":
+        async with state.sessions() as session, session.begin():
+            await repo.set_job_priority(session, child_id, body.priority)
+    async with state.sessions() as session:
+        child = await get_job(session, tenant, child_id)
+    await _enqueue(state, child)
+    return child
+
+
+async def cancel(state: ApiState, tenant: str, job_id: str) -> Job:
+    """Flag the job; a queued one is cancelled now, a running one by its worker shortly
+    (``core.cancel``). Cancelling a finished job changes nothing and is not an error."""
+    await request_cancel(state.sessions, job_id, tenant=tenant)
+    async with state.sessions() as session:
+        return await get_job(session, tenant, job_id)

@@ -1,0 +1,151 @@
+"""One long-lived asyncio event loop per worker process, and what lives on it.
+
+Celery prefork tasks are synchronous, but a job is a tree of coroutines whose pools,
+httpx connection pools and database engines belong to the loop that created them. So
+each worker process runs one loop in a background thread, opens one ``Runtime`` and one
+``JobMonitor`` on it (on ``worker_process_init``, after the fork: nothing here may be
+inherited from the parent), and tasks submit coroutines to it and wait.
+
+Waiting in the task's own thread keeps Celery's soft time limit working: prefork raises
+``SoftTimeLimitExceeded`` in that thread, which then asks the loop to stop the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from core.cancel import JobMonitor, StopReason, worker_identity
+from core.runner import RunOutcome
+from core.runtime import Runtime
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_OPEN_TIMEOUT_S = 60.0
+_CLOSE_TIMEOUT_S = 15.0
+
+
+class WorkerRuntime:
+    """The loop thread, the runtime (database, pools) and the job monitor of one process.
+
+    Example::
+
+        wr = WorkerRuntime(Settings())
+        wr.start()
+        outcome = wr.run_job(job_id)     # blocks this thread until the job is done
+        wr.close()
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.pid = os.getpid()
+        self.worker = worker_identity()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._serve, name="ponder-worker-loop", daemon=True)
+        self._runtime: Runtime | None = None
+        self.monitor: JobMonitor | None = None
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_forever()
+
+    def start(self) -> None:
+        self._thread.start()
+        self.call(self._open(), timeout=_OPEN_TIMEOUT_S)
+
+    async def _open(self) -> None:
+        # Every configured pool: which roles a job needs is known only per job. No
+        # configured pools means none here (a worker never starts the embedded models
+        # itself: `ponder worker` / `ponder serve` start them once and pass them on).
+        roles = set(self.settings.pools)
+        if not roles:
+            log.warning(
+                "this worker has no model pools configured (PONDER_POOLS__<ROLE>__...); "
+                "jobs that need a model will fail with pool_unavailable"
+            )
+        runtime = Runtime(self.settings, roles=roles)
+        await runtime.__aenter__()
+        self._runtime = runtime
+        worker = self.settings.worker
+        self.monitor = JobMonitor(
+            runtime.sessions,
+            worker=self.worker,
+            cancel_poll_s=worker.cancel_poll_s,
+            heartbeat_s=worker.heartbeat_s,
+            stale_after_s=worker.stale_after_s,
+            time_limit=lambda max_seconds: worker.time_limits(max_seconds)[0],
+        )
+        log.info("worker runtime ready: %s, pools %s", self.worker, sorted(roles) or "none")
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        return self.submit(coro).result(timeout)
+
+    def run_job(self, job_id: str) -> concurrent.futures.Future[RunOutcome]:
+        """Start running the job on the loop; the future resolves with its outcome."""
+        return self.submit(self._run(job_id))
+
+    async def _run(self, job_id: str) -> RunOutcome:
+        assert self._runtime is not None and self.monitor is not None
+        return await self._runtime.runner.run(job_id, monitor=self.monitor)
+
+    def stop_job(self, job_id: str, reason: StopReason, detail: str = "") -> None:
+        """Ask the loop to stop a running job (thread-safe)."""
+        monitor = self.monitor
+        if monitor is not None:
+            self._loop.call_soon_threadsafe(monitor.stop, job_id, reason, detail)
+
+    def close(self) -> None:
+        if not self._thread.is_alive():
+            return
+        try:
+            self.call(self._close(), timeout=_CLOSE_TIMEOUT_S)
+        except Exception:
+            log.exception("worker runtime did not close cleanly")
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=_CLOSE_TIMEOUT_S)
+            if not self._thread.is_alive():
+                self._loop.close()
+
+    async def _close(self) -> None:
+        if self.monitor is not None:
+            await self.monitor.close()
+        if self._runtime is not None:
+            await self._runtime.__aexit__(None, None, None)
+
+
+_lock = threading.Lock()
+_current: WorkerRuntime | None = None
+
+
+def worker_runtime() -> WorkerRuntime:
+    """This process's runtime, started on first use (or by ``worker_process_init``).
+
+    A runtime created before a fork belongs to the parent: the child starts its own.
+    """
+    global _current
+    with _lock:
+        if _current is None or _current.pid != os.getpid():
+            runtime = WorkerRuntime(Settings())
+            runtime.start()
+            _current = runtime
+        return _current
+
+
+def shutdown_worker_runtime() -> None:
+    global _current
+    with _lock:
+        runtime, _current = _current, None
+    if runtime is not None and runtime.pid == os.getpid():
+        runtime.close()

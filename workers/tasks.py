@@ -1,0 +1,98 @@
+"""Celery tasks: ``run_job(job_id)``, thin and idempotent.
+
+The task receives an id, never a row: it reloads the job (``Runner.run``), which skips a
+finished job, a job cancelled before it ran, and a job another live worker holds; takes
+the job's lease; runs the strategy from the top, its journal answering every call an
+earlier run already paid for; and saves the outcome. A job's own failure (a model that
+stays down, a bad spec) is a final job state, not a task failure: Celery retries only
+infrastructure failures (the database or network under it), and model calls are
+retried by the pool client alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import (
+    after_setup_logger,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
+)
+
+from core.errors import NotFound
+from core.runner import RunOutcome, is_infrastructure_error
+from workers.celery_app import TASK_RUN_JOB, app, current_settings, ensure_broker_dir
+from workers.runtime import shutdown_worker_runtime, worker_runtime
+
+log = logging.getLogger(__name__)
+
+MAX_INFRA_RETRIES = 5
+
+
+@after_setup_logger.connect
+def _quiet_http_client(**_: Any) -> None:
+    # httpx logs every request at INFO: one line per model call drowns the job lines.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+@worker_init.connect
+def _prepare_broker(**_: Any) -> None:
+    ensure_broker_dir(current_settings())
+
+
+@worker_process_init.connect
+def _open_runtime(**_: Any) -> None:
+    # Eagerly, in each prefork child after the fork, so the first job does not pay for it
+    # and a broken configuration shows at start. Solo and thread pools open it lazily.
+    worker_runtime()
+
+
+@worker_process_shutdown.connect
+def _close_runtime(**_: Any) -> None:
+    shutdown_worker_runtime()
+
+
+@worker_shutdown.connect
+def _close_runtime_main(**_: Any) -> None:
+    shutdown_worker_runtime()  # solo and thread pools run tasks in the main process
+
+
+@app.task(name=TASK_RUN_JOB, bind=True, max_retries=MAX_INFRA_RETRIES)
+def run_job(self: Task[Any, Any], job_id: str) -> str:
+    """Run one job to a final state; returns the job's status (Celery stores no result)."""
+    runtime = worker_runtime()
+    future = runtime.run_job(job_id)
+    try:
+        try:
+            outcome: RunOutcome = future.result()
+        except SoftTimeLimitExceeded:
+            # The monitor's own limit normally fires first; this is the backstop. Stop the
+            # strategy and let the runner save the job as failed with code time_limit.
+            runtime.stop_job(job_id, "time_limit", "Celery's soft time limit passed")
+            outcome = future.result(timeout=runtime.settings.worker.hard_limit_extra_s)
+    except NotFound:
+        # The contract is enqueue-after-commit, so this is a worker on another database
+        # or a job deleted since: nothing to run, and retrying cannot help.
+        log.error("job %s: no such job in this worker's database; dropped", job_id)
+        return "not_found"
+    except Exception as exc:
+        if not is_infrastructure_error(exc):
+            raise
+        # By the time the retry runs, this run's lease has gone stale (nothing stamps
+        # its heartbeat any more), so whichever process gets the retry may claim it.
+        countdown = runtime.settings.worker.stale_after_s + 1
+        log.warning(
+            "job %s: infrastructure failure (%s); retrying in %.0f s", job_id, exc, countdown
+        )
+        raise self.retry(exc=exc, countdown=countdown) from exc
+    skipped = outcome.extra.get("skipped")
+    if skipped:
+        log.info("job %s skipped: %s (status %s)", job_id, skipped, outcome.status)
+    else:
+        log.info("job %s %s in %.3f s", job_id, outcome.status, outcome.wall_s)
+    return outcome.status
