@@ -192,7 +192,8 @@ def main() -> None:
         "enqueue -> finished, `direct` job, zero-latency simulator, Redis + PostgreSQL, 1 process"
     )
     print(
-        f"  {lat['jobs']} jobs: p50 {lat['p50_ms']} ms  p90 {lat['p90_ms']} ms  max {lat['max_ms']} ms"
+        f"  {lat['jobs']} jobs: p50 {lat['p50_ms']} ms  p90 {lat['p90_ms']} ms  "
+        f"max {lat['max_ms']} ms"
     )
     print(f"{thr['jobs']} jobs published at once, {thr['processes']} worker processes")
     print(

@@ -146,6 +146,7 @@ class JobMonitor:
         cancel_poll_s: how often to look for cancel requests.
         heartbeat_s: how often to stamp heartbeats.
         stale_after_s: age after which another worker may take a job's lease.
+        max_attempts: runs a job may start; one whose workers keep dying then fails.
         time_limit: the seconds one run may take, given the budget's ``max_seconds``
             (None: no limit).
     """
@@ -158,10 +159,12 @@ class JobMonitor:
         cancel_poll_s: float = 0.25,
         heartbeat_s: float = 5.0,
         stale_after_s: float = 30.0,
+        max_attempts: int = 3,
         time_limit: Callable[[float | None], float] | None = None,
     ) -> None:
         self.sessions = sessions
         self.worker = worker
+        self.max_attempts = max_attempts
         self.cancel_poll_s = cancel_poll_s
         self.heartbeat_s = heartbeat_s
         self.stale_after_s = stale_after_s

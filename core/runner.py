@@ -238,7 +238,11 @@ class Runner:
             # A duplicate delivery to the process that is running the job right now.
             return _as_outcome(None, job_id, skipped="already running in this process")
         claimed = await control.claim_job(
-            session, job_id, worker=monitor.worker, stale_before=monitor.stale_before()
+            session,
+            job_id,
+            worker=monitor.worker,
+            stale_before=monitor.stale_before(),
+            max_attempts=monitor.max_attempts,
         )
         job = await repo.get_job(session, job_id)
         if job is None:
@@ -252,17 +256,28 @@ class Runner:
             await control.cancel_queued_job(session, job_id)
             await session.refresh(job)
             return _as_outcome(job, skipped="cancelled before it ran")
-        if (
-            job.status == JobStatus.RUNNING
-            and job.cancel_requested_at is None
-            and job.worker is not None
-            and holder_is_dead(job.worker)
-            and await control.take_over_job(
-                session, job_id, worker=monitor.worker, previous=job.worker
-            )
-        ):
-            await session.refresh(job)
-            return job
+        if job.status == JobStatus.RUNNING and holder_is_dead(job.worker):
+            # Its process is gone (a prefork child killed mid-job, its message requeued):
+            # no need to wait for the heartbeat to go stale.
+            if job.cancel_requested_at is not None or job.attempts >= monitor.max_attempts:
+                cancelled = job.cancel_requested_at is not None
+                if await control.end_stale_job(
+                    session,
+                    job_id,
+                    worker=job.worker,
+                    stale_before=None,
+                    status=JobStatus.CANCELLED if cancelled else JobStatus.FAILED,
+                    error=dict(CANCELLED_ERROR)
+                    if cancelled
+                    else control.worker_lost_error(job.attempts, job.worker),
+                ):
+                    await session.refresh(job)
+                    return _as_outcome(job, skipped="its worker died; not run again")
+            elif await control.take_over_job(
+                session, job_id, worker=monitor.worker, previous=str(job.worker)
+            ):
+                await session.refresh(job)
+                return job
         return _as_outcome(job, skipped=f"held by worker {job.worker}")
 
     def _check_pools(self, roles: Mapping[str, Mapping[str, str]]) -> None:

@@ -76,7 +76,7 @@ class EmbeddedSettings(BaseModel):
     threads: int = Field(default=2, ge=1)
     slots: int = Field(default=16, ge=1)
     """Parallel sequences per model; also the largest ``n`` one request may carry."""
-    context: int = Field(default=16384, ge=512)
+    context: int = Field(default=32768, ge=512)
     """Total KV cache tokens per model, shared by its slots."""
     cache_dir: Path | None = None
     start_timeout_s: float = Field(default=120.0, gt=0)

@@ -107,12 +107,7 @@ class Reaper:
                     ):
                         report.cancelled.append(job.id)
                 elif job.attempts >= worker.max_attempts:
-                    error = {
-                        "code": "worker_lost",
-                        "message": f"the worker running this job stopped responding "
-                        f"{job.attempts} times (worker.max_attempts); giving up",
-                        "worker": job.worker,
-                    }
+                    error = control.worker_lost_error(job.attempts, job.worker)
                     if await control.end_stale_job(
                         session,
                         job.id,

@@ -81,6 +81,7 @@ class WorkerRuntime:
             cancel_poll_s=worker.cancel_poll_s,
             heartbeat_s=worker.heartbeat_s,
             stale_after_s=worker.stale_after_s,
+            max_attempts=worker.max_attempts,
             time_limit=lambda max_seconds: worker.time_limits(max_seconds)[0],
         )
         log.info("worker runtime ready: %s, pools %s", self.worker, sorted(roles) or "none")

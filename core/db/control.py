@@ -20,14 +20,30 @@ from core.db.models import Job, JobStatus, utcnow
 CANCELLED_ERROR = {"code": "cancelled", "message": "cancelled on request"}
 
 
+def worker_lost_error(attempts: int, worker: str | None) -> dict[str, Any]:
+    """The error of a job given up on because its workers kept dying."""
+    return {
+        "code": "worker_lost",
+        "message": f"the worker running this job died or stopped responding; {attempts} "
+        "runs were started (worker.max_attempts), so it is not retried again",
+        "worker": worker,
+    }
+
+
 def _count(result: Any) -> int:
     return int(cast(CursorResult[Any], result).rowcount)
 
 
 async def claim_job(
-    session: AsyncSession, job_id: str, *, worker: str, stale_before: datetime
+    session: AsyncSession,
+    job_id: str,
+    *,
+    worker: str,
+    stale_before: datetime,
+    max_attempts: int,
 ) -> bool:
-    """Take the job's lease: a queued job, or a running one whose heartbeat went stale.
+    """Take the job's lease: a queued job, or a running one whose heartbeat went stale
+    (unless it has used up ``max_attempts``: the reaper then fails it).
 
     A running job with a fresh heartbeat belongs to a live worker; a redelivered message
     for it must not start a second run. A job with a cancel request is never claimed.
@@ -40,7 +56,11 @@ async def claim_job(
             Job.cancel_requested_at.is_(None),
             or_(
                 Job.status == JobStatus.QUEUED,
-                and_(Job.status == JobStatus.RUNNING, Job.heartbeat_at < stale_before),
+                and_(
+                    Job.status == JobStatus.RUNNING,
+                    Job.heartbeat_at < stale_before,
+                    Job.attempts < max_attempts,
+                ),
             ),
         )
         .values(
@@ -202,19 +222,20 @@ async def end_stale_job(
     job_id: str,
     *,
     worker: str | None,
-    stale_before: datetime,
+    stale_before: datetime | None,
     status: str,
     error: dict[str, Any],
 ) -> bool:
-    """Finish an orphaned running job without running it again (cancelled, or given up)."""
+    """Finish an orphaned running job without running it again (cancelled, or given up).
+
+    ``stale_before`` None: the holder is known dead, whatever its last heartbeat.
+    """
+    conditions = [Job.id == job_id, Job.status == JobStatus.RUNNING, Job.worker == worker]
+    if stale_before is not None:
+        conditions.append(Job.heartbeat_at < stale_before)
     result = await session.execute(
         update(Job)
-        .where(
-            Job.id == job_id,
-            Job.status == JobStatus.RUNNING,
-            Job.worker == worker,
-            Job.heartbeat_at < stale_before,
-        )
+        .where(*conditions)
         .values(status=status, error=error, finished_at=utcnow())
         .execution_options(synchronize_session=False)
     )

@@ -181,7 +181,8 @@ def serve(models: list[HostedModel], threads: int, slots: int, context: int, rea
         urls = {role: server.listening_address for role, server in servers.items()}
         ready.write(json.dumps(urls) + "\n")
         ready.flush()
-        signal.pause()
+        while True:  # until a handled signal raises SystemExit
+            signal.pause()
     finally:
         _hard_exit_later()
         # Destroying a Server stops its HTTP listener and joins its decode loop.

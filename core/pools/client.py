@@ -226,7 +226,7 @@ class PoolClient:
             endpoint, model, choices, usage = await self._call(call, body, 0)
             return PoolResult.model_construct(
                 model=model or self.settings.model,
-                choices=choices,
+                choices=wire.without_echoed_prefill(choices, request, self.settings),
                 usage=usage,
                 endpoint=endpoint.url,
                 attempts=call.attempts,
@@ -237,7 +237,9 @@ class PoolClient:
         first = answers[0]
         return PoolResult.model_construct(
             model=first[1] or self.settings.model,
-            choices=[c for a in answers for c in a[2]],
+            choices=wire.without_echoed_prefill(
+                [c for a in answers for c in a[2]], request, self.settings
+            ),
             usage=Usage(
                 prompt_tokens=sum(a[3].prompt_tokens for a in answers),
                 completion_tokens=sum(a[3].completion_tokens for a in answers),

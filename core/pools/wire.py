@@ -125,6 +125,24 @@ def parse_response(
     return (model if isinstance(model, str) else None), choices, _usage(data.get("usage"))
 
 
+def without_echoed_prefill(
+    choices: list[Choice], request: ModelRequest, settings: PoolSettings
+) -> list[Choice]:
+    """llama.cpp answers a continued assistant message with the prefill *and* the
+    continuation (its logprobs cover only the continuation); vLLM and OpenAI return the
+    continuation alone. Strategies get the continuation alone from every server."""
+    if settings.kind != "llamacpp" or not request.continue_final_message:
+        return choices
+    last = (request.messages or [{}])[-1]
+    prefill = last.get("content", "") if last.get("role") == "assistant" else ""
+    if not prefill:
+        return choices
+    for choice in choices:
+        if choice.text.startswith(prefill):
+            choice.text = choice.text[len(prefill) :]
+    return choices
+
+
 def error_message(content: bytes) -> str:
     """The server's own explanation from an error body (OpenAI, vLLM or llama.cpp)."""
     try:

@@ -480,6 +480,41 @@ async def test_lease_lets_one_run_at_a_time_and_a_dead_holder_be_replaced(
     assert finished.extra["skipped"] == "finished"
 
 
+async def test_a_dead_local_holder_is_replaced_at_once_until_max_attempts(
+    runtime: Runtime, simulator: Simulator
+) -> None:
+    # A prefork child killed mid-job: Celery requeues its message at once, and its pid
+    # is gone from this host, so the next delivery need not wait for staleness.
+    simulator.set_config(script(Rule(replies=["The answer is 5."])))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = f"{socket.gethostname()}:{gone.pid}:deadbeef"
+
+    async def held_by_dead_child(attempts: int) -> str:
+        job_id = await submit_job(runtime.sessions, runtime.pools, question=QUESTION,
+                                  strategy={"kind": "direct"})  # fmt: skip
+        async with runtime.sessions() as session, session.begin():
+            await session.execute(
+                update(Job).where(Job.id == job_id).values(
+                    status="running", worker=dead, heartbeat_at=utcnow(), attempts=attempts
+                )
+            )  # fmt: skip
+        return job_id
+
+    monitor = monitor_for(runtime, max_attempts=3)
+    try:
+        resumed = await runtime.runner.run(await held_by_dead_child(1), monitor=monitor)
+        doomed_id = await held_by_dead_child(3)
+        doomed = await runtime.runner.run(doomed_id, monitor=monitor)
+    finally:
+        await monitor.close()
+    assert resumed.status == "succeeded" and "skipped" not in resumed.extra
+    assert doomed.extra["skipped"] == "its worker died; not run again"
+    assert doomed.status == "failed"
+    assert doomed.error is not None and doomed.error["code"] == "worker_lost"
+    assert simulator.stats.requests == 1
+
+
 async def test_reaper_requeues_orphans_and_settles_the_rest(runtime: Runtime) -> None:
     published: list[tuple[str, str, float | None]] = []
 
