@@ -8,7 +8,6 @@ as configured pools and never starts models of its own.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import signal
@@ -143,15 +142,16 @@ def serve_embedded(settings: Settings, *, host: str, port: int, worker_concurren
     Uses the settings' database (default: a SQLite file) and broker (default: the
     filesystem broker in ``data_dir``), so nothing else needs to run.
     """
-    if importlib.util.find_spec("app.api.main") is None:
-        raise ConfigError("the REST API (app.api.main) is not part of this installation")
     data_dir = settings.data_dir.resolve()
     env = {**os.environ, "PONDER_DATA_DIR": str(data_dir)}
     url = settings.resolved_database_url()
     if is_sqlite(url):
         # Once, here, before two children race to create the file.
         ensure_schema(url)
+    # Both, explicitly: a shell that starts `ponder serve` in the background leaves
+    # SIGINT ignored, and Python then installs no KeyboardInterrupt handler of its own.
     previous = signal.signal(signal.SIGTERM, _raise_stop)
+    previous_int = signal.signal(signal.SIGINT, _raise_stop)
     embedded: EmbeddedModels | None = None
     procs: dict[str, subprocess.Popen[bytes]] = {}
     code = 0
@@ -180,11 +180,11 @@ def serve_embedded(settings: Settings, *, host: str, port: int, worker_concurren
                     _say(f"the {name} process exited with code {proc.returncode}; stopping")
                     return proc.returncode or 1
             time.sleep(0.5)
-    except (KeyboardInterrupt, _Stop):
+    except _Stop:
         _say("stopping")
     finally:
-        signal.signal(signal.SIGTERM, previous)
         # Late signals must not interrupt the orderly stop below.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             _stop(procs.get("api"))
@@ -192,7 +192,8 @@ def serve_embedded(settings: Settings, *, host: str, port: int, worker_concurren
         finally:
             if embedded is not None:
                 embedded.stop()
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, previous_int)
     return code
 
 
