@@ -18,7 +18,9 @@ from core.db.models import Job, ModelCall, Span
 from core.runner import RunOutcome
 from strategies.registry import STRATEGIES
 
-out = Console(soft_wrap=True)
+_piped = Console().is_terminal is False
+# A pipe or a CI log has no width: don't crop trace lines to 80 columns there.
+out = Console(soft_wrap=True, width=200 if _piped else None)
 err = Console(stderr=True)
 
 
@@ -211,10 +213,12 @@ def _label(span: Span, totals: dict[str, tuple[int, int]]) -> str:
     p, c = totals.get(span.id, (0, 0))
     extra = ""
     if span.kind == "model_call":
-        extra = f" [dim]{attrs.get('journal', '')} {attrs.get('endpoint') or ''}[/]"
+        source = {"hit": "from journal", "miss": "live"}.get(attrs.get("journal", ""), "")
+        extra = f" [dim]{source} {attrs.get('endpoint') or ''}[/]"
         if attrs.get("error"):
             extra += f" [red]{attrs['error']}[/]"
-    return f"[bold]{span.kind}[/] {span.name}{duration} · {p}+{c} tok{extra}"
+    title = span.kind if span.name == span.kind else f"{span.kind} {span.name}"
+    return f"[bold]{title}[/]{duration} · {p}+{c} tok{extra}"
 
 
 def trace_tree(job: Job, spans: Sequence[Span]) -> None:

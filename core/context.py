@@ -150,7 +150,7 @@ class RoleModel:
                     occurrence=call.occurrence,
                     role=self.name,
                 )
-            self.tracer._notify("call_start", {"role": self.name, "n": request.n})
+            self.tracer.notify("call_start", {"role": self.name, "n": request.n})
             result: PoolResult = await self.pool.generate(request, timeout_s=reservation.timeout_s)
             usage = result.usage
             cost = self.cost(usage)
@@ -185,7 +185,7 @@ class RoleModel:
             done = self.tracer.writer.submit([entry, span], wait=True)
             assert done is not None
             await done
-            self.tracer._notify("call_end", {"role": self.name, "tokens": usage.completion_tokens})
+            self.tracer.notify("call_end", {"role": self.name, "tokens": usage.completion_tokens})
             return Generation(
                 role=self.name,
                 model=self.model,

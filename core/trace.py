@@ -198,7 +198,8 @@ class Tracer:
         self._seq += 1
         return self._seq
 
-    def _notify(self, kind: str, payload: dict[str, Any]) -> None:
+    def notify(self, kind: str, payload: dict[str, Any]) -> None:
+        """Tell progress listeners (a CLI status line); never blocks, never writes."""
         for listener in self.listeners:
             listener(kind, payload)
 
@@ -222,14 +223,14 @@ class Tracer:
         span = self.new_span("event", name, attributes)
         span.end_ts = span.start_ts
         self.writer.submit([span])
-        self._notify("event", {"name": name, **attributes})
+        self.notify("event", {"name": name, **attributes})
 
     @contextlib.asynccontextmanager
     async def span(self, kind: str, name: str, **attributes: Any) -> AsyncIterator[Span]:
         span = self.new_span(kind, name, dict(attributes))
         self.writer.submit([span])
         token = self._current.set(span.id)
-        self._notify("span_open", {"kind": kind, "name": name})
+        self.notify("span_open", {"kind": kind, "name": name})
         status = "ok"
         try:
             yield span
@@ -253,4 +254,4 @@ class Tracer:
                     )
                 ]
             )
-            self._notify("span_close", {"kind": kind, "name": name, "status": status})
+            self.notify("span_close", {"kind": kind, "name": name, "status": status})
