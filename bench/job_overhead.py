@@ -1,0 +1,188 @@
+"""A `direct` job through the whole stack vs the one model call it makes.
+
+Real pieces only: a `ponder simulate` process (zero latency), PostgreSQL, Redis, one
+`ponder worker` process (--concurrency 1), and the REST API (uvicorn in a thread,
+``create_app`` with the Celery executor). For each of N jobs, one after another:
+
+  model call  raw httpx POST /v1/chat/completions to the simulator (the floor)
+  job         POST /v1/jobs, then GET /v1/jobs/{id} every 2 ms until it is finished:
+              submit-to-finished wall time as a client sees it
+
+The two are interleaved (one raw call, then one job) so that a slow patch of the
+machine hits both. Printed: p50/p99 of each and job minus call.
+
+    python bench/job_overhead.py [--jobs 200] [--poll-ms 2] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from app.api.executor import CeleryExecutor  # noqa: E402
+from app.api.main import create_app  # noqa: E402
+from app.api.settings import ApiSettings  # noqa: E402
+from core.db.migrate import upgrade  # noqa: E402
+from tests.fixtures.worker import (  # noqa: E402
+    WorkerProcess,
+    purge_redis_prefix,
+    unique_prefix,
+    worker_settings,
+)
+from tests.integration.test_api_jobs import ApiServer  # noqa: E402
+from workers.celery_app import configure  # noqa: E402
+
+ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+REDIS = "redis://127.0.0.1:6379/0"
+FINAL = ("succeeded", "failed", "cancelled")
+QUESTION = "What is 2 + 3?"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def raw_call(http: httpx.Client, sim_url: str, seed: int) -> float:
+    body = {
+        "model": "sim-small",
+        "messages": [{"role": "user", "content": QUESTION}],
+        "max_tokens": 16,
+        "seed": seed,
+    }
+    started = time.perf_counter()
+    response = http.post(f"{sim_url}/v1/chat/completions", json=body)
+    response.raise_for_status()
+    response.json()
+    return (time.perf_counter() - started) * 1000
+
+
+def job(api: httpx.Client, poll_s: float) -> float:
+    started = time.perf_counter()
+    created = api.post("/v1/jobs", json={"question": QUESTION, "strategy": "direct"})
+    assert created.status_code == 202, created.text
+    url = f"/v1/jobs/{created.json()['id']}"
+    while True:
+        status = api.get(url).json()["status"]
+        if status in FINAL:
+            break
+        time.sleep(poll_s)
+    took = (time.perf_counter() - started) * 1000
+    assert status == "succeeded", api.get(url).json()
+    return took
+
+
+def summary(samples: list[float]) -> dict[str, float]:
+    return {
+        "p50_ms": round(statistics.median(samples), 3),
+        "p99_ms": round(percentile(samples, 0.99), 3),
+    }
+
+
+def measure(sim_url: str, api_url: str, jobs: int, poll_s: float) -> dict[str, Any]:
+    raw: list[float] = []
+    full: list[float] = []
+    with httpx.Client(timeout=30) as http, httpx.Client(base_url=api_url, timeout=30) as api:
+        for i in range(10):  # warm-up: connections, first imports in the worker
+            raw_call(http, sim_url, i)
+            job(api, poll_s)
+        for i in range(jobs):
+            raw.append(raw_call(http, sim_url, 1000 + i))
+            full.append(job(api, poll_s))
+    call, end_to_end = summary(raw), summary(full)
+    return {
+        "jobs": jobs,
+        "poll_ms": poll_s * 1000,
+        "model_call": call,
+        "job": end_to_end,
+        "overhead": {
+            "p50_ms": round(end_to_end["p50_ms"] - call["p50_ms"], 3),
+            "p99_ms": round(end_to_end["p99_ms"] - call["p99_ms"], 3),
+        },
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    name = f"ponder_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    port = free_port()
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "simulate", "--port", str(port)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    prefix = unique_prefix()
+    try:
+        upgrade(url)
+        sim_url = f"http://127.0.0.1:{port}"
+        for _ in range(200):
+            try:
+                httpx.get(f"{sim_url}/health")
+                break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        with tempfile.TemporaryDirectory() as tmp:
+            settings = worker_settings(
+                database_url=url, broker_url=REDIS, data_dir=Path(tmp), sim_url=sim_url,
+                key_prefix=prefix, heartbeat_s=5.0, stale_after_s=30.0, cancel_poll_s=0.25,
+            )  # fmt: skip
+            configure(settings)  # the API publishes with the worker's broker and prefix
+            api_settings = ApiSettings(_env_file=None)  # type: ignore[call-arg]
+            app = create_app(settings, executor=CeleryExecutor(), api_settings=api_settings)
+            worker = WorkerProcess(settings, Path(tmp) / "worker.log", concurrency=1)
+            with worker, ApiServer(app) as server:
+                return measure(sim_url, server.url, args.jobs, args.poll_ms / 1000)
+    finally:
+        sim.terminate()
+        sim.wait()
+        purge_redis_prefix(REDIS, prefix)
+        with psycopg.connect(ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--poll-ms", type=float, default=2.0)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    results = run(args)
+    if args.json:
+        print(json.dumps(results))
+        return
+    call, full, over = results["model_call"], results["job"], results["overhead"]
+    print(
+        f"`direct` job via REST + Celery (Redis) + PostgreSQL + 1 worker process, "
+        f"zero-latency simulator; {results['jobs']} sequential jobs, "
+        f"poll every {results['poll_ms']:g} ms"
+    )
+    print(f"{'':<30}{'p50 ms':>10}{'p99 ms':>10}")
+    print(f"{'model call (raw httpx)':<30}{call['p50_ms']:>10.3f}{call['p99_ms']:>10.3f}")
+    print(f"{'job submit -> finished':<30}{full['p50_ms']:>10.3f}{full['p99_ms']:>10.3f}")
+    print(f"{'difference (job - call)':<30}{over['p50_ms']:>10.3f}{over['p99_ms']:>10.3f}")
+
+
+if __name__ == "__main__":
+    main()
