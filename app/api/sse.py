@@ -85,7 +85,10 @@ async def job_events(
                 return  # deleted under us
             status, attempts = progress
             final = status in JobStatus.FINAL
-            if cursor.attempts is not None and attempts != cursor.attempts and cursor.seq:
+            # attempts 0 -> 1 is the first start, not a restart: the status and the
+            # spans are read in separate statements (SQLite gives each its own
+            # snapshot), so spans of attempt 1 can be seen while attempts still reads 0.
+            if cursor.attempts and attempts != cursor.attempts and cursor.seq:
                 # A worker re-ran the job from the top: its spans were rebuilt.
                 restarted = JobRestartedEvent(
                     job_id=job_id, seq=cursor.seq, ts=now(), attempt=attempts
