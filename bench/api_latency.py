@@ -24,6 +24,8 @@ from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _shared import percentile
+
 from app.api.executor import ExecutorContext, Readiness
 from app.api.main import create_app
 from app.api.settings import ApiSettings
@@ -46,11 +48,6 @@ class NoopExecutor:
 
     async def close(self) -> None:
         return None
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
 
 
 def measure(database_url: str, data_dir: Path, n: int) -> dict[str, list[float]]:

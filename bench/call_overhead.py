@@ -25,6 +25,8 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from _shared import percentile
+
 from core.budget import BudgetSpec, JobBudget
 from core.context import RoleModel
 from core.db import repo
@@ -38,11 +40,6 @@ from strategies.protocol import ModelRequest
 
 MESSAGES = [{"role": "user", "content": "What is 2 + 3?"}]
 POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def measure(calls: int, database_url: str) -> dict[str, dict[str, float]]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,9 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _shared import ADMIN_POSTGRES as ADMIN  # noqa: E402
+from _shared import FINAL, REDIS, free_port, percentile  # noqa: E402
+
 from app.api.executor import CeleryExecutor  # noqa: E402
 from app.api.main import create_app  # noqa: E402
 from app.api.settings import ApiSettings  # noqa: E402
@@ -47,21 +49,7 @@ from tests.fixtures.worker import (  # noqa: E402
 from tests.integration.test_api_jobs import ApiServer  # noqa: E402
 from workers.celery_app import configure  # noqa: E402
 
-ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
-REDIS = "redis://127.0.0.1:6379/0"
-FINAL = ("succeeded", "failed", "cancelled")
 QUESTION = "What is 2 + 3?"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def raw_call(http: httpx.Client, sim_url: str, seed: int) -> float:

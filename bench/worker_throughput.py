@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,9 @@ from sqlalchemy import func, select
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _shared import ADMIN_POSTGRES as ADMIN  # noqa: E402
+from _shared import FINAL, REDIS, free_port, percentile  # noqa: E402
+
 from core.db.migrate import upgrade  # noqa: E402
 from core.db.models import Job  # noqa: E402
 from core.jobs import submit_job  # noqa: E402
@@ -50,21 +52,6 @@ from tests.fixtures.worker import (  # noqa: E402
 )
 from workers.celery_app import configure  # noqa: E402
 from workers.enqueue import enqueue_job  # noqa: E402
-
-ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
-REDIS = "redis://127.0.0.1:6379/0"
-FINAL = ("succeeded", "failed", "cancelled")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def latency(rt: Runtime, jobs: int) -> dict[str, float]:
