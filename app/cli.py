@@ -12,6 +12,10 @@
     ponder worker [--concurrency N] [--queues high,default,low] [--reaper]
                                     a Celery worker (broker: PONDER_BROKER_URL)
     ponder serve [--host H] [--port P]   embedded mode: API + a worker + the embedded models
+    ponder eval --dataset FILE.jsonl --strategy SPEC [--strategy SPEC ...] [--limit N]
+                [--budget-tokens B | --match-budget] [--url SERVER] [--out DIR]
+    ponder eval --replay RESULTS.json [-p key=value ...]
+                                    strategies compared on a dataset (docs/eval.md)
 
 Exit codes: 0 done, 1 the job itself failed, 2 bad input or configuration.
 """
@@ -116,7 +120,38 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--worker-concurrency", type=int, default=2, metavar="N")
+    _eval_parser(sub)
     return parser
+
+
+def _eval_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ev = sub.add_parser("eval", help="compare strategies on a dataset (docs/eval.md)")
+    ev.add_argument("--dataset", default=None, metavar="FILE.jsonl", help="id, question, answer")
+    ev.add_argument(
+        "--strategy",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help='JSON (\'{"kind":"self_consistency","n":4}\') or a kind; repeat to compare',
+    )
+    ev.add_argument("--limit", type=int, default=None, metavar="N", help="first N problems")
+    ev.add_argument("--concurrency", type=int, default=1, metavar="K", help="problems in flight")
+    budget = ev.add_mutually_exclusive_group()
+    budget.add_argument("--budget-tokens", type=int, default=None, metavar="B")
+    budget.add_argument(
+        "--match-budget",
+        action="store_true",
+        help="every strategy gets the largest mean tokens of any strategy on a pilot",
+    )
+    ev.add_argument("--pilot", type=int, default=5, metavar="N", help="--match-budget pilot size")
+    ev.add_argument("--seed", type=int, default=0, help="problem i runs with seed SEED+i")
+    ev.add_argument("--url", default=None, metavar="SERVER", help="run on a Ponder server")
+    ev.add_argument("--api-key", default=None, help="bearer key for --url (or PONDER_API_KEY)")
+    ev.add_argument("--out", default=None, metavar="DIR", help="default: DATA_DIR/evals/NAME")
+    ev.add_argument("--name", default=None)
+    ev.add_argument("--on-bad-line", choices=["skip", "reject"], default="skip")
+    ev.add_argument("--replay", default=None, metavar="RESULTS.json")
+    ev.add_argument("--param", "-p", action="append", type=_kv, default=[], metavar="K=V")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -164,6 +199,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return commands.worker(args, settings)
     if args.command == "serve":
         return commands.serve(args, settings)
+    if args.command == "eval":
+        from evals import command as eval_command
+
+        return asyncio.run(eval_command.run(args, settings))
     raise AssertionError(args.command)
 
 

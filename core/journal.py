@@ -31,12 +31,14 @@ class CallKey:
     occurrence: int
 
 
-def request_key(role: str, model: str, request: ModelRequest) -> str:
+def request_key(role: str, model: str, request: ModelRequest, *, stream: bool = False) -> str:
     # exclude_defaults keeps keys stable when a field with a default is added later.
     body = request.model_dump(mode="json", exclude_defaults=True)
-    canonical = json.dumps(
-        {"role": role, "model": model, "request": body}, sort_keys=True, separators=(",", ":")
-    )
+    identity: dict[str, Any] = {"role": role, "model": model, "request": body}
+    if stream:
+        # A streamed call may be stopped part-way; it must never answer a plain call.
+        identity["stream"] = True
+    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -52,9 +54,11 @@ class Journal:
         self.hits = 0
         self.misses = 0
 
-    def issue(self, role: str, model: str, request: ModelRequest) -> CallKey:
+    def issue(
+        self, role: str, model: str, request: ModelRequest, *, stream: bool = False
+    ) -> CallKey:
         """Assign the call's key now, synchronously, in program order."""
-        key = request_key(role, model, request)
+        key = request_key(role, model, request, stream=stream)
         occurrence = self._issued[key]
         self._issued[key] += 1
         return CallKey(key, occurrence)

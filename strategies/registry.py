@@ -2,18 +2,43 @@
 
 Adding a strategy: write ``strategies/<name>.py`` with ``Params`` (a pydantic model whose
 ``kind`` is ``Literal["<name>"]``) and ``async def run(problem, ctx, params)``, then add
-one line to ``STRATEGIES``. The API, the CLI and composition pick it up from here.
+its module name to ``_MODULES``. The API, the CLI and composition pick it up from here.
+
+Composition: a params field typed ``strategies.compose.ChildSpec`` holds another strategy
+spec, validated by the same rules at any depth; a bad field deep inside is reported with
+its whole path (``strategy.generator.n``).
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from strategies import direct, self_consistency
 from strategies.protocol import StrategyRun
+
+# One module per line, so adding a strategy touches one line.
+_MODULES = [
+    "direct",
+    "self_consistency",
+    "refine",
+    "particle_filter",
+    "beam_search",
+    "elastic",
+    "budget_forcing",
+    "plan_and_budget",
+    "spec_reason",
+    "glimp_router",
+    "cascade",
+    "difficulty_router",
+    "rpc",
+    "best_of_n",
+    "genrm",
+    "first_finish",
+    "solve_detect_verify",
+]
 
 
 @dataclass(frozen=True)
@@ -29,35 +54,64 @@ def _entry(module: Any) -> Strategy:
     return Strategy(kind, module.Params, module.run, (module.__doc__ or "").strip())
 
 
-STRATEGIES: dict[str, Strategy] = {s.kind: s for s in map(_entry, [direct, self_consistency])}
+STRATEGIES: dict[str, Strategy] = {}
+
+
+def _load() -> None:
+    for name in _MODULES:
+        entry = _entry(importlib.import_module(f"strategies.{name}"))
+        STRATEGIES[entry.kind] = entry
 
 
 class SpecError(ValueError):
-    """A strategy spec that does not validate; ``field`` is a dotted path into the spec."""
+    """A strategy spec that does not validate; ``field`` is a dotted path into the spec
+    and ``reason`` says what is wrong with it (``message`` is both, for people)."""
 
-    def __init__(self, message: str, field: str | None, valid: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        field: str | None,
+        valid: list[str] | None = None,
+        reason: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
         self.valid = valid
+        self.reason = reason or message
 
 
-def parse_spec(spec: dict[str, Any], *, path: str = "strategy") -> BaseModel:
+def _join(*parts: str) -> str:
+    return ".".join(p for p in parts if p)
+
+
+def parse_spec(spec: Any, *, path: str = "strategy") -> BaseModel:
     """Validate ``{"kind": ..., **params}``; errors name the field (``strategy.n``)."""
     if not isinstance(spec, dict):
-        raise SpecError(f"{path} must be an object with a 'kind'", path)
+        reason = "must be an object with a 'kind'"
+        return _fail(path, reason)
     kind = spec.get("kind")
     if kind not in STRATEGIES:
         valid = sorted(STRATEGIES)
-        message = f"unknown strategy {kind!r}; valid strategies: {', '.join(valid)}"
-        raise SpecError(message, f"{path}.kind", valid)
+        reason = f"unknown strategy {kind!r}; valid strategies: {', '.join(valid)}"
+        raise SpecError(reason, _join(path, "kind"), valid, reason)
     try:
         return STRATEGIES[kind].params.model_validate(spec)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        field = f"{path}.{where}" if where else path
-        raise SpecError(f"{field}: {first['msg']}", field) from None
+        ctx = first.get("ctx") or {}
+        if first["type"] == "child_spec":
+            # The child's own path is relative to the field that holds it.
+            field = _join(path, where, ctx.get("field") or "")
+            reason = ctx["reason"]
+            raise SpecError(f"{field}: {reason}", field, ctx.get("valid"), reason) from None
+        return _fail(_join(path, where), first["msg"])
+
+
+def _fail(field: str, reason: str) -> BaseModel:
+    shown = field or "strategy"
+    raise SpecError(f"{shown}: {reason}", field or None, None, reason)
 
 
 def roles_used(params: BaseModel) -> set[str]:
@@ -69,8 +123,15 @@ def roles_used(params: BaseModel) -> set[str]:
             roles.add(value)
         elif isinstance(value, BaseModel):
             roles |= roles_used(value)
-        elif isinstance(value, list):
+        elif isinstance(value, list | tuple):
             for item in value:
                 if isinstance(item, BaseModel):
                     roles |= roles_used(item)
+        elif isinstance(value, dict):
+            for item in value.values():
+                if isinstance(item, BaseModel):
+                    roles |= roles_used(item)
     return roles
+
+
+_load()

@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from core.errors import ModelError, ModelHTTPError, ModelTimeout, PoolUnavailable
 from core.pools import wire
 from core.pools.endpoint import Endpoint, EndpointHealth, EndpointState, probe_health
+from core.pools.streaming import PoolStream
 from core.settings import PoolSettings
 from strategies.protocol import Choice, ModelRequest, Usage
 
@@ -183,6 +184,10 @@ class PoolClient:
             raise
         result.latency_ms = (time.perf_counter() - started) * 1000.0
         return result
+
+    def stream(self, request: ModelRequest) -> PoolStream:
+        """A streamed call (``n == 1``): iterate it for text deltas; see ``PoolStream``."""
+        return PoolStream(self, request)
 
     async def health(self) -> list[EndpointHealth]:
         """Probe every endpoint concurrently (``GET /health``, else ``GET /v1/models``).

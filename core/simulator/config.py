@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.errors import ConfigError
 
@@ -60,6 +60,9 @@ class Rule(_Strict):
     the request carries a seed, else cycle; first: always ``replies[0]``."""
     token_logprob: float = Field(default=-0.05, le=0)
     """Logprob reported for every sampled token."""
+    reply_logprobs: list[float] | None = None
+    """Per reply (same length as ``replies``): the logprob of every token of that reply,
+    replacing ``token_logprob`` — so path probabilities differ between replies."""
     first_token_entropy: float | None = Field(default=None, ge=0)
     """Nats. When set, the first token's top alternatives are shaped so that the
     distribution over them, normalised, has exactly this entropy."""
@@ -73,6 +76,15 @@ class Rule(_Strict):
     def _valid_regex(cls, pattern: str) -> str:
         _check_regex(pattern)
         return pattern
+
+    @model_validator(mode="after")
+    def _one_logprob_per_reply(self) -> Rule:
+        if self.reply_logprobs is not None:
+            if len(self.reply_logprobs) != len(self.replies):
+                raise ValueError("reply_logprobs must have one entry per reply")
+            if any(lp > 0 for lp in self.reply_logprobs):
+                raise ValueError("reply_logprobs must be <= 0")
+        return self
 
 
 class Failure(_Strict):

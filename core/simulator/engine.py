@@ -143,10 +143,10 @@ class Engine:
                 start = self._cycle[i]
                 self._cycle[i] += params.n
             picks = [(start + j) % size for j in range(params.n)]
-        return [_finish(rule.replies[k], params, rule) for k in picks]
+        return [_finish(rule.replies[k], params, rule, k) for k in picks]
 
 
-def _finish(reply: str, params: SampleParams, rule: Rule | None) -> Sample:
+def _finish(reply: str, params: SampleParams, rule: Rule | None, pick: int = 0) -> Sample:
     """Apply continuation, ``stop`` and ``max_tokens`` to a scripted reply."""
     text = reply
     if params.prefill and text.startswith(params.prefill):
@@ -162,6 +162,8 @@ def _finish(reply: str, params: SampleParams, rule: Rule | None) -> Sample:
     logprobs = None
     if params.top is not None:
         logprob = rule.token_logprob if rule is not None else -0.05
+        if rule is not None and rule.reply_logprobs is not None:
+            logprob = rule.reply_logprobs[pick]
         entropy = rule.first_token_entropy if rule is not None else None
         logprobs = token_logprobs(tokens, logprob, params.top, entropy)
     return Sample(text, tokens, finish, logprobs)

@@ -126,6 +126,7 @@ class _Stream(Response):
             lat = job.latency
             deadline = self.start + eng.prefill_seconds(lat, job.prompt_tokens)
             if not await watch.until(deadline):
+                self._aborted(watch)
                 return
             for c, count in enumerate(job.counts):
                 if count == 0:
@@ -133,6 +134,7 @@ class _Stream(Response):
             for step in eng.stream_order(lat, job.counts):
                 deadline += eng.step_seconds(lat, max(self.ticket.state.running - 1, 0))
                 if not await watch.until(deadline):
+                    self._aborted(watch)
                     return
                 for c, t in step:
                     await emit(job.token_chunk(c, t))
@@ -144,6 +146,10 @@ class _Stream(Response):
         finally:
             watch.close()
             self.ticket.release()
+
+    def _aborted(self, watch: _Watch) -> None:
+        if watch.reason == "disconnect":
+            self.ticket.state.count(aborted=True)
 
 
 async def _fail(state: SimState, failure: Failure, request: Request) -> Response:
@@ -213,6 +219,7 @@ def _handler(
                 watch = _Watch(request.receive, state.closing)
                 try:
                     if not await _decode(state, job, watch, start):
+                        state.count(aborted=watch.reason == "disconnect")
                         return (
                             wire.error_response(503, "simulator stopping")
                             if watch.reason == "closing"

@@ -28,6 +28,9 @@ class SimulatorStats(BaseModel):
     completion_requests: int = 0
     failed_requests: int = 0
     """Answered with an injected failure."""
+    aborted_requests: int = 0
+    """The client went away before the answer was complete; generation stopped there
+    (as vLLM aborts a request on disconnect). Their tokens are not counted."""
     choices_generated: int = 0
     completion_tokens: int = 0
     by_model: dict[str, int] = {}
@@ -44,6 +47,7 @@ class _Counters:
     chat_requests: int = 0
     completion_requests: int = 0
     failed_requests: int = 0
+    aborted_requests: int = 0
     choices_generated: int = 0
     completion_tokens: int = 0
     by_model: dict[str, int] = field(default_factory=dict)
@@ -100,10 +104,16 @@ class SimState:
             s.max_in_flight = max(s.max_in_flight, self.running + self.waiting)
 
     def count(
-        self, model: str | None = None, failed: bool = False, samples: int = 0, tokens: int = 0
+        self,
+        model: str | None = None,
+        failed: bool = False,
+        samples: int = 0,
+        tokens: int = 0,
+        aborted: bool = False,
     ) -> None:
         with self._lock:
             s = self.stats
+            s.aborted_requests += aborted
             if model is not None:
                 s.by_model[model] = s.by_model.get(model, 0) + 1
             s.failed_requests += failed

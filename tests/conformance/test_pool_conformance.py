@@ -219,3 +219,41 @@ async def test_continuing_a_prefilled_assistant_message_returns_only_the_continu
     text = _only(result)
     assert text.lstrip().startswith("4"), text
     assert "1, 2, 3" not in text
+
+
+async def test_streaming_yields_the_same_text_as_a_plain_call(client: PoolClient) -> None:
+    request = ModelRequest(messages=COUNT, temperature=0, max_tokens=12)
+    plain = _only(await client.generate(request))
+    stream = client.stream(request)
+    pieces = [d.text async for d in stream if d.text]
+    assert "".join(pieces) == plain
+    assert len(pieces) > 1  # really streamed, not one final chunk
+    assert stream.finish_reason in ("stop", "length")
+    # Every delta is one decoded token, which is what a stopped stream is charged.
+    assert stream.usage is not None and stream.usage.completion_tokens == len(pieces)
+
+
+async def test_streaming_a_continuation_returns_only_the_continuation(
+    client: PoolClient,
+) -> None:
+    prefilled = [*COUNT, {"role": "assistant", "content": "1, 2, 3,"}]
+    request = ModelRequest(
+        messages=prefilled, continue_final_message=True, temperature=0, max_tokens=6
+    )
+    text = "".join([d.text async for d in client.stream(request)])
+    assert text.lstrip().startswith("4"), text
+    assert "1, 2, 3" not in text
+
+
+async def test_leaving_a_stream_early_closes_it(client: PoolClient) -> None:
+    request = ModelRequest(messages=COUNT, temperature=0, max_tokens=24)
+    pieces: list[str] = []
+    async for delta in client.stream(request):
+        if delta.text:
+            pieces.append(delta.text)
+        if len(pieces) == 2:
+            break
+    # The connection was given back: the next call on the pool is answered normally.
+    again = await client.generate(ModelRequest(messages=COUNT, temperature=0, max_tokens=4))
+    assert _only(again).startswith("1")
+    assert client.snapshot()[0].outstanding == 0

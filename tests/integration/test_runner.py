@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from core.jobs import create_replay, submit_job
 from core.runtime import Runtime
 from core.simulator.config import Latency, Rule, SimulatorConfig
 from core.simulator.server import Simulator
+from tests.fixtures.runtime import simulator_settings
 
 
 def script(*rules: Rule, latency: Latency | None = None) -> SimulatorConfig:
@@ -222,3 +224,21 @@ async def test_bad_input_names_the_field_and_writes_nothing(
     assert caught.value.field == field
     async with runtime.sessions() as session:
         assert await repo.find_job_by_prefix(session, "") == []
+
+
+async def test_strict_replay_reports_the_cost_its_parent_paid(
+    simulator: Simulator, sqlite_database_url: str, tmp_path: Path
+) -> None:
+    simulator.set_config(script(Rule(replies=["The answer is 5."])))
+    settings = simulator_settings(
+        simulator.url, sqlite_database_url, tmp_path, price_input_per_1k=1.0,
+        price_output_per_1k=2.0,
+    )  # fmt: skip
+    async with Runtime(settings, roles={"small", "large"}) as rt:
+        parent_id, parent = await solve(rt, {"kind": "self_consistency", "n": 2})
+        assert parent.usage["cost"] > 0
+        child_id = await create_replay(rt.sessions, rt.pools, parent_id, mode="strict")
+        child = await rt.runner.run(child_id)
+    # No pool (hence no price) is used by a strict replay; the journal knows the cost.
+    assert child.usage["cost"] == parent.usage["cost"]
+    assert child.usage["by_role"] == parent.usage["by_role"]
