@@ -11,7 +11,8 @@ behind them without a strategy knowing.
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -85,10 +86,34 @@ class Generation(BaseModel):
     call_key: str
     replayed: bool = False
     """True when the journal answered and no model server was asked."""
+    latency_ms: float | None = None
+    """Wall time of the call as it was made (from the journal when replayed)."""
 
     @property
     def texts(self) -> list[str]:
         return [c.text for c in self.choices]
+
+
+CANCELLED = "cancelled"
+"""``finish_reason`` of a streamed call its consumer stopped before the model did."""
+
+
+class TokenStream(Protocol):
+    """A streamed call in progress (``n`` must be 1).
+
+    Iterate for text deltas. Leaving the ``async with`` early — a ``break``, an
+    exception, or the task being cancelled — stops the call at the server; the partial
+    text is journaled with ``finish_reason == CANCELLED`` and its tokens are charged.
+    After the block, ``result`` holds the ``Generation`` (complete or partial). Replayed
+    from the journal, the recorded deltas come back in the same pieces, so a consumer
+    that decides on the text so far decides the same way.
+    """
+
+    text: str
+    """Everything received so far."""
+    result: Generation | None
+
+    def __aiter__(self) -> AsyncIterator[str]: ...
 
 
 class ModelRole(Protocol):
@@ -97,6 +122,10 @@ class ModelRole(Protocol):
     name: str
 
     async def generate(self, request: ModelRequest) -> Generation: ...
+
+    def stream(self, request: ModelRequest) -> AbstractAsyncContextManager[TokenStream]:
+        """Generate with streaming; see ``TokenStream``."""
+        ...
 
 
 class Budget(Protocol):

@@ -24,6 +24,7 @@ from core.events import EVENT_ADAPTER, Event, JobFinishedEvent, ModelCallEvent
 from core.keys import create_key
 from core.simulator.config import Latency, Rule, SimulatorConfig
 from core.simulator.server import Simulator
+from strategies.registry import STRATEGIES
 from tests.fixtures.runtime import simulator_settings
 
 QUESTION = "What is 2 + 3?"
@@ -39,7 +40,11 @@ class ApiServer:
         self.port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
-            app, log_level="warning", access_log=False, ws="none", lifespan="on",
+            app,
+            log_level="warning",
+            access_log=False,
+            ws="none",
+            lifespan="on",
             timeout_graceful_shutdown=2,
         )
         self.server = uvicorn.Server(config)
@@ -145,7 +150,13 @@ def test_trace_is_typed_events_and_journal(client: httpx.Client, simulator: Simu
     trace = client.get(f"/v1/jobs/{job['id']}/trace").json()
     events: list[Event] = [EVENT_ADAPTER.validate_python(e) for e in trace["events"]]
     assert [e.type for e in events] == [
-        "job", "strategy", "model_call", "decision", "decision", "decision", "decision"
+        "job",
+        "strategy",
+        "model_call",
+        "decision",
+        "decision",
+        "decision",
+        "decision",
     ]
     assert [e.seq for e in events] == list(range(1, 8))
     call = events[2]
@@ -176,9 +187,7 @@ def read_sse(response: httpx.Response) -> Iterator[tuple[str, str, str, float]]:
 
 def test_events_stream_live_in_order_and_resume(client: httpx.Client, simulator: Simulator) -> None:
     # Four sequential calls of ~150 ms each: the stream must deliver them as they happen.
-    simulator.set_config(
-        script(Rule(replies=["The answer is 5."]), latency=Latency(ttft_ms=150))
-    )
+    simulator.set_config(script(Rule(replies=["The answer is 5."]), latency=Latency(ttft_ms=150)))
     spec = {"kind": "self_consistency", "n": 6, "adaptive": True, "batch_size": 1}
     job = submit(client, strategy=spec)
     received: list[tuple[Event, str, float]] = []
@@ -284,11 +293,14 @@ def test_role_override_fork_diverges_on_the_request(
 def test_cancel_stops_a_running_job_with_its_partial_trace(
     client: httpx.Client, simulator: Simulator
 ) -> None:
-    simulator.set_config(
-        script(Rule(replies=["The answer is 5."]), latency=Latency(ttft_ms=300))
-    )
-    spec = {"kind": "self_consistency", "n": 20, "adaptive": True, "batch_size": 1,
-            "min_samples": 20}
+    simulator.set_config(script(Rule(replies=["The answer is 5."]), latency=Latency(ttft_ms=300)))
+    spec = {
+        "kind": "self_consistency",
+        "n": 20,
+        "adaptive": True,
+        "batch_size": 1,
+        "min_samples": 20,
+    }
     job = submit(client, strategy=spec)
     deadline = time.monotonic() + 10
     while not client.get(f"/v1/jobs/{job['id']}/trace").json()["journal"]["entries"]:
@@ -377,9 +389,7 @@ def test_idempotent_submit(client: httpx.Client, simulator: Simulator) -> None:
         headers={"Idempotency-Key": "abc"},
     )
     assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
-    conflict = client.post(
-        "/v1/jobs", json={**body, "seed": 2}, headers={"Idempotency-Key": "abc"}
-    )
+    conflict = client.post("/v1/jobs", json={**body, "seed": 2}, headers={"Idempotency-Key": "abc"})
     assert conflict.status_code == 409
     assert conflict.json()["error"]["code"] == "idempotency_conflict"
     assert conflict.json()["error"]["job_id"] == first.json()["id"]
@@ -445,8 +455,8 @@ def test_bad_submissions_are_422_naming_the_field(
     assert error["field"] == field, error
     assert error["code"] in ("invalid_input", "unknown_strategy")
     if field == "strategy.kind":
-        assert error["valid"] == ["direct", "self_consistency"]
-        assert "direct, self_consistency" in error["message"]
+        assert error["valid"] == sorted(STRATEGIES)
+        assert ", ".join(sorted(STRATEGIES)) in error["message"]
     assert sqlite_client.get("/v1/jobs").json()["items"] == []  # nothing half-written
 
 
@@ -502,8 +512,23 @@ def test_oversized_bodies_are_413(sqlite_client: httpx.Client) -> None:
 
 def random_value(rng: Any, depth: int = 0) -> Any:
     choices: list[Any] = [
-        None, True, -1, 0, 1, 3, 2**70, 1.5, float("-0.0"), "", "x", "ü" * 3, "small",
-        "http://127.0.0.1:1", "direct", "self_consistency", "\x00",
+        None,
+        True,
+        -1,
+        0,
+        1,
+        3,
+        2**70,
+        1.5,
+        float("-0.0"),
+        "",
+        "x",
+        "ü" * 3,
+        "small",
+        "http://127.0.0.1:1",
+        "direct",
+        "self_consistency",
+        "\x00",
     ]
     if depth < 2:
         choices += [[random_value(rng, depth + 1)], {"k": random_value(rng, depth + 1)}]
@@ -511,10 +536,20 @@ def random_value(rng: Any, depth: int = 0) -> Any:
 
 
 GOOD: dict[str, list[Any]] = {
-    "n": [1, 3, 8], "role": ["small", "large"], "temperature": [0.0, 0.7], "top_p": [0.9],
-    "max_tokens": [16, 64], "adaptive": [True, False], "batch_size": [1, 2],
-    "min_samples": [1], "confidence": [0.9], "system": ["Be brief."],
-    "max_calls": [1, 5], "max_seconds": [5.0], "max_cost": [1.0], "min_tokens": [8],
+    "n": [1, 3, 8],
+    "role": ["small", "large"],
+    "temperature": [0.0, 0.7],
+    "top_p": [0.9],
+    "max_tokens": [16, 64],
+    "adaptive": [True, False],
+    "batch_size": [1, 2],
+    "min_samples": [1],
+    "confidence": [0.9],
+    "system": ["Be brief."],
+    "max_calls": [1, 5],
+    "max_seconds": [5.0],
+    "max_cost": [1.0],
+    "min_tokens": [8],
     "role_tokens": [{"small": 100}],
 }
 
@@ -527,10 +562,28 @@ def value_for(rng: Any, name: str) -> Any:
 
 
 def random_body(rng: Any) -> Any:
-    params = ["n", "role", "temperature", "top_p", "max_tokens", "adaptive", "batch_size",
-              "min_samples", "confidence", "system", "bogus"]
-    budget = ["max_tokens", "max_calls", "max_seconds", "max_cost", "role_tokens",
-              "min_tokens", "bogus"]
+    params = [
+        "n",
+        "role",
+        "temperature",
+        "top_p",
+        "max_tokens",
+        "adaptive",
+        "batch_size",
+        "min_samples",
+        "confidence",
+        "system",
+        "bogus",
+    ]
+    budget = [
+        "max_tokens",
+        "max_calls",
+        "max_seconds",
+        "max_cost",
+        "role_tokens",
+        "min_tokens",
+        "bogus",
+    ]
     body: dict[str, Any] = {}
     if rng.random() < 0.95:
         body["question"] = rng.choice([QUESTION] * 6 + ["", " ", 5, None, ["q"]])
@@ -589,7 +642,8 @@ def test_openai_client_gets_an_answer_with_full_usage(api_url: str, simulator: S
     simulator.set_config(script(Rule(replies=replies)))
     with openai.OpenAI(base_url=f"{api_url}/v1", api_key="unused-while-no-keys-exist") as client:
         models = [m.id for m in client.models.list()]
-        assert models == ["ponder/direct", "ponder/self_consistency"]
+        # Every registered strategy is a model; this tenant has saved no presets.
+        assert models == [f"ponder/{kind}" for kind in sorted(STRATEGIES)]
         completion = client.chat.completions.create(
             model="ponder/self_consistency",
             messages=[
@@ -646,7 +700,7 @@ def test_strategies_pools_health_metrics_docs(client: httpx.Client, simulator: S
     simulator.set_config(script(Rule(replies=["The answer is 5."])))
     wait_done(client, submit(client, strategy="direct")["id"])
     strategies = {s["kind"]: s for s in client.get("/v1/strategies").json()}
-    assert set(strategies) == {"direct", "self_consistency"}
+    assert set(strategies) == set(STRATEGIES)
     schema = strategies["self_consistency"]["schema"]
     assert schema["properties"]["n"]["maximum"] == 256
     assert "Wang et al." in strategies["self_consistency"]["doc"]
@@ -675,8 +729,14 @@ def test_strategies_pools_health_metrics_docs(client: httpx.Client, simulator: S
     assert 'ponder_http_requests_total{method="POST",route="/v1/jobs",status="202"} 1.0' in text
 
     openapi = client.get("/openapi.json").json()
-    for path in ("/v1/jobs", "/v1/jobs/{job_id}/events", "/v1/jobs/{a}/diff/{b}",
-                 "/v1/chat/completions", "/v1/models", "/readyz"):
+    for path in (
+        "/v1/jobs",
+        "/v1/jobs/{job_id}/events",
+        "/v1/jobs/{a}/diff/{b}",
+        "/v1/chat/completions",
+        "/v1/models",
+        "/readyz",
+    ):
         assert path in openapi["paths"], path
     assert client.get("/docs").status_code == 200
 

@@ -16,8 +16,10 @@ import pytest
 
 from core.simulator.config import Latency, Rule, SimulatorConfig
 from core.simulator.server import Simulator
+from strategies.registry import STRATEGIES
 
 ROOT = Path(__file__).resolve().parents[2]
+VALID_KINDS = ", ".join(sorted(STRATEGIES))
 
 
 def cli_env(tmp_path: Path, sim_url: str | None) -> dict[str, str]:
@@ -97,7 +99,7 @@ def test_solve_trace_and_strict_replay(sim: Simulator, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["solve", "q", "--strategy", "nope"], "valid strategies: direct, self_consistency"),
+        (["solve", "q", "--strategy", "nope"], "valid strategies: " + VALID_KINDS),
         (["solve", "q", "-p", "n=zero"], "strategy.n"),
         (["solve", "   "], "question must be a non-empty string"),
         (["solve", "q", "--budget-tokens", "-5"], "budget.max_tokens"),
