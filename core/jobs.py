@@ -17,6 +17,7 @@ from core.budget import BudgetSpec
 from core.db import repo
 from core.errors import InvalidInput, NotFound
 from core.pools.client import PoolClient
+from core.presets import resolve_strategy
 from core.runner import resolve_roles, validate_spec
 
 MAX_QUESTION_CHARS = 100_000
@@ -74,7 +75,7 @@ async def submit_job(
     so that the reaper re-enqueues the job on the same queue.
     """
     question = validate_question(question)
-    params = validate_spec(strategy)
+    params = validate_spec(await resolve_strategy(sessions, tenant, strategy))
     budget_spec = validate_budget(budget)
     priority = validate_priority(priority)
     bound = resolve_roles(params, pools, roles)

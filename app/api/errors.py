@@ -154,9 +154,7 @@ class BodyLimitMiddleware:
             await self._refuse(scope, receive, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        exc = PayloadTooLarge(
-            f"request body exceeds {self.limit} bytes", limit_bytes=self.limit
-        )
+        exc = PayloadTooLarge(f"request body exceeds {self.limit} bytes", limit_bytes=self.limit)
         # Connection: close, since the rest of the body is never read.
         response = error_response(exc)
         response.headers["Connection"] = "close"

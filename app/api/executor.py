@@ -48,9 +48,7 @@ class JobExecutor(Protocol):
 
     async def start(self, context: ExecutorContext) -> None: ...
 
-    async def submit(
-        self, job_id: str, *, priority: str, max_seconds: float | None = None
-    ) -> None:
+    async def submit(self, job_id: str, *, priority: str, max_seconds: float | None = None) -> None:
         """Hand a committed job over to be run; raise if it could not be handed over.
         ``max_seconds`` is the job's budget limit, if any (a broker may use it)."""
         ...
@@ -79,9 +77,7 @@ class CeleryExecutor:
             self._enqueue = enqueue_job
         return self._enqueue
 
-    async def submit(
-        self, job_id: str, *, priority: str, max_seconds: float | None = None
-    ) -> None:
+    async def submit(self, job_id: str, *, priority: str, max_seconds: float | None = None) -> None:
         extra = {"max_seconds": max_seconds} if max_seconds is not None else {}
         # Publishing is blocking network I/O in kombu: keep it off the event loop.
         await asyncio.to_thread(self._enqueue_fn(), job_id, priority=priority, **extra)
@@ -129,9 +125,7 @@ class InProcessExecutor:
             context.sessions, worker=worker_identity(), cancel_poll_s=self._cancel_poll_s
         )
 
-    async def submit(
-        self, job_id: str, *, priority: str, max_seconds: float | None = None
-    ) -> None:
+    async def submit(self, job_id: str, *, priority: str, max_seconds: float | None = None) -> None:
         task = asyncio.create_task(self._run(job_id), name=f"job:{job_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

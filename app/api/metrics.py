@@ -146,6 +146,4 @@ class HttpMetricsMiddleware:
             template = getattr(route, "path", None) or "unmatched"
             method = str(scope.get("method", ""))
             self.metrics.requests.labels(method, template, str(status)).inc()
-            self.metrics.duration.labels(method, template).observe(
-                time.perf_counter() - started
-            )
+            self.metrics.duration.labels(method, template).observe(time.perf_counter() - started)

@@ -1,7 +1,8 @@
 """An OpenAI-compatible face: ``POST /v1/chat/completions`` and ``GET /v1/models``.
 
-The model name picks a strategy preset, ``ponder/<kind>`` (``ponder/self_consistency``,
-``ponder/direct``); the last user message is the question. The request submits an
+The model name picks a strategy, ``ponder/<kind>`` (``ponder/self_consistency``,
+``ponder/direct``), or one of the tenant's presets, ``ponder/<preset>`` (see
+``core.presets``); the last user message is the question. The request submits an
 ordinary job, waits for it (at most ``ApiSettings.chat_timeout_s``) and answers in the
 chat.completion shape: ``id`` is the job id, ``usage`` counts every internal model call,
 and a ``ponder`` extension carries the answer, the votes and the trace's URL.
@@ -32,6 +33,7 @@ from app.api.schemas import JobCreate
 from app.api.services import jobs
 from app.api.services.system import MODEL_PREFIX
 from app.api.sse import HEADERS, KEEPALIVE_S
+from core import presets
 from core.db import repo
 from core.db.models import Job, JobStatus
 from core.errors import InvalidInput, NotFound, PonderError
@@ -92,16 +94,21 @@ class ChatCompletionRequest(BaseModel):
     ponder: PonderOptions | None = None
 
 
-def _kind(model: str) -> str:
-    kind = model[len(MODEL_PREFIX) :] if model.startswith(MODEL_PREFIX) else None
-    if kind not in STRATEGIES:
-        valid = [MODEL_PREFIX + k for k in sorted(STRATEGIES)]
-        raise ModelNotFound(
-            f"model {model!r} does not exist; models: {', '.join(valid)}",
-            field="model",
-            valid=valid,
-        )
-    return kind
+async def _base_spec(state: ApiState, tenant: str, model: str) -> dict[str, Any]:
+    """``ponder/<strategy>`` or ``ponder/<preset>`` as the start of a job's strategy."""
+    name = model[len(MODEL_PREFIX) :] if model.startswith(MODEL_PREFIX) else None
+    if name in STRATEGIES:
+        return {"kind": name}
+    async with state.sessions() as session:
+        names = [p.name for p in await presets.list_presets(session, tenant)]
+    if name in names:
+        return {"preset": name}
+    valid = [MODEL_PREFIX + k for k in sorted(STRATEGIES)] + [MODEL_PREFIX + n for n in names]
+    raise ModelNotFound(
+        f"model {model!r} does not exist; models: {', '.join(valid)}",
+        field="model",
+        valid=valid,
+    )
 
 
 def _question(messages: list[ChatMessage]) -> str:
@@ -184,15 +191,24 @@ def _outcome_error(job: Job | None, job_id: str, timeout_s: float) -> PonderErro
 
 
 @router.get("/models")
-async def list_models(tenant: Tenant) -> dict[str, Any]:
-    """Every strategy preset, as OpenAI model objects."""
-    return {
-        "object": "list",
-        "data": [
-            {"id": MODEL_PREFIX + kind, "object": "model", "created": 0, "owned_by": "ponder"}
-            for kind in sorted(STRATEGIES)
-        ],
-    }
+async def list_models(state: State, tenant: Tenant) -> dict[str, Any]:
+    """Every strategy, then the tenant's presets, as OpenAI model objects."""
+    async with state.sessions() as session:
+        saved = await presets.list_presets(session, tenant)
+    models = [
+        {"id": MODEL_PREFIX + kind, "object": "model", "created": 0, "owned_by": "ponder"}
+        for kind in sorted(STRATEGIES)
+    ]
+    models += [
+        {
+            "id": MODEL_PREFIX + p.name,
+            "object": "model",
+            "created": int(p.created_at.timestamp()),
+            "owned_by": tenant,
+        }
+        for p in saved
+    ]
+    return {"object": "list", "data": models}
 
 
 @router.post("/chat/completions", response_model=None)
@@ -203,14 +219,15 @@ async def chat_completions(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> JSONResponse | StreamingResponse:
     """Run a strategy preset as if it were a model; see the module doc."""
-    kind = _kind(body.model)
+    base = await _base_spec(state, tenant, body.model)
     options = body.ponder or PonderOptions()
     overrides = dict(options.strategy or {})
     overrides.pop("kind", None)
+    overrides.pop("preset", None)
     try:
         request = JobCreate(
             question=_question(body.messages),
-            strategy={**overrides, "kind": kind},
+            strategy={**overrides, **base},
             budget=options.budget,
             roles=options.roles,
             seed=body.seed,
@@ -267,8 +284,10 @@ async def _stream(
     state: ApiState, job_id: str, model: str, created: int, include_usage: bool
 ) -> AsyncIterator[bytes]:
     yield _chunk(
-        job_id, model, created, [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                  "finish_reason": None}]
+        job_id,
+        model,
+        created,
+        [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
     )
     timeout_s = state.api.chat_timeout_s
     deadline = time.monotonic() + timeout_s
@@ -288,8 +307,10 @@ async def _stream(
         return
     assert finished is not None
     yield _chunk(
-        job_id, model, created, [{"index": 0, "delta": {"content": _content(finished)},
-                                  "finish_reason": None}]
+        job_id,
+        model,
+        created,
+        [{"index": 0, "delta": {"content": _content(finished)}, "finish_reason": None}],
     )
     yield _chunk(
         job_id,

@@ -26,8 +26,9 @@ class JobCreate(_Strict):
     question: str = Field(max_length=MAX_QUESTION_CHARS, examples=["What is 17 * 23?"])
     strategy: dict[str, Any] | str | None = Field(
         default=None,
-        description="A strategy spec `{\"kind\": ..., **params}` (see GET /v1/strategies), "
-        "or just the kind. Default: the server's default strategy.",
+        description='A strategy spec `{"kind": ..., **params}` (see GET /v1/strategies), '
+        'just the kind, or a preset with overrides `{"preset": name, **params}` (see GET '
+        "/v1/presets). Default: the server's default strategy.",
         examples=[{"kind": "self_consistency", "n": 8}],
     )
     budget: dict[str, Any] | None = Field(
@@ -243,3 +244,21 @@ class Check(BaseModel):
 class Readiness(BaseModel):
     ready: bool
     checks: dict[str, Check]
+
+
+class PresetIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    spec: dict[str, Any] = Field(description='A strategy spec `{"kind": ..., **params}`.')
+    description: str = Field(default="", max_length=2000)
+
+
+class PresetOut(BaseModel):
+    name: str
+    spec: dict[str, Any] = Field(description="The concrete spec, every parameter filled in.")
+    description: str
+    source: dict[str, Any] | None = Field(
+        description="Where the values came from (e.g. `ponder calibrate`'s data and fit)."
+    )
+    model: str = Field(description="Its model name on /v1/chat/completions.")
+    created_at: datetime
+    updated_at: datetime

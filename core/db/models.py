@@ -210,3 +210,21 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(128), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class Preset(Base):
+    """A named strategy spec a tenant runs by name (``{"preset": "name"}`` in a job's
+    strategy, ``ponder/<name>`` as an OpenAI model). ``ponder calibrate`` writes them,
+    with ``source`` saying which data fitted which parameter."""
+
+    __tablename__ = "presets"
+    __table_args__ = (UniqueConstraint("tenant", "name", name="uq_presets_tenant_name"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tenant: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(64))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    description: Mapped[str] = mapped_column(Text, default="")
+    source: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

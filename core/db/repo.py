@@ -211,9 +211,7 @@ async def set_job_priority(session: AsyncSession, job_id: str, priority: str) ->
 
 async def job_progress(session: AsyncSession, job_id: str) -> tuple[str, int] | None:
     """``(status, attempts)`` without loading the job's JSON columns (polled by streams)."""
-    row = (
-        await session.execute(select(Job.status, Job.attempts).where(Job.id == job_id))
-    ).first()
+    row = (await session.execute(select(Job.status, Job.attempts).where(Job.id == job_id))).first()
     return None if row is None else (row[0], row[1])
 
 
@@ -221,10 +219,7 @@ async def list_spans_after(
     session: AsyncSession, job_id: str, seq: int, *, limit: int = 500
 ) -> Sequence[Span]:
     rows = await session.execute(
-        select(Span)
-        .where(Span.job_id == job_id, Span.seq > seq)
-        .order_by(Span.seq)
-        .limit(limit)
+        select(Span).where(Span.job_id == job_id, Span.seq > seq).order_by(Span.seq).limit(limit)
     )
     return rows.scalars().all()
 
@@ -234,9 +229,7 @@ async def list_closed_spans(session: AsyncSession, span_ids: Sequence[str]) -> S
     if not span_ids:
         return []
     rows = await session.execute(
-        select(Span)
-        .where(Span.id.in_(list(span_ids)), Span.end_ts.is_not(None))
-        .order_by(Span.seq)
+        select(Span).where(Span.id.in_(list(span_ids)), Span.end_ts.is_not(None)).order_by(Span.seq)
     )
     return rows.scalars().all()
 

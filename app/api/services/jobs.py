@@ -26,6 +26,7 @@ from core.db import repo
 from core.db.models import Job
 from core.errors import InvalidInput, NotFound
 from core.jobs import create_replay, validate_budget, validate_question
+from core.presets import resolve_strategy
 from core.runner import resolve_roles, validate_spec
 from strategies.registry import STRATEGIES
 
@@ -74,8 +75,7 @@ async def _enqueue(state: ApiState, job: Job) -> None:
     except Exception as exc:
         log.exception("job %s committed but not enqueued", job_id)
         raise EnqueueFailed(
-            f"job {job_id} was saved but could not be queued ({type(exc).__name__}); "
-            "retry later",
+            f"job {job_id} was saved but could not be queued ({type(exc).__name__}); retry later",
             job_id=job_id,
         ) from exc
 
@@ -99,7 +99,8 @@ async def submit(
     ``Idempotency-Key`` and the same request, the earlier job and False."""
     key = _check_idempotency_key(idempotency_key)
     question = validate_question(body.question)
-    params = validate_spec(strategy_spec(body.strategy, state.settings.default_strategy))
+    spec = strategy_spec(body.strategy, state.settings.default_strategy)
+    params = validate_spec(await resolve_strategy(state.sessions, tenant, spec))
     budget = validate_budget(body.budget)
     bound = resolve_roles(params, state.pools, body.roles)
     strategy = params.model_dump(mode="json")

@@ -209,9 +209,7 @@ async def diff(session: AsyncSession, tenant: str, a_id: str, b_id: str) -> Diff
             - sum(c.event.prompt_tokens for c in calls_a),
             completion_tokens=sum(c.event.completion_tokens for c in calls_b)
             - sum(c.event.completion_tokens for c in calls_a),
-            cost=round(
-                sum(c.event.cost for c in calls_b) - sum(c.event.cost for c in calls_a), 8
-            ),
+            cost=round(sum(c.event.cost for c in calls_b) - sum(c.event.cost for c in calls_a), 8),
             call_latency_ms=round(_sum_latency(calls_b) - _sum_latency(calls_a), 3),
             wall_s=None if wall_a is None or wall_b is None else round(wall_b - wall_a, 3),
         ),
