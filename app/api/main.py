@@ -24,9 +24,11 @@ from app.api.metrics import ApiMetrics, HttpMetricsMiddleware
 from app.api.openai_compat import router as openai_router
 from app.api.routes.catalog import router as catalog_router
 from app.api.routes.jobs import router as jobs_router
+from app.api.routes.presets import router as presets_router
 from app.api.routes.system import router as system_router
 from app.api.routes.traces import router as traces_router
 from app.api.settings import ApiSettings
+from app.dashboard.router import router as dashboard_router
 from core.db.engine import make_async_engine, make_engine, make_sessionmaker
 from core.db.migrate import ensure_schema
 from core.pools.registry import Pools
@@ -106,8 +108,16 @@ def create_app(
     )
     app.state.metrics = metrics
     install_handlers(app)
-    for router in (jobs_router, traces_router, catalog_router, openai_router, system_router):
+    for router in (
+        jobs_router,
+        traces_router,
+        catalog_router,
+        presets_router,
+        openai_router,
+        system_router,
+    ):
         app.include_router(router)
+    app.include_router(dashboard_router)
     # Outermost last: metrics see every request, including those refused for size.
     app.add_middleware(BodyLimitMiddleware, limit=api.max_body_bytes)
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
