@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-LAYERS = {"strategies": 0, "core": 1, "workers": 2, "app": 3}
+LAYERS = {"strategies": 0, "core": 1, "workers": 2, "evals": 3, "app": 4}
 
 
 def imported_packages(path: Path) -> set[str]:

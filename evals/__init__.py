@@ -1,0 +1,1 @@
+"""Evaluation harness: strategies compared on datasets at equal budget (``ponder eval``)."""

@@ -1,0 +1,105 @@
+"""The strategies an eval compares ("arms"): parsed, validated and labelled up front.
+
+A ``--strategy`` SPEC is JSON (``'{"kind": "self_consistency", "n": 4}'``) or a bare
+kind (``direct``). Each arm's label is its kind plus the parameters the user set, so two
+arms of one kind stay apart in tables and plots (``self_consistency n=4``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from core.errors import InvalidInput
+from core.runner import validate_spec
+from strategies.registry import STRATEGIES, roles_used
+
+
+@dataclass(frozen=True)
+class Arm:
+    label: str
+    spec: dict[str, Any]
+    """As the user wrote it (``kind`` plus the parameters set)."""
+    params: dict[str, Any]
+    """The validated spec with every default filled in: what the jobs store."""
+    roles: frozenset[str]
+
+
+def _label(spec: Mapping[str, Any]) -> str:
+    shown = " ".join(
+        f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in spec.items() if k != "kind"
+    )
+    return f"{spec['kind']} {shown}".strip()
+
+
+def make_arm(spec: dict[str, Any], field: str = "strategy") -> Arm:
+    try:
+        params = validate_spec(spec)
+    except InvalidInput as exc:
+        # Name the flag too: with three --strategy flags "strategy.n" alone is ambiguous.
+        raise InvalidInput(f"{field}: {exc.message}", field=exc.field) from None
+    return Arm(_label(spec), spec, params.model_dump(mode="json"), frozenset(roles_used(params)))
+
+
+def parse_arm(text: str) -> Arm:
+    """One ``--strategy`` value: JSON object or bare kind."""
+    stripped = text.strip()
+    if stripped.startswith("{"):
+        try:
+            spec = json.loads(stripped)
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(
+                f"--strategy {text!r} is not valid JSON ({exc.msg})", field="strategy"
+            ) from None
+        if not isinstance(spec, dict) or "kind" not in spec:
+            raise InvalidInput(f"--strategy {text!r} needs a 'kind'", field="strategy.kind")
+    else:
+        spec = {"kind": stripped}
+    return make_arm(spec, field=f"--strategy {text}")
+
+
+def parse_arms(texts: Iterable[str]) -> list[Arm]:
+    arms = [parse_arm(t) for t in texts]
+    if not arms:
+        raise InvalidInput("give at least one --strategy", field="strategy")
+    labels = [a.label for a in arms]
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+        raise InvalidInput(f"--strategy given twice: {', '.join(duplicates)}", field="strategy")
+    return arms
+
+
+def split_overrides(arms: list[Arm], pairs: Iterable[tuple[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Which parameter changes of a what-if replay apply to which arm (by label).
+
+    ``-p n=8`` applies to every arm whose strategy has a parameter ``n``;
+    ``-p self_consistency.n=8`` only to arms of that kind. A key that no arm has is an
+    error, not a silent no-op. Every changed spec is validated before anything runs.
+    """
+    changes: dict[str, dict[str, Any]] = {arm.label: {} for arm in arms}
+    for key, value in pairs:
+        kind, _, name = key.rpartition(".")
+        if kind and kind not in STRATEGIES:
+            raise InvalidInput(f"-p {key}: {kind!r} is not a strategy kind", field=f"param.{key}")
+        hit = False
+        for arm in arms:
+            fields = STRATEGIES[arm.params["kind"]].params.model_fields
+            if (not kind or arm.params["kind"] == kind) and name in fields and name != "kind":
+                changes[arm.label][name] = value
+                hit = True
+        if not hit:
+            raise InvalidInput(
+                f"-p {key}: no strategy of this eval has a parameter {name!r}",
+                field=f"param.{key}",
+            )
+    for arm in arms:
+        if changes[arm.label]:
+            make_arm({**arm.params, **changes[arm.label]}, field=f"-p for {arm.label}")
+    return {label: c for label, c in changes.items() if c}
+
+
+def changed_label(label: str, change: Mapping[str, Any]) -> str:
+    shown = " ".join(f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in change.items())
+    return f"{label} -> {shown}"

@@ -1,0 +1,173 @@
+"""``ponder eval``: arguments in, backend chosen, run, outputs and the table out.
+
+Exit codes: 0 done (failed jobs are results, counted as incorrect), 2 bad input or
+configuration — checked before any job is written — and 130 interrupted (partial
+results written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+from core.errors import InvalidInput
+from core.jobs import validate_budget
+from core.runner import resolve_roles, validate_spec
+from core.runtime import Runtime
+from core.settings import Settings
+from evals import console
+from evals.arms import Arm, parse_arms
+from evals.backends import Backend, LocalBackend, RestBackend
+from evals.dataset import Dataset, load_dataset
+from evals.results import EvalRun, load_results
+from evals.runs import Options, evaluate, replay, replay_plan
+
+
+def _stamp() -> str:
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    for flag, value in (("limit", args.limit), ("concurrency", args.concurrency),
+                        ("pilot", args.pilot)):  # fmt: skip
+        if value is not None and value < 1:
+            raise InvalidInput(f"--{flag} must be at least 1, got {value}", field=flag)
+    if args.budget_tokens is not None:
+        validate_budget({"max_tokens": args.budget_tokens})
+
+
+def _load(args: argparse.Namespace) -> Dataset | None:
+    """The dataset, or None when ``--on-bad-line reject`` found bad lines (reported)."""
+    path = Path(args.dataset)
+    try:
+        dataset = load_dataset(path, limit=args.limit)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"cannot read dataset {path}: {exc}", field="dataset") from None
+    if dataset.bad_lines:
+        console.print_bad_lines(str(path), dataset.bad_lines)
+        count = len(dataset.bad_lines)
+        if args.on_bad_line == "reject":
+            console.note(
+                f"ponder: {count} bad line(s) in {path}; nothing was run (--on-bad-line reject)"
+            )
+            return None
+        console.note(f"ponder: skipped {count} bad line(s) in {path}")
+    if not dataset.problems:
+        raise InvalidInput(f"{path} holds no valid problem", field="dataset")
+    return dataset
+
+
+@asynccontextmanager
+async def _backend(
+    args: argparse.Namespace, settings: Settings, arms: list[Arm]
+) -> AsyncIterator[tuple[Backend, str]]:
+    """The backend, checked: pools answer (in-process) or the server does (``--url``)."""
+    if args.url:
+        key = args.api_key or os.environ.get("PONDER_API_KEY")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        timeout = httpx.Timeout(60.0, connect=5.0)
+        async with httpx.AsyncClient(base_url=args.url, headers=headers, timeout=timeout) as c:
+            rest = RestBackend(c)
+            kinds = await rest.check()
+            unknown = sorted({str(a.params["kind"]) for a in arms} - set(kinds))
+            if unknown:
+                raise InvalidInput(
+                    f"the server at {args.url} has no strategy {', '.join(unknown)}",
+                    field="strategy.kind",
+                )
+            yield rest, args.url
+        return
+    roles: set[str] = set()
+    for arm in arms:
+        roles |= arm.roles
+    async with Runtime(settings, roles=roles or None) as rt:
+        await rt.check_pools(roles)
+        for arm in arms:  # a role without a pool is bad input, before any job is written
+            resolve_roles(validate_spec(arm.params), rt.pools)
+        pools = ", ".join(f"{r}={p.settings.model}" for r, p in sorted(rt.pools.items()))
+        yield LocalBackend(rt), f"in-process (pools: {pools or 'none: journals only'})"
+
+
+def _options(args: argparse.Namespace, settings: Settings, name: str, backend: str) -> Options:
+    out = Path(args.out) if args.out else settings.data_dir / "evals" / name
+    return Options(
+        out=out,
+        name=name,
+        backend=backend,
+        concurrency=args.concurrency,
+        budget_tokens=args.budget_tokens,
+        match_budget=args.match_budget,
+        pilot=args.pilot,
+        seed=args.seed,
+    )
+
+
+async def run(args: argparse.Namespace, settings: Settings) -> int:
+    """The ``ponder eval`` command (``app.cli`` builds ``args``)."""
+    _check_numbers(args)
+    if bool(args.replay) == bool(args.dataset):
+        raise InvalidInput("give either --dataset or --replay", field="dataset")
+    if args.replay:
+        if args.strategy or args.budget_tokens or args.match_budget or args.limit:
+            raise InvalidInput(
+                "--replay takes the strategies, budget and problems of the earlier eval; "
+                "change parameters with -p key=value",
+                field="replay",
+            )
+        return await _replay(args, settings)
+    if args.param:
+        raise InvalidInput("-p is for --replay; put parameters in --strategy", field="param")
+    dataset = _load(args)
+    if dataset is None:
+        return 2
+    arms = parse_arms(args.strategy)
+    name = args.name or f"{dataset.path.stem}-{_stamp()}"
+    async with _backend(args, settings, arms) as (backend, described):
+        options = _options(args, settings, name, described)
+        progress = console.BarProgress()
+        try:
+            with progress:
+                result = await evaluate(backend, dataset, arms, options, progress)
+        except asyncio.CancelledError:
+            return _interrupted(options.out)
+    return _finish(result, options.out)
+
+
+async def _replay(args: argparse.Namespace, settings: Settings) -> int:
+    source = Path(args.replay)
+    previous = load_results(source)
+    arms, changes, _ = replay_plan(previous, args.param)  # validates -p before any job
+    live_arms = [
+        Arm(a.label, a.spec, {**a.params, **changes[a.label]}, a.roles)
+        for a in arms
+        if a.label in changes
+    ]
+    name = args.name or f"{previous.get('name', source.parent.name)}-replay-{_stamp()}"
+    # A strict replay needs no model at all: only the arms with changes start pools.
+    async with _backend(args, settings, live_arms) as (backend, described):
+        options = _options(args, settings, name, described)
+        progress = console.BarProgress()
+        try:
+            with progress:
+                result = await replay(backend, previous, source, args.param, options, progress)
+        except asyncio.CancelledError:
+            return _interrupted(options.out)
+    return _finish(result, options.out)
+
+
+def _interrupted(out: Path) -> int:
+    console.note(f"ponder: interrupted; partial results in {out}")
+    return 130
+
+
+def _finish(run: EvalRun, out: Path) -> int:
+    console.print_table(run)
+    console.note(f"report: {out / 'report.md'} · rows and job ids: {out / 'results.json'}")
+    return 0

@@ -1,0 +1,204 @@
+"""One eval or one replay of an eval, start to finish: jobs, checkpoints, outputs.
+
+``results.json`` is rewritten after each strategy finishes, and everything (report and
+plots too) is written when the run ends — normally, on Ctrl-C (the partial results,
+marked ``interrupted``) or on an unexpected error — before the exception goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from core.errors import InvalidInput
+from evals.arms import Arm, changed_label, split_overrides
+from evals.backends import Backend
+from evals.dataset import Dataset
+from evals.harness import NoProgress, Progress, matched_budget, replay_arm, run_arm
+from evals.report import write_all, write_results
+from evals.results import EvalRun, Row, summary_from_json
+
+
+@dataclass
+class Options:
+    out: Path
+    name: str
+    backend: str = "in-process"
+    """How jobs ran, for the report: ``in-process (pools: …)`` or the server's URL."""
+    concurrency: int = 1
+    budget_tokens: int | None = None
+    match_budget: bool = False
+    pilot: int = 5
+    """Problems in the ``--match-budget`` pilot."""
+    seed: int = 0
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@contextmanager
+def _always_written(run: EvalRun, out: Path) -> Iterator[None]:
+    """Every output is written however the run ends; an unfinished one says so."""
+    try:
+        yield
+    except (asyncio.CancelledError, Exception):
+        run.interrupted = True
+        write_all(run, out)
+        raise
+    write_all(run, out)
+
+
+async def evaluate(
+    backend: Backend,
+    dataset: Dataset,
+    arms: Sequence[Arm],
+    options: Options,
+    progress: Progress | None = None,
+) -> EvalRun:
+    """Run every problem of ``dataset`` through every arm; write OUT/*; return the run."""
+    progress = progress or NoProgress()
+    problems = dataset.problems
+    budget: dict[str, Any] = {}
+    rule = None
+    if options.budget_tokens is not None:
+        budget, rule = {"max_tokens": options.budget_tokens}, "--budget-tokens"
+    run = EvalRun(
+        name=options.name,
+        created_at=now(),
+        arms=list(arms),
+        problems=len(problems),
+        settings={
+            "dataset": str(dataset.path),
+            "dataset_sha256": dataset.sha256,
+            "backend": options.backend,
+            "budget": budget or None,
+            "budget_rule": rule,
+            "seed": options.seed,
+            "concurrency": options.concurrency,
+        },
+        bad_lines=[{"line": b.line, "reason": b.reason} for b in dataset.bad_lines],
+    )
+    with _always_written(run, options.out):
+        if options.match_budget:
+            budget = await _pilot(backend, run, problems[: options.pilot], options, progress)
+        for arm in arms:
+            await run_arm(
+                backend, arm, problems, run.rows, budget=budget, seed=options.seed,
+                concurrency=options.concurrency, progress=progress,
+            )  # fmt: skip
+            write_results(run, options.out)
+    return run
+
+
+async def _pilot(
+    backend: Backend,
+    run: EvalRun,
+    problems: Sequence[Any],
+    options: Options,
+    progress: Progress,
+) -> dict[str, Any]:
+    """``--match-budget``: run the first problems unbudgeted, then fix the budget."""
+    rows: list[Row] = []
+    pilot_arms = [Arm(f"pilot: {a.label}", a.spec, a.params, a.roles) for a in run.arms]
+    for arm in pilot_arms:
+        await run_arm(
+            backend, arm, problems, rows, budget={}, seed=options.seed,
+            concurrency=options.concurrency, progress=progress,
+        )  # fmt: skip
+    tokens, means = matched_budget(pilot_arms, rows)
+    run.pilot = {
+        "problems": len(problems),
+        "mean_tokens": {label.removeprefix("pilot: "): m for label, m in means.items()},
+        "budget_tokens": tokens,
+        "rows": [asdict(r) for r in sorted(rows, key=lambda r: (r.strategy, r.problem_index))],
+    }
+    if tokens < 1:
+        raise InvalidInput(
+            "the --match-budget pilot spent no tokens (did every job fail?); "
+            "set the budget with --budget-tokens",
+            field="match_budget",
+        )
+    budget = {"max_tokens": tokens}
+    run.settings["budget"] = budget
+    run.settings["budget_rule"] = (
+        f"--match-budget: the largest mean completion tokens of any strategy on a pilot of "
+        f"the first {len(problems)} problems without a budget, rounded up"
+    )
+    return budget
+
+
+def replay_plan(
+    previous: dict[str, Any], changes: Sequence[tuple[str, Any]]
+) -> tuple[list[Arm], dict[str, dict[str, Any]], list[Row]]:
+    """The earlier eval's arms, the changes per arm label, and its rows."""
+    arms = [
+        Arm(s["label"], s["spec"], s["params"], frozenset(s.get("roles", [])))
+        for s in previous["strategies"]
+    ]
+    rows = [Row.from_json(r) for r in previous["rows"]]
+    return arms, split_overrides(arms, changes), rows
+
+
+async def replay(
+    backend: Backend,
+    previous: dict[str, Any],
+    source: Path,
+    changes: Sequence[tuple[str, Any]],
+    options: Options,
+    progress: Progress | None = None,
+) -> EvalRun:
+    """Re-run an eval from its journals: strict per arm unless ``changes`` touch it."""
+    progress = progress or NoProgress()
+    arms, per_arm, parents = replay_plan(previous, changes)
+    missing = await backend.missing([r.job_id for r in parents if r.job_id is not None])
+    if missing:
+        raise InvalidInput(
+            f"{len(missing)} jobs of {source} are unknown here (first: {missing[0]}); a replay "
+            "needs the database (or server) the eval ran against",
+            field="replay",
+        )
+    new_arms = []
+    for arm in arms:
+        change = per_arm.get(arm.label)
+        if change:
+            arm = Arm(
+                changed_label(arm.label, change),
+                {**arm.spec, **change},
+                {**arm.params, **change},
+                arm.roles,
+            )
+        new_arms.append(arm)
+    run = EvalRun(
+        name=options.name,
+        created_at=now(),
+        arms=new_arms,
+        problems=int(previous.get("problems", 0)),
+        settings={
+            **previous.get("settings", {}),
+            "backend": options.backend,
+            "concurrency": options.concurrency,
+        },
+        bad_lines=list(previous.get("bad_lines", [])),
+        replay_of={
+            "name": previous.get("name"),
+            "results": str(source),
+            "changes": per_arm,
+            "mode": {a.label: ("live" if per_arm.get(a.label) else "strict") for a in arms},
+        },
+        original=[summary_from_json(s) for s in previous.get("summary", [])],
+    )
+    with _always_written(run, options.out):
+        for arm, new_arm in zip(arms, new_arms, strict=True):
+            await replay_arm(
+                backend, new_arm.label, [r for r in parents if r.strategy == arm.label],
+                run.rows, overrides=per_arm.get(arm.label, {}),
+                concurrency=options.concurrency, progress=progress,
+            )  # fmt: skip
+            write_results(run, options.out)
+    return run

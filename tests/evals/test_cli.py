@@ -1,0 +1,79 @@
+"""`ponder eval` as a user runs it: a subprocess, pools configured by PONDER_ variables."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from core.simulator.server import Simulator
+from tests.evals.conftest import ARMS, PROBLEMS, write_lines
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli_env(tmp_path: Path, sim_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PONDER_")}
+    env["PONDER_DATA_DIR"] = str(tmp_path / "data")
+    for role, model, price in (("SMALL", "sim-small", "1.0"), ("LARGE", "sim-large", "10.0")):
+        env[f"PONDER_POOLS__{role}__ENDPOINTS"] = json.dumps([sim_url])
+        env[f"PONDER_POOLS__{role}__MODEL"] = model
+        env[f"PONDER_POOLS__{role}__KIND"] = "simulator"
+        env[f"PONDER_POOLS__{role}__PRICE_OUTPUT_PER_1K"] = price
+    return env
+
+
+def ponder(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", "eval", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def jobs_in(tmp_path: Path) -> int:
+    db = tmp_path / "data" / "ponder.db"
+    if not db.exists():
+        return 0
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute("select count(*) from jobs").fetchone()[0])
+
+
+def test_eval_then_strict_replay_end_to_end(sim: Simulator, tmp_path: Path) -> None:
+    env = cli_env(tmp_path, sim.url)
+    data = write_lines(tmp_path / "d.jsonl", [*PROBLEMS[:2], "oops", *PROBLEMS[2:]])
+    strategies = [x for arm in ARMS for x in ("--strategy", arm)]
+    out = tmp_path / "out"
+    ran = ponder(env, "--dataset", str(data), *strategies, "--concurrency", "4",
+                 "--out", str(out), "--name", "arith")  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    assert f"{data}:3: not valid JSON" in ran.stderr and "skipped 1 bad line(s)" in ran.stderr
+    assert "50.0%" in ran.stdout and "75.0%" in ran.stdout
+    assert "model calls: 18 live, 0 replayed from journals" in ran.stdout
+    results = json.loads((out / "results.json").read_text())
+    assert [s["correct"] for s in results["summary"]] == [2, 3, 3]
+    assert all((out / f"pareto_{x}.png").stat().st_size > 10_000 for x in ("tokens", "cost"))
+
+    requests = sim.stats.requests
+    again = ponder(env, "--replay", str(out / "results.json"), "--out", str(tmp_path / "re"))
+    assert again.returncode == 0, again.stderr
+    assert sim.stats.requests == requests
+    assert "model calls: 0 live, 18 replayed from journals" in again.stdout
+    replayed = json.loads((tmp_path / "re" / "results.json").read_text())
+    assert [s["accuracy"] for s in replayed["summary"]] == [0.5, 0.75, 0.75]
+    assert [r["cost"] for r in replayed["rows"]] == [r["cost"] for r in results["rows"]]
+
+
+def test_reject_mode_exits_2_before_running_anything(sim: Simulator, tmp_path: Path) -> None:
+    data = write_lines(tmp_path / "d.jsonl", [PROBLEMS[0], {"question": "q"}, "[]", PROBLEMS[1]])
+    result = ponder(cli_env(tmp_path, sim.url), "--dataset", str(data), "--strategy", "direct",
+                    "--on-bad-line", "reject", "--out", str(tmp_path / "out"))  # fmt: skip
+    assert result.returncode == 2
+    assert f"{data}:2: missing 'answer'" in result.stderr
+    assert f"{data}:3: expected a JSON object, got list" in result.stderr
+    assert "2 bad line(s)" in result.stderr and "nothing was run" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert sim.stats.requests == 0 and jobs_in(tmp_path) == 0
+    assert not (tmp_path / "out").exists()
