@@ -165,6 +165,8 @@ class Dashboard:
 
     def shot(self, name: str, docs: str | None = None) -> None:
         path = self.artifacts / f"{name}.png"
+        # The header is sticky: at a scrolled position a full-page shot draws it mid-page.
+        self.page.evaluate("window.scrollTo(0, 0)")
         self.page.screenshot(path=str(path), full_page=True)
         if docs and os.environ.get("PONDER_DOCS_SCREENSHOTS") == "1":
             target = ROOT / "docs" / "img" / docs

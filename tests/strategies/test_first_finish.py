@@ -252,3 +252,20 @@ async def test_bad_params_name_the_field(rt: Runtime, change: dict[str, Any], fi
             rt.sessions, rt.pools, question=QUESTION, strategy={"kind": "first_finish", **change}
         )
     assert caught.value.field == field
+
+
+async def test_fewer_tokens_than_the_fixed_n_baseline_on_the_same_script(
+    rt: Runtime, simulator: Simulator
+) -> None:
+    # The same three replies, the same seeds: self_consistency waits for every sample
+    # and pays for all 11 + 16 + 27 tokens; first_finish pays for the winner and what
+    # the losers had produced when stopped.
+    simulator.set_config(race(SHORT, MID, LONG))
+    baseline = await solve(rt, {"kind": "self_consistency", "n": 3, "max_tokens": 64}, seed=SEED)
+    raced = await solve(rt, {"kind": "first_finish", "n": 3, "max_tokens": 64}, seed=SEED)
+
+    assert baseline.tokens("small") == LENGTH[SHORT] + LENGTH[MID] + LENGTH[LONG]
+    assert raced.tokens("small") < baseline.tokens("small")
+    # The losers stopped about where the winner ended (a few tokens may stream before
+    # the stop lands): well short of the 43 tokens their whole replies cost.
+    assert raced.tokens("small") <= 3 * LENGTH[SHORT] + 6

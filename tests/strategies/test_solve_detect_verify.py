@@ -260,3 +260,17 @@ async def test_bad_params_name_the_field(rt: Runtime, change: dict[str, Any], fi
             strategy={"kind": "solve_detect_verify", **change},
         )
     assert caught.value.field == field
+
+
+async def test_fewer_tokens_than_solving_to_the_end_on_the_same_script(
+    rt: Runtime, simulator: Simulator
+) -> None:
+    # The baseline generates the whole solution (34 tokens); solve_detect_verify stops
+    # the solver at the verified completion point (12) and pays one verdict token.
+    simulator.set_config(solver(EARLY, {FIRST: 0.9}))
+    baseline = await solve(rt, {"kind": "direct"})
+    early = await solve(rt, {"kind": "solve_detect_verify"})
+
+    assert baseline.tokens("small") == 34
+    assert early.tokens("small") == 12
+    assert early.tokens() < baseline.tokens()
