@@ -120,6 +120,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--worker-concurrency", type=int, default=2, metavar="N")
+    from app import calibrate_command
+
+    calibrate_command.add_parser(sub)
     _eval_parser(sub)
     return parser
 
@@ -199,6 +202,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return commands.worker(args, settings)
     if args.command == "serve":
         return commands.serve(args, settings)
+    if args.command == "calibrate":
+        from app import calibrate_command
+
+        return asyncio.run(calibrate_command.run(args, settings))
     if args.command == "eval":
         from evals import command as eval_command
 

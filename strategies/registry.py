@@ -38,6 +38,7 @@ _MODULES = [
     "genrm",
     "first_finish",
     "solve_detect_verify",
+    "compute_optimal",
 ]
 
 
