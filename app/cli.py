@@ -120,6 +120,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--worker-concurrency", type=int, default=2, metavar="N")
+    from bench import suite as bench_suite
+
+    bench_suite.add_parser(sub)
     from app import calibrate_command
 
     calibrate_command.add_parser(sub)
@@ -202,6 +205,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return commands.worker(args, settings)
     if args.command == "serve":
         return commands.serve(args, settings)
+    if args.command == "bench":
+        from bench import suite as bench_suite
+
+        return bench_suite.run(args, settings)
     if args.command == "calibrate":
         from app import calibrate_command
 

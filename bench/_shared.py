@@ -4,6 +4,9 @@ on ``sys.path`` when it runs as ``python bench/NAME.py``."""
 from __future__ import annotations
 
 import socket
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 ADMIN_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 REDIS = "redis://127.0.0.1:6379/0"
@@ -20,3 +23,22 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextmanager
+def temp_database() -> Iterator[str]:
+    """A fresh PostgreSQL database migrated to head, dropped afterwards."""
+    import psycopg
+
+    from core.db.migrate import upgrade
+
+    name = f"ponder_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(ADMIN_POSTGRES, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = ADMIN_POSTGRES.rsplit("/", 1)[0] + f"/{name}"
+        upgrade(url)
+        yield url
+    finally:
+        with psycopg.connect(ADMIN_POSTGRES, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

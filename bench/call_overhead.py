@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from _shared import percentile
+from _shared import percentile, temp_database
 
 from core.budget import BudgetSpec, JobBudget
 from core.context import RoleModel
@@ -39,7 +39,6 @@ from core.trace import Tracer, TraceWriter
 from strategies.protocol import ModelRequest
 
 MESSAGES = [{"role": "user", "content": "What is 2 + 3?"}]
-POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 async def measure(calls: int, database_url: str) -> dict[str, dict[str, float]]:
@@ -123,19 +122,22 @@ async def measure(calls: int, database_url: str) -> dict[str, dict[str, float]]:
     return table
 
 
+def run(calls: int = 2000, database: str = "sqlite") -> dict[str, dict[str, float]]:
+    """``measure`` on a fresh SQLite file or a fresh PostgreSQL database."""
+    if database == "postgres":
+        with temp_database() as url:
+            return asyncio.run(measure(calls, url))
+    with tempfile.TemporaryDirectory() as tmp:
+        return asyncio.run(measure(calls, f"sqlite:///{tmp}/bench.db"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        url = f"sqlite:///{tmp}/bench.db" if args.database == "sqlite" else POSTGRES
-        if args.database == "postgres":
-            from core.db.migrate import upgrade
-
-            upgrade(url)
-        table = asyncio.run(measure(args.calls, url))
+    table = run(args.calls, args.database)
     if args.json:
         json.dump({"database": args.database, "calls": args.calls, "results": table}, sys.stdout)
         return

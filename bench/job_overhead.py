@@ -111,7 +111,8 @@ def measure(sim_url: str, api_url: str, jobs: int, poll_s: float) -> dict[str, A
     }
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(jobs: int = 200, poll_ms: float = 2.0) -> dict[str, Any]:
+    """Start the simulator, a fresh database, a worker and the API; measure; tear down."""
     name = f"ponder_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(ADMIN, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
@@ -141,7 +142,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             app = create_app(settings, executor=CeleryExecutor(), api_settings=api_settings)
             worker = WorkerProcess(settings, Path(tmp) / "worker.log", concurrency=1)
             with worker, ApiServer(app) as server:
-                return measure(sim_url, server.url, args.jobs, args.poll_ms / 1000)
+                return measure(sim_url, server.url, jobs, poll_ms / 1000)
     finally:
         sim.terminate()
         sim.wait()
@@ -156,7 +157,7 @@ def main() -> None:
     parser.add_argument("--poll-ms", type=float, default=2.0)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    results = run(args)
+    results = run(args.jobs, args.poll_ms)
     if args.json:
         print(json.dumps(results))
         return

@@ -118,7 +118,8 @@ async def throughput(rt: Runtime, jobs: int, timeout: float) -> dict[str, Any]:
     }
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
+async def run(latency_jobs: int = 50, jobs: int = 500, processes: int = 2) -> dict[str, Any]:
+    """Start the simulator, a fresh database and workers; measure; tear down."""
     name = f"ponder_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(ADMIN, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
@@ -148,12 +149,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             async with Runtime(settings, roles={"small"}) as rt:
                 with WorkerProcess(settings, Path(tmp) / "w1.log", concurrency=1):
                     await latency(rt, 5)  # warm-up: connections, first imports
-                    results["latency"] = await latency(rt, args.latency_jobs)
+                    results["latency"] = await latency(rt, latency_jobs)
                 log = Path(tmp) / "w2.log"
-                with WorkerProcess(settings, log, concurrency=args.processes):
+                with WorkerProcess(settings, log, concurrency=processes):
                     await latency(rt, 5)
-                    results["throughput"] = await throughput(rt, args.jobs, timeout=300)
-                    results["throughput"]["processes"] = args.processes
+                    results["throughput"] = await throughput(rt, jobs, timeout=300)
+                    results["throughput"]["processes"] = processes
     finally:
         sim.terminate()
         sim.wait()
@@ -170,7 +171,7 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    results = asyncio.run(run(args))
+    results = asyncio.run(run(args.latency_jobs, args.jobs, args.processes))
     if args.json:
         print(json.dumps(results))
         return

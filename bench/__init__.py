@@ -1,0 +1,1 @@
+"""Benchmarks: scripts runnable as ``python bench/NAME.py`` and the ``ponder bench`` suite."""
