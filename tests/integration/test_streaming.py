@@ -157,7 +157,9 @@ async def test_read_to_the_end_is_journaled_and_replays_in_the_same_pieces(
 async def test_leaving_early_records_the_partial_call_as_cancelled(
     runtime: Runtime, simulator: Simulator, stream_probe: None
 ) -> None:
-    simulator.set_config(config(Rule(replies=[REPLY]), latency=Latency(per_token_ms=5)))
+    # 30 ms a token: the 11 tokens left after the client goes take 330 ms, time enough
+    # for the server to notice the disconnect even on a loaded machine.
+    simulator.set_config(config(Rule(replies=[REPLY]), latency=Latency(per_token_ms=30)))
     job_id, outcome = await run(runtime, {"kind": "stream_probe", "stop_after": 3})
     assert outcome.status == "succeeded", outcome.error
     [event] = await events_of(runtime, job_id, "streamed")
@@ -172,7 +174,7 @@ async def test_leaving_early_records_the_partial_call_as_cancelled(
     assert entry.completion_tokens == 3  # what was received, not the whole reply
     assert outcome.usage["completion_tokens"] == 3
     # The server saw the client leave and stopped generating.
-    assert entry.latency_ms < 14 * 5
+    assert entry.latency_ms < 14 * 30
     await wait_for(lambda: simulator.stats.aborted_requests == 1)
 
 
