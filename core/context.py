@@ -205,17 +205,23 @@ class RoleModel:
                 latency_ms=result.latency_ms,
             )
         except BaseException as exc:
-            if span.end_ts is None:
-                span.attributes = {**span.attributes, "error": f"{type(exc).__name__}: {exc}"}
-                span.end_ts = now()
-                self.tracer.writer.submit([span])
+            self._fail(span, exc)
             raise
         finally:
-            # A journal hit costs what the recorded call cost (a strict replay has no
-            # pool, hence no prices, but must report the same spend as its parent).
-            self.budget.settle(
-                reservation, usage, paid if paid is not None else self.cost(usage) if usage else 0.0
-            )
+            self._settle(reservation, usage, paid)
+
+    def _fail(self, span: Any, exc: BaseException) -> None:
+        """Close a call's span that an error (or a cancellation) ended early."""
+        if span.end_ts is None:
+            span.attributes = {**span.attributes, "error": f"{type(exc).__name__}: {exc}"}
+            span.end_ts = now()
+            self.tracer.writer.submit([span])
+
+    def _settle(self, reservation: Reservation, usage: Usage | None, paid: float | None) -> None:
+        # A journal hit costs what the recorded call cost (a strict replay has no
+        # pool, hence no prices, but must report the same spend as its parent).
+        cost = paid if paid is not None else self.cost(usage) if usage else 0.0
+        self.budget.settle(reservation, usage, cost)
 
     def _close(self, span: Any, usage: Usage, cost: float) -> None:
         span.end_ts = now()
@@ -342,17 +348,10 @@ class RoleModel:
             if consumer_error is not None:
                 raise consumer_error
         except BaseException as exc:
-            if span.end_ts is None:
-                span.attributes = {**span.attributes, "error": f"{type(exc).__name__}: {exc}"}
-                span.end_ts = now()
-                self.tracer.writer.submit([span])
+            self._fail(span, exc)
             raise
         finally:
-            # A journal hit costs what the recorded call cost (a strict replay has no
-            # pool, hence no prices, but must report the same spend as its parent).
-            self.budget.settle(
-                reservation, usage, paid if paid is not None else self.cost(usage) if usage else 0.0
-            )
+            self._settle(reservation, usage, paid)
 
 
 class RoleStream:
