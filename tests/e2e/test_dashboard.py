@@ -23,22 +23,12 @@ from typing import Any
 import httpx
 import pytest
 
-from app.api.executor import CeleryExecutor
-from app.api.main import create_app
 from app.api.settings import ApiSettings
 from core.simulator.config import Latency, Rule
 from core.simulator.server import Simulator
 from tests.e2e.conftest import ROOT, write_synthetic_trace
-from tests.fixtures.worker import (  # noqa: F401 - redis_url is a fixture
-    WorkerProcess,
-    purge_redis_prefix,
-    redis_url,
-    unique_prefix,
-    worker_settings,
-)
-from tests.integration.test_api_celery import make_key, script
-from tests.integration.test_api_jobs import ApiServer
-from workers.celery_app import configure
+from tests.fixtures.worker import redis_url  # noqa: F401 - a fixture
+from tests.integration.test_api_celery import celery_api, make_key, script
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 expect = pytest.importorskip("playwright.sync_api").expect
@@ -111,27 +101,20 @@ def stack(
     simulator_server: Simulator,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
-    prefix = unique_prefix()
-    settings = worker_settings(
-        database_url=pg_database_url,
-        broker_url=redis_url,
-        data_dir=tmp_path_factory.mktemp("dashboard-data"),
-        sim_url=simulator_server.url,
-        key_prefix=prefix,
-    )
     # Tenants of their own: the session's database is shared with other test modules.
     tenant = f"dash-{uuid.uuid4().hex[:8]}"
     key = new_key(pg_database_url, tenant)
     other_key = new_key(pg_database_url, f"other-{uuid.uuid4().hex[:8]}")
-    configure(settings)
     api = ApiSettings(_env_file=None, sse_poll_min_s=0.02, sse_poll_max_s=0.1, page_size=PAGE_SIZE)  # type: ignore[call-arg]
-    app = create_app(settings, executor=CeleryExecutor(), api_settings=api)
-    log = tmp_path_factory.mktemp("dashboard-logs") / "worker.log"
-    try:
-        with WorkerProcess(settings, log, concurrency=2), ApiServer(app) as server:
-            yield Stack(server.url, tenant, key, other_key, pg_database_url)
-    finally:
-        purge_redis_prefix(redis_url, prefix)
+    with celery_api(
+        broker_url=redis_url,
+        database_url=pg_database_url,
+        sim_url=simulator_server.url,
+        tmp=tmp_path_factory,
+        name="dashboard",
+        api=api,
+    ) as (url, _worker):
+        yield Stack(url, tenant, key, other_key, pg_database_url)
 
 
 class Dashboard:

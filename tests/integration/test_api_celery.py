@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -66,6 +67,37 @@ class Stack:
         return httpx.Client(base_url=self.url, timeout=30, headers=headers)
 
 
+@contextmanager
+def celery_api(
+    *,
+    broker_url: str,
+    database_url: str,
+    sim_url: str,
+    tmp: pytest.TempPathFactory,
+    name: str,
+    api: ApiSettings,
+) -> Iterator[tuple[str, WorkerProcess]]:
+    """A real Celery worker process and an API server publishing to it, on a broker key
+    prefix of their own (purged after): ``(API url, worker)``."""
+    prefix = unique_prefix()
+    settings = worker_settings(
+        database_url=database_url,
+        broker_url=broker_url,
+        data_dir=tmp.mktemp(f"{name}-data"),
+        sim_url=sim_url,
+        key_prefix=prefix,
+    )
+    # The API publishes through the process-wide Celery app: same broker, same prefix.
+    configure(settings)
+    app = create_app(settings, executor=CeleryExecutor(), api_settings=api)
+    log = tmp.mktemp(f"{name}-logs") / "worker.log"
+    try:
+        with WorkerProcess(settings, log, concurrency=2) as worker, ApiServer(app) as server:
+            yield server.url, worker
+    finally:
+        purge_redis_prefix(broker_url, prefix)
+
+
 @pytest.fixture(scope="module")
 def stack(
     redis_url: str,  # noqa: F811 - the fixture
@@ -73,26 +105,18 @@ def stack(
     simulator_server: Simulator,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
-    prefix = unique_prefix()
-    settings = worker_settings(
-        database_url=pg_database_url,
-        broker_url=redis_url,
-        data_dir=tmp_path_factory.mktemp("api-celery-data"),
-        sim_url=simulator_server.url,
-        key_prefix=prefix,
-    )
     # Keys exist before the API starts: every request in this module is authenticated.
     keys = {tenant: make_key(pg_database_url, tenant) for tenant in ("acme", "globex")}
-    # The API publishes through the process-wide Celery app: same broker, same prefix.
-    configure(settings)
     api = ApiSettings(_env_file=None, sse_poll_min_s=0.02, sse_poll_max_s=0.1)  # type: ignore[call-arg]
-    app = create_app(settings, executor=CeleryExecutor(), api_settings=api)
-    log = tmp_path_factory.mktemp("api-celery-logs") / "worker.log"
-    try:
-        with WorkerProcess(settings, log, concurrency=2) as worker, ApiServer(app) as server:
-            yield Stack(server.url, keys, worker)
-    finally:
-        purge_redis_prefix(redis_url, prefix)
+    with celery_api(
+        broker_url=redis_url,
+        database_url=pg_database_url,
+        sim_url=simulator_server.url,
+        tmp=tmp_path_factory,
+        name="api-celery",
+        api=api,
+    ) as (url, worker):
+        yield Stack(url, keys, worker)
 
 
 @pytest.fixture
