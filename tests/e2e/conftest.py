@@ -140,7 +140,10 @@ def write_synthetic_trace(
     done = {"params": params, "answer": "5", "status": "ok", "budget_exhausted": False}
     strategy = trace.span("strategy", "self_consistency", root, 0.2, end - 0.2, done)
     votes = {"5": 0, "7": 0}
-    room = lambda: len(trace.spans) < spans - 1  # noqa: E731 - the last span is the vote
+
+    def room() -> bool:  # the last span is the vote
+        return len(trace.spans) < spans - 1
+
     for r in range(rounds):
         start = r * 40.0 + 1
         if not room():

@@ -92,7 +92,7 @@ def client(api_url: str) -> Iterator[httpx.Client]:
 def wait_done(client: httpx.Client, job_id: str, timeout: float = 20) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
-        job = client.get(f"/v1/jobs/{job_id}").json()
+        job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
         if job["status"] in ("succeeded", "failed", "cancelled"):
             return job
         assert time.monotonic() < deadline, f"job still {job['status']}"
@@ -102,7 +102,8 @@ def wait_done(client: httpx.Client, job_id: str, timeout: float = 20) -> dict[st
 def submit(client: httpx.Client, **body: Any) -> dict[str, Any]:
     response = client.post("/v1/jobs", json={"question": QUESTION, "seed": 7, **body})
     assert response.status_code == 202, response.text
-    return response.json()
+    created: dict[str, Any] = response.json()
+    return created
 
 
 def test_submit_poll_result(client: httpx.Client, simulator: Simulator) -> None:
@@ -212,7 +213,7 @@ def test_events_stream_live_in_order_and_resume(client: httpx.Client, simulator:
     assert received[-1][2] - calls[0][1] > 0.3
     # Containers were sent open, then again closed.
     strategy_sends = [e for e, _, _ in received if e.type == "strategy"]
-    assert [s.end_ts is None for s in strategy_sends] == [True, False]  # type: ignore[union-attr]
+    assert [s.end_ts is None for s in strategy_sends] == [True, False]
 
     resume_at = calls[1][0].seq
     with client.stream(
@@ -466,13 +467,14 @@ def test_other_bad_requests_are_422_naming_the_field(sqlite_client: httpx.Client
     assert not_json.status_code == 422 and not_json.json()["error"]["field"].startswith("body")
     long_key = c.post("/v1/jobs", json={"question": "q"}, headers={"Idempotency-Key": "k" * 200})
     assert long_key.json()["error"]["field"] == "Idempotency-Key"
-    for params, field in [
+    cases: list[tuple[dict[str, str | int], str]] = [
         ({"status": "done"}, "status"),
         ({"limit": 0}, "limit"),
         ({"created_after": "yesterday"}, "created_after"),
         ({"cursor": "garbage!"}, "cursor"),
         ({"strategy": "nope"}, "strategy"),
-    ]:
+    ]
+    for params, field in cases:
         response = c.get("/v1/jobs", params=params)
         assert (response.status_code, response.json()["error"]["field"]) == (422, field)
     job = c.post("/v1/jobs", json={"question": QUESTION, "strategy": "direct"}).json()
@@ -661,7 +663,7 @@ def test_openai_client_gets_an_answer_with_full_usage(api_url: str, simulator: S
                 model="ponder/direct", messages=[{"role": "system", "content": "no question"}]
             )
     assert "5" in (completion.choices[0].message.content or "")
-    extension = completion.model_extra["ponder"]  # type: ignore[index]
+    extension = completion.model_extra["ponder"]
     assert extension["answer"] == "5" and extension["votes"] == {"5": 2, "7": 1}
     job = httpx.get(f"{api_url}/v1/jobs/{completion.id}").json()
     assert job["id"] == extension["job_id"]

@@ -128,7 +128,7 @@ async def test_strict_replay_with_changed_params_fails_clearly(
         strategy_overrides={"max_tokens": 99},
     )
     child = await runtime.runner.run(child_id)
-    assert child.status == "failed"
+    assert child.status == "failed" and child.error is not None
     assert child.error["code"] == "journal_miss"
     assert "not in the journal" in child.error["message"]
 
@@ -240,5 +240,6 @@ async def test_strict_replay_reports_the_cost_its_parent_paid(
         child_id = await create_replay(rt.sessions, rt.pools, parent_id, mode="strict")
         child = await rt.runner.run(child_id)
     # No pool (hence no price) is used by a strict replay; the journal knows the cost.
+    assert child.usage is not None and parent.usage is not None
     assert child.usage["cost"] == parent.usage["cost"]
     assert child.usage["by_role"] == parent.usage["by_role"]

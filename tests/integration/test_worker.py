@@ -9,6 +9,7 @@ reaper's sweep.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import socket
@@ -372,7 +373,7 @@ def test_serve_runs_api_and_worker_and_stops_them_all(simulator: Simulator, tmp_
         text = log.read_text()
         assert "ponder serve: stopping" in text and "Traceback" not in text
         for pid in children:  # the worker, its pool, the reaper and the API: all gone
-            wait_until(lambda pid=pid: not alive(pid), 5, f"process {pid} to exit")
+            wait_until(functools.partial(_dead, pid), 5, f"process {pid} to exit")
     finally:
         if serve.poll() is None:
             os.killpg(serve.pid, signal.SIGKILL)
@@ -394,6 +395,10 @@ def descendants(pid: int) -> list[int]:
         found += kids
         frontier += kids
     return found
+
+
+def _dead(pid: int) -> bool:
+    return not alive(pid)
 
 
 def alive(pid: int) -> bool:
