@@ -131,8 +131,33 @@ def test_workers_scale_and_stop_gracefully(services: dict[str, Any]) -> None:
     assert worker["command"][:2] == ["ponder", "worker"]
     assert worker["stop_grace_period"] == "2m"
     assert services["reaper"]["command"] == ["python", "-m", "workers.reaper"]
-    assert services["api"]["ports"] == ["${PONDER_PORT:-8000}:8000"]
     assert services["api"]["command"][0:2] == ["uvicorn", "app.api.main:app"]
+
+
+def test_the_api_is_published_on_loopback_unless_the_operator_says_otherwise(
+    services: dict[str, Any],
+) -> None:
+    (port,) = services["api"]["ports"]
+    assert interpolate(port, {}) == "127.0.0.1:8000:8000"
+    assert interpolate(port, {"PONDER_BIND": "0.0.0.0", "PONDER_PORT": "9000"}) == (
+        "0.0.0.0:9000:8000"
+    )
+
+
+def test_ponder_images_are_built_here_never_pulled(services: dict[str, Any]) -> None:
+    for name in (*PONDER_SERVICES, "models"):
+        service = services[name]
+        assert service["pull_policy"] == "build", name
+        assert service["build"]["dockerfile"] == "docker/Dockerfile", name
+        assert service["build"]["context"] == ".", name
+    assert {services[name]["image"] for name in PONDER_SERVICES} == {"ponder:latest"}
+    assert services["models"]["image"] == "ponder-embedded:latest"
+
+
+def test_the_minimum_compose_version_is_stated() -> None:
+    # env_file `required: false` and depends_on `required: false` need Compose 2.24.
+    assert "Compose 2.24 or later" in COMPOSE.read_text().split("\nname:")[0]
+    assert "Compose 2.24" in (ROOT / "docs" / "deploy.md").read_text()
 
 
 def test_vllm_pools_serve_the_documented_models_on_gpus(services: dict[str, Any]) -> None:
@@ -190,10 +215,19 @@ def test_cpu_env_points_the_pools_at_the_embedded_models(
     assert json.loads(env["PONDER_SMALL_ENDPOINTS"]) == ["http://models:8101"]
 
 
-def test_the_image_installs_the_package() -> None:
+def test_the_image_installs_every_package_of_the_distribution() -> None:
+    """A normal (non-editable) install of all of pyproject's packages, no source on the path."""
+    import tomllib
+
     dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11", dockerfile, re.M)
-    assert "pip install --no-deps ." in dockerfile
-    for package in ("app", "workers", "core", "strategies", "migrations", "docker"):
-        assert f"COPY {package} ./{package}" in dockerfile
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    include = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = sorted({pattern.rstrip("*").split(".")[0] for pattern in include})
+    assert {"app", "core", "bench", "evals"} <= set(packages)
+    for package in packages:
+        assert f"COPY {package} ./{package}" in dockerfile, package
+    assert "pip install --no-deps /src" in dockerfile
+    assert "-e " not in dockerfile and "--editable" not in dockerfile
+    assert "COPY docker ./docker" in dockerfile  # the models service runs docker/serve_models.py
     assert re.search(r"^USER ponder$", dockerfile, re.M)
