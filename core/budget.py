@@ -98,6 +98,14 @@ class JobBudget:
         self.was_exhausted = True
         return BudgetExhausted(what, detail)  # type: ignore[arg-type]
 
+    def out_of_time(self, detail: str = "") -> BudgetExhausted:
+        """The outcome of a call that the job's deadline cut short, marked on the job.
+
+        ``reserve`` refuses calls once ``max_seconds`` has passed; a call already under
+        way carries ``Reservation.timeout_s`` to its pool, which stops it there.
+        """
+        return self._fail("seconds", detail or f"{self.spec.max_seconds} s used")
+
     def reserve(
         self,
         role: str,

@@ -1,12 +1,12 @@
-"""PoolClient: one model role's servers behind a single ``generate`` call.
+"""PoolClient: one model role's servers behind a ``generate`` and a ``stream`` call.
 
-This is the only place that retries model calls (STYLE: one owner per retry kind).
-It balances by least outstanding requests, fails over between endpoints with
-backoff, trips a per-endpoint circuit breaker, fans ``n`` out into several requests
-where a server cannot sample it natively, and records every HTTP attempt.
+It plans a call (one request, or chunks where ``n`` must fan out) and gives each request
+to the pool's one attempt loop (``attempts.py``), which alone retries model calls (STYLE:
+one owner per retry kind), balances, fails over, trips the breakers and records every
+HTTP attempt. A plain call and a stream are two bodies of that loop:
 
-    generate ─▶ plan (one request, or chunks) ─▶ _call per chunk (retry loop)
-                                                    └▶ _attempt (one HTTP request)
+    generate ─▶ plan ─▶ _call per chunk: async for attempt in loop: POST, parse
+    stream   ─▶ PoolStream (streaming.py): async for attempt in loop: POST, yield deltas
 """
 
 from __future__ import annotations
@@ -21,32 +21,20 @@ from typing import Any
 import httpx
 from pydantic import BaseModel
 
-from core.errors import ModelError, ModelHTTPError, ModelTimeout, PoolUnavailable
+from core.errors import ModelError
 from core.pools import wire
+from core.pools.attempts import Attempt, Call, Dispatcher, Fault
 from core.pools.endpoint import Endpoint, EndpointHealth, EndpointState, probe_health
 from core.pools.streaming import PoolStream
 from core.settings import PoolSettings
 from strategies.protocol import Choice, ModelRequest, Usage
 
-_RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
-_RETRY_AFTER_STATUS = frozenset({429, 503})
+__all__ = ["Attempt", "PoolClient", "PoolResult", "new_http_client"]
+
 # Below the 5 s idle timeout of uvicorn (vLLM) and cpp-httplib (llama.cpp), so the
 # client drops an idle connection before the server does and never reuses a
 # half-closed one ("Server disconnected" on the next request).
 _KEEPALIVE_EXPIRY_S = 4.0
-
-_OK, _FAULT, _ABANDONED = 0, 1, 2
-
-
-class Attempt(BaseModel):
-    """One HTTP request to one endpoint; the journal stores every one."""
-
-    endpoint: str
-    started_at: float
-    """Unix epoch seconds."""
-    latency_ms: float
-    status: int | None
-    error: str | None
 
 
 class PoolResult(BaseModel):
@@ -71,28 +59,6 @@ def new_http_client(pools: Iterable[PoolSettings]) -> httpx.AsyncClient:
         keepalive_expiry=_KEEPALIVE_EXPIRY_S,
     )
     return httpx.AsyncClient(limits=limits)
-
-
-class _Fault(Exception):
-    """An attempt failed in a way another attempt may not (internal to the retry loop)."""
-
-    def __init__(self, error: str, retry_after: float | None = None) -> None:
-        super().__init__(error)
-        self.error = error
-        self.retry_after = retry_after
-
-
-class _Call:
-    """What the attempts of one ``generate`` share."""
-
-    __slots__ = ("attempts", "chat", "deadline", "path", "timeout_s")
-
-    def __init__(self, path: str, chat: bool, deadline: float | None, timeout_s: float | None):
-        self.path = path
-        self.chat = chat
-        self.deadline = deadline
-        self.timeout_s = timeout_s
-        self.attempts: list[Attempt] = []
 
 
 _Answer = tuple[Endpoint, str | None, list[Choice], Usage]
@@ -127,25 +93,14 @@ class PoolClient:
         self.settings = settings
         self._owns_http = http is None
         self._http = http if http is not None else new_http_client([settings])
-        self._sleep = sleep
-        self._rng = rng if rng is not None else random.Random()
-        self._clock = clock
-        self._endpoints = [
-            Endpoint(
-                url,
-                max_concurrency=settings.max_concurrency,
-                failures=settings.breaker_failures,
-                reset_s=settings.breaker_reset_s,
-            )
-            for url in settings.endpoints
-        ]
-        self._next = 0
-        # pool=None: the endpoint semaphores already bound waiting; the deadline covers it.
-        self._timeout = httpx.Timeout(
-            settings.read_timeout_s, connect=settings.connect_timeout_s, pool=None
+        self._dispatcher = Dispatcher(
+            name,
+            settings,
+            self._http,
+            sleep=sleep,
+            rng=rng if rng is not None else random.Random(),
+            clock=clock,
         )
-        key = settings.api_key.get_secret_value() if settings.api_key else None
-        self._headers = {"Authorization": f"Bearer {key}"} if key else None
 
     async def generate(
         self, request: ModelRequest, *, timeout_s: float | None = None
@@ -164,20 +119,19 @@ class PoolClient:
         """
         started = time.perf_counter()
         path, body = wire.build_body(request, self.settings)
-        deadline = None if timeout_s is None else self._clock() + timeout_s
-        call = _Call(path, request.messages is not None, deadline, timeout_s)
+        call = self._dispatcher.call(timeout_s)
         try:
             if timeout_s is None:
-                result = await self._run(call, body, request)
+                result = await self._run(call, path, body, request)
             else:
-                limit = asyncio.timeout(timeout_s)
+                limit = call.limit = asyncio.timeout(timeout_s)
                 try:
                     async with limit:
-                        result = await self._run(call, body, request)
+                        result = await self._run(call, path, body, request)
                 except TimeoutError as exc:
                     if not limit.expired():
                         raise
-                    raise self._timeout_error(timeout_s) from exc
+                    raise self._dispatcher.timeout_error(timeout_s) from exc
         except ModelError as exc:
             exc.details["pool"] = self.name
             exc.details["attempts"] = [a.model_dump() for a in call.attempts]
@@ -185,25 +139,27 @@ class PoolClient:
         result.latency_ms = (time.perf_counter() - started) * 1000.0
         return result
 
-    def stream(self, request: ModelRequest) -> PoolStream:
-        """A streamed call (``n == 1``): iterate it for text deltas; see ``PoolStream``."""
-        return PoolStream(self, request)
+    def stream(self, request: ModelRequest, *, timeout_s: float | None = None) -> PoolStream:
+        """A streamed call (``n == 1``): iterate it for text deltas; see ``PoolStream``.
+
+        ``timeout_s`` bounds the whole stream from now — attempts, backoff, every delta,
+        and the time the consumer spends between deltas.
+        """
+        return PoolStream(self._dispatcher, request, self._dispatcher.call(timeout_s))
 
     async def health(self) -> list[EndpointHealth]:
         """Probe every endpoint concurrently (``GET /health``, else ``GET /v1/models``).
 
         Read-only: probes neither count as requests nor move the breakers.
         """
+        d = self._dispatcher
         timeout = httpx.Timeout(self.settings.connect_timeout_s)
-        probes = (
-            probe_health(self._http, ep, self._headers, timeout, self._clock)
-            for ep in self._endpoints
-        )
+        probes = (probe_health(self._http, ep, d.headers, timeout, d.clock) for ep in d.endpoints)
         return list(await asyncio.gather(*probes))
 
     def snapshot(self) -> list[EndpointState]:
-        now = self._clock()
-        return [ep.snapshot(now) for ep in self._endpoints]
+        now = self._dispatcher.clock()
+        return [ep.snapshot(now) for ep in self._dispatcher.endpoints]
 
     async def aclose(self) -> None:
         if self._owns_http:
@@ -225,10 +181,13 @@ class PoolClient:
         size = s.max_n if native and s.max_n else 1
         return [(first, min(size, n - first)) for first in range(0, n, size)]
 
-    async def _run(self, call: _Call, body: dict[str, Any], request: ModelRequest) -> PoolResult:
+    async def _run(
+        self, call: Call, path: str, body: dict[str, Any], request: ModelRequest
+    ) -> PoolResult:
+        chat = request.messages is not None
         chunks = self._chunks(request)
         if chunks is None:
-            endpoint, model, choices, usage = await self._call(call, body, 0)
+            endpoint, model, choices, usage = await self._call(call, path, chat, body, 0)
             return PoolResult.model_construct(
                 model=model or self.settings.model,
                 choices=wire.without_echoed_prefill(choices, request, self.settings),
@@ -238,7 +197,7 @@ class PoolClient:
                 emulated_n=False,
                 latency_ms=0.0,
             )
-        answers = await self._fan_out(call, body, chunks)
+        answers = await self._fan_out(call, path, chat, body, chunks)
         first = answers[0]
         return PoolResult.model_construct(
             model=first[1] or self.settings.model,
@@ -256,10 +215,17 @@ class PoolClient:
         )
 
     async def _fan_out(
-        self, call: _Call, body: dict[str, Any], chunks: list[tuple[int, int]]
+        self,
+        call: Call,
+        path: str,
+        chat: bool,
+        body: dict[str, Any],
+        chunks: list[tuple[int, int]],
     ) -> list[_Answer]:
         tasks = [
-            asyncio.create_task(self._call(call, wire.chunk_body(body, size, first), first))
+            asyncio.create_task(
+                self._call(call, path, chat, wire.chunk_body(body, size, first), first)
+            )
             for first, size in chunks
         ]
         try:
@@ -275,151 +241,28 @@ class PoolClient:
                 raise exc
         return [task.result() for task in tasks]
 
-    # -- the retry loop -------------------------------------------------------
+    # -- the plain body of the attempt loop ------------------------------------
 
-    async def _call(self, call: _Call, body: dict[str, Any], first_index: int) -> _Answer:
-        s = self.settings
-        faults: dict[Endpoint, int] = {}
-        fault: _Fault | None = None
-        for attempt in range(s.max_attempts):
-            endpoint = self._pick(faults)
-            if endpoint is None:
-                raise self._all_open_error(fault)
-            try:
-                return await self._attempt(call, endpoint, body, first_index)
-            except _Fault as exc:
-                fault = exc
-                faults[endpoint] = faults.get(endpoint, 0) + 1
-            if attempt + 1 < s.max_attempts:
-                delay = self._backoff(attempt, fault.retry_after)
-                if call.deadline is not None and self._clock() + delay >= call.deadline:
-                    raise self._timeout_error(call.timeout_s)
-                if delay > 0:
-                    await self._sleep(delay)
-        last = fault.error if fault else "no attempt made"
-        raise PoolUnavailable(
-            f"pool {self.name!r}: all {s.max_attempts} attempts failed; last: {last}",
-            last_error=last,
-        )
-
-    def _pick(self, faults: dict[Endpoint, int]) -> Endpoint | None:
-        """Least outstanding among admitted endpoints, those that failed this call last.
-
-        The scan starts one further along each time, so ties rotate.
-        """
-        endpoints = self._endpoints
-        count = len(endpoints)
-        start = self._next
-        self._next = start + 1 if start + 1 < count else 0
-        now = self._clock()
-        best: Endpoint | None = None
-        best_key = (0, 0)
-        for i in range(count):
-            endpoint = endpoints[(start + i) % count]
-            if not endpoint.admits(now):
-                continue
-            key = (faults.get(endpoint, 0), endpoint.outstanding)
-            if best is None or key < best_key:
-                best, best_key = endpoint, key
-        return best
-
-    def _backoff(self, retry: int, retry_after: float | None) -> float:
-        s = self.settings
-        if retry_after is not None:
-            return min(retry_after, s.backoff_max_s)
-        # Full jitter (AWS architecture blog): spreads retries of concurrent calls.
-        return self._rng.uniform(
-            0.0, min(s.backoff_max_s, s.backoff_base_s * 2.0 ** min(retry, 60))
-        )
-
-    async def _attempt(
-        self, call: _Call, endpoint: Endpoint, body: dict[str, Any], first_index: int
+    async def _call(
+        self, call: Call, path: str, chat: bool, body: dict[str, Any], first_index: int
     ) -> _Answer:
-        probe = endpoint.begin(self._clock())
-        verdict = _ABANDONED
-        status: int | None = None
-        error: str | None = None
-        started_at = 0.0
-        t0: float | None = None
-        try:
-            async with endpoint.semaphore:
-                started_at = time.time()
-                t0 = time.perf_counter()
-                try:
-                    response = await self._http.post(
-                        endpoint.url + call.path,
-                        json=body,
-                        headers=self._headers,
-                        timeout=self._timeout,
+        d = self._dispatcher
+        async for attempt in d.attempts(call):
+            async with attempt:
+                endpoint = attempt.endpoint
+                async with endpoint.semaphore:
+                    attempt.start()
+                    response = await d.http.post(
+                        endpoint.url + path, json=body, headers=d.headers, timeout=d.timeout
                     )
-                except (httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:
-                    error = wire.describe(exc)
-                    raise ModelError(f"pool {self.name!r}: {endpoint.url}: {error}") from exc
-                except httpx.RequestError as exc:
-                    # Connect errors, timeouts, "Server disconnected", resets.
-                    verdict, error = _FAULT, wire.describe(exc)
-                    raise _Fault(f"{endpoint.url}: {error}") from exc
-            status = response.status_code
-            if 200 <= status < 300:
+                status = attempt.status = response.status_code
+                if not 200 <= status < 300:
+                    attempt.reject(status, response.content, response.headers.get("retry-after"))
                 try:
                     model, choices, usage = wire.parse_response(
-                        json.loads(response.content), chat=call.chat, first_index=first_index
+                        json.loads(response.content), chat=chat, first_index=first_index
                     )
                 except ValueError as exc:  # also WireError and invalid JSON
-                    verdict, error = _FAULT, f"invalid response: {exc}"
-                    raise _Fault(f"{endpoint.url}: {error}") from exc
-                verdict = _OK
+                    raise Fault(f"invalid response: {exc}") from exc
                 return endpoint, model, choices, usage
-            error = f"HTTP {status}: {wire.error_message(response.content)}"
-            if status in _RETRYABLE_STATUS:
-                verdict = _FAULT
-                retry_after = (
-                    wire.retry_after(response.headers.get("retry-after"))
-                    if status in _RETRY_AFTER_STATUS
-                    else None
-                )
-                raise _Fault(f"{endpoint.url}: {error}", retry_after)
-            verdict = _OK  # the server is up; the request was wrong
-            raise ModelHTTPError(
-                f"pool {self.name!r}: {endpoint.url} rejected the request: {error}",
-                endpoint=endpoint.url,
-                upstream_status=status,
-            )
-        except asyncio.CancelledError:
-            error = "cancelled"
-            raise
-        finally:
-            if verdict == _OK:
-                endpoint.succeeded(probe)
-            elif verdict == _FAULT:
-                endpoint.failed(self._clock(), probe)
-            else:
-                endpoint.abandoned(probe)
-            if t0 is not None:
-                call.attempts.append(
-                    Attempt(
-                        endpoint=endpoint.url,
-                        started_at=started_at,
-                        latency_ms=(time.perf_counter() - t0) * 1000.0,
-                        status=status,
-                        error=error,
-                    )
-                )
-
-    # -- errors -----------------------------------------------------------------
-
-    def _all_open_error(self, fault: _Fault | None) -> PoolUnavailable:
-        now = self._clock()
-        refusing = [ep.url for ep in self._endpoints if not ep.admits(now)]
-        message = f"pool {self.name!r}: no endpoint available, circuit open for " + ", ".join(
-            refusing
-        )
-        if fault is not None:
-            message += f"; last: {fault.error}"
-        return PoolUnavailable(message, open_endpoints=refusing)
-
-    def _timeout_error(self, timeout_s: float | None) -> ModelTimeout:
-        return ModelTimeout(
-            f"pool {self.name!r}: no answer within the {timeout_s} s deadline",
-            timeout_s=timeout_s,
-        )
+        raise AssertionError("the attempt loop ends by raising unless an attempt returned")

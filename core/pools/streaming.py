@@ -2,8 +2,9 @@
 
 For strategies that act on a generation while it runs (First Finish Search cancels the
 slower samples; Solve-Detect-Verify stops the solver once a verified answer appears).
-Retries and failover happen only before the first byte of the answer: once text has
-reached the caller, a broken stream is an error, not something to repeat silently.
+``PoolStream`` is the streamed body of the pool's one attempt loop (``attempts.py``):
+retries and failover happen only before the first delta reaches the caller; after it, a
+broken stream or an invalid chunk is an error, not something to repeat silently.
 
 Closing the iterator early (``break``, an exception, task cancellation) closes the HTTP
 response, which vLLM and llama.cpp's server take as an abort of the request.
@@ -11,21 +12,21 @@ response, which vLLM and llama.cpp's server take as an abort of the request.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar, cast
 
 import httpx
 
-from core.errors import ModelError, ModelHTTPError, PoolUnavailable
 from core.pools import wire
+from core.pools.attempts import Attempt, Call, Dispatcher, Fault
 from strategies.protocol import ModelRequest, Usage
 
-if TYPE_CHECKING:
-    from core.pools.client import Attempt, PoolClient
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -39,146 +40,99 @@ class PoolStream:
 
     ``usage`` is the server's count when it sent one (``stream_options.include_usage``),
     else ``None`` — the caller then counts the deltas it received.
+
+    The call's deadline (``PoolClient.stream(timeout_s=...)``) bounds each step — waiting
+    for a slot, the response headers, the next line — and the consumer's own time between
+    deltas: once it has passed, the next step raises ``ModelTimeout`` and closes the
+    response. ``deltas``, ``endpoint`` and ``attempts`` then describe the part received.
     """
 
-    def __init__(self, client: PoolClient, request: ModelRequest) -> None:
+    def __init__(self, dispatcher: Dispatcher, request: ModelRequest, call: Call) -> None:
         if request.n != 1:
             raise ValueError("a streamed call has n == 1; fan out several streams instead")
-        self.client = client
+        self._dispatcher = dispatcher
+        self._call = call
         self.request = request
-        self.attempts: list[Attempt] = []
+        self.attempts: list[Attempt] = call.attempts
         self.endpoint: str | None = None
         self.model: str | None = None
         self.usage: Usage | None = None
         self.finish_reason: str | None = None
         self.deltas = 0
         self.latency_ms = 0.0
-        self._prefill = self._echoed_prefill()
+        self._prefill = ""
 
     def _echoed_prefill(self) -> str:
         # llama.cpp echoes a continued assistant message before the continuation.
-        request, settings = self.request, self.client.settings
+        request, settings = self.request, self._dispatcher.settings
         if settings.kind != "llamacpp" or not request.continue_final_message:
             return ""
         last = (request.messages or [{}])[-1]
         return last.get("content", "") if last.get("role") == "assistant" else ""
 
     async def __aiter__(self) -> AsyncGenerator[StreamDelta, None]:
-        client, settings = self.client, self.client.settings
-        path, body = wire.build_body(self.request, settings)
+        d = self._dispatcher
+        path, body = wire.build_body(self.request, d.settings)
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
         chat = self.request.messages is not None
         started = time.perf_counter()
-        faults: dict[Any, int] = {}
-        last_error = "no attempt made"
         try:
-            for attempt in range(settings.max_attempts):
-                endpoint = client._pick(faults)
-                if endpoint is None:
-                    raise client._all_open_error(None)
-                outcome = _Outcome()
-                attempt_deltas = self._attempt(endpoint, path, body, chat, outcome)
-                # aclosing: a consumer that stops early closes the HTTP response now,
-                # not whenever the abandoned generator is collected.
-                async with contextlib.aclosing(attempt_deltas) as deltas:
-                    async for delta in deltas:
-                        yield delta
-                if outcome.done:
-                    return
-                faults[endpoint] = faults.get(endpoint, 0) + 1
-                last_error = outcome.error or last_error
-                if attempt + 1 < settings.max_attempts:
-                    delay = client._backoff(attempt, outcome.retry_after)
-                    if delay > 0:
-                        await client._sleep(delay)
-            raise PoolUnavailable(
-                f"pool {client.name!r}: all {settings.max_attempts} attempts failed; "
-                f"last: {last_error}",
-                last_error=last_error,
-            )
+            async for attempt in d.attempts(self._call):
+                async with attempt:
+                    endpoint = attempt.endpoint
+                    self._prefill = self._echoed_prefill()  # a retry starts over
+                    await self._step(endpoint.semaphore.acquire)
+                    try:
+                        attempt.start()
+                        sent = _send(d, endpoint.url + path, body)
+                        response = await self._step(sent)
+                        try:
+                            status = attempt.status = response.status_code
+                            if status != 200:
+                                content = await self._step(response.aread)
+                                attempt.reject(status, content, response.headers.get("retry-after"))
+                            self.endpoint = endpoint.url
+                            # aclosing: a consumer that stops early closes the lines now.
+                            lines_ = cast(AsyncGenerator[str, None], response.aiter_lines())
+                            async with contextlib.aclosing(lines_) as lines:
+                                while (line := await self._step(_next_of(lines))) is not None:
+                                    try:
+                                        delta = self._parse_line(line, chat)
+                                    except ValueError as exc:
+                                        raise Fault(f"invalid stream chunk: {exc}") from exc
+                                    if delta is None:
+                                        continue
+                                    attempt.delivered()
+                                    if delta.text:
+                                        self.deltas += 1
+                                    yield delta
+                        finally:
+                            # Closing the response is how vLLM and llama.cpp learn that
+                            # the request is abandoned.
+                            await response.aclose()
+                    finally:
+                        endpoint.semaphore.release()
         finally:
             self.latency_ms = (time.perf_counter() - started) * 1000.0
 
-    async def _attempt(
-        self,
-        endpoint: Any,
-        path: str,
-        body: dict[str, Any],
-        chat: bool,
-        outcome: _Outcome,
-    ) -> AsyncGenerator[StreamDelta, None]:
-        from core.pools.client import Attempt
-
-        client = self.client
-        probe = endpoint.begin(client._clock())
-        status: int | None = None
-        verdict = "abandoned"
-        t0 = time.perf_counter()
-        started_at = time.time()
-        received = False
+    async def _step(self, start: Callable[[], Awaitable[_T]]) -> _T:
+        """Await one step of the stream within the call's deadline."""
+        deadline = self._call.deadline
+        if deadline is None:
+            return await start()
+        d = self._dispatcher
+        left = deadline - d.clock()
+        if left <= 0:
+            raise d.timeout_error(self._call.timeout_s)
+        limit = asyncio.timeout(left)
         try:
-            async with endpoint.semaphore:
-                try:
-                    async with client._http.stream(
-                        "POST",
-                        endpoint.url + path,
-                        json=body,
-                        headers=client._headers,
-                        timeout=client._timeout,
-                    ) as response:
-                        status = response.status_code
-                        if status != 200:
-                            content = await response.aread()
-                            error = f"HTTP {status}: {wire.error_message(content)}"
-                            if status in (429, 500, 502, 503, 504):
-                                verdict, outcome.error = "fault", f"{endpoint.url}: {error}"
-                                outcome.retry_after = wire.retry_after(
-                                    response.headers.get("retry-after")
-                                )
-                                return
-                            verdict = "ok"
-                            raise ModelHTTPError(
-                                f"pool {client.name!r}: {endpoint.url} rejected the request: "
-                                f"{error}",
-                                endpoint=endpoint.url,
-                                upstream_status=status,
-                            )
-                        self.endpoint = endpoint.url
-                        async for line in response.aiter_lines():
-                            delta = self._parse_line(line, chat)
-                            if delta is None:
-                                continue
-                            if delta.text:
-                                received = True
-                                self.deltas += 1
-                            yield delta
-                        verdict = "ok"
-                        outcome.done = True
-                except httpx.RequestError as exc:
-                    error = wire.describe(exc)
-                    if received:
-                        verdict = "fault"
-                        raise ModelError(
-                            f"pool {client.name!r}: {endpoint.url}: stream broke: {error}"
-                        ) from exc
-                    verdict, outcome.error = "fault", f"{endpoint.url}: {error}"
-        finally:
-            if verdict == "ok":
-                endpoint.succeeded(probe)
-            elif verdict == "fault":
-                endpoint.failed(client._clock(), probe)
-            else:
-                endpoint.abandoned(probe)
-            self.attempts.append(
-                Attempt(
-                    endpoint=endpoint.url,
-                    started_at=started_at,
-                    latency_ms=(time.perf_counter() - t0) * 1000.0,
-                    status=status,
-                    error=None if verdict == "ok" else (outcome.error or "cancelled"),
-                )
-            )
+            async with limit:
+                return await start()
+        except TimeoutError as exc:
+            if not limit.expired():
+                raise
+            raise d.timeout_error(self._call.timeout_s) from exc
 
     def _parse_line(self, line: str, chat: bool) -> StreamDelta | None:
         if not line.startswith("data:"):
@@ -186,10 +140,9 @@ class PoolStream:
         payload = line[5:].strip()
         if not payload or payload == "[DONE]":
             return None
-        try:
-            data = json.loads(payload)
-        except ValueError as exc:
-            raise ModelError(f"pool {self.client.name!r}: invalid stream chunk: {exc}") from exc
+        data = json.loads(payload)  # a ValueError is a Fault of the attempt (see __aiter__)
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
         if isinstance(data.get("model"), str):
             self.model = data["model"]
         if data.get("usage"):
@@ -224,8 +177,20 @@ class PoolStream:
         return text
 
 
-@dataclass
-class _Outcome:
-    done: bool = False
-    error: str | None = None
-    retry_after: float | None = None
+def _send(d: Dispatcher, url: str, body: dict[str, Any]) -> Callable[[], Awaitable[httpx.Response]]:
+    """Send the request and read its headers (a step for ``PoolStream._step``)."""
+
+    def step() -> Awaitable[httpx.Response]:
+        request = d.http.build_request("POST", url, json=body, headers=d.headers, timeout=d.timeout)
+        return d.http.send(request, stream=True)
+
+    return step
+
+
+def _next_of(lines: AsyncIterator[str]) -> Callable[[], Awaitable[str | None]]:
+    """The next line, or None at the end (a step for ``PoolStream._step``)."""
+
+    def step() -> Awaitable[str | None]:
+        return anext(lines, None)
+
+    return step

@@ -172,6 +172,7 @@ async def test_leaving_early_records_the_partial_call_as_cancelled(
         "finish_reason": CANCELLED,
     }
     assert entry.completion_tokens == 3  # what was received, not the whole reply
+    assert [(a["status"], a["error"]) for a in entry.attempts] == [(200, "cancelled")]
     assert outcome.usage["completion_tokens"] == 3
     # The server saw the client leave and stopped generating.
     assert entry.latency_ms < 14 * 30

@@ -485,7 +485,8 @@ async def test_deadline_bounds_an_attempt_in_flight(make: Factory) -> None:
     with pytest.raises(ModelTimeout) as caught:
         await pool.generate(ModelRequest(prompt="x"), timeout_s=0.05)
     assert "0.05 s deadline" in caught.value.message
-    assert [a["error"] for a in caught.value.details["attempts"]] == ["cancelled"]
+    # Recorded as the deadline, and no verdict on the endpoint: the call ran out of time.
+    assert [a["error"] for a in caught.value.details["attempts"]] == ["deadline"]
     assert [s.outstanding for s in pool.snapshot()] == [0, 0]
     assert [s.consecutive_failures for s in pool.snapshot()] == [0, 0]
 
@@ -664,3 +665,146 @@ async def test_simulator_health(sims: tuple[Simulator, Simulator], fake: FakeTim
         assert [h.ok for h in await pool.health()] == [True, True]
     finally:
         await pool.aclose()
+
+
+# -- streams: the same attempt loop, a streamed body ---------------------------------------
+
+
+def sse(*payloads: dict[str, Any] | str, then: Exception | None = None) -> httpx.Response:
+    """A streamed completion: each payload a ``data:`` line (a str is sent as is)."""
+
+    async def lines() -> AsyncIterator[bytes]:
+        for payload in payloads:
+            data = payload if isinstance(payload, str) else json.dumps(payload)
+            yield f"data: {data}\n\n".encode()
+        if then is not None:
+            raise then
+        yield b"data: [DONE]\n\n"
+
+    return httpx.Response(200, content=lines(), headers={"content-type": "text/event-stream"})
+
+
+def token(text: str, finish: str | None = None) -> dict[str, Any]:
+    return {"model": "m", "choices": [{"index": 0, "text": text, "finish_reason": finish}]}
+
+
+Body = Literal["generate", "stream"]
+
+
+async def call_with(pool: PoolClient, body: Body) -> list[str]:
+    """One call through the plain or the streamed body; the endpoints of its attempts."""
+    if body == "generate":
+        return [a.endpoint for a in (await pool.generate(ModelRequest(prompt="x"))).attempts]
+    stream = pool.stream(ModelRequest(prompt="x"))
+    async for _ in stream:
+        pass
+    return [a.endpoint for a in stream.attempts]
+
+
+def answer(body: Body, host: str, request_body: dict[str, Any]) -> httpx.Response:
+    if body == "generate":
+        return ok(host, request_body)
+    return sse(token("4", "stop"))
+
+
+@pytest.mark.parametrize("body", ["generate", "stream"])
+@pytest.mark.parametrize(
+    ("status", "slept"),
+    [(429, [2.0]), (503, [2.0]), (500, "jittered"), (502, "jittered")],
+)
+async def test_retry_after_only_on_429_and_503_in_both_bodies(
+    make: Factory, fake: FakeTime, body: Body, status: int, slept: Any
+) -> None:
+    async def limited(request: httpx.Request, request_body: dict[str, Any]) -> httpx.Response:
+        if len(servers.seen) == 1:
+            return error(status, "busy", **{"Retry-After": "2"})
+        return answer(body, "http://b:8000", request_body)
+
+    servers = Servers(limited)
+    pool = make(servers, settings(backoff_max_s=5.0))
+    assert await call_with(pool, body) == [A, B]
+    if slept == "jittered":
+        assert len(fake.sleeps) == 1 and 0 <= fake.sleeps[0] <= 0.1  # not the 2 s asked
+    else:
+        assert fake.sleeps == slept
+    assert [s.consecutive_failures for s in pool.snapshot()] == [1, 0]
+
+
+@pytest.mark.parametrize("body", ["generate", "stream"])
+async def test_invalid_answer_before_anything_is_delivered_fails_over(
+    make: Factory, body: Body
+) -> None:
+    async def a_garbles(request: httpx.Request, request_body: dict[str, Any]) -> httpx.Response:
+        if request.url.host == "a":
+            if body == "generate":
+                return httpx.Response(200, content=b"<html>not json</html>")
+            return sse("{not json")
+        return answer(body, "http://b:8000", request_body)
+
+    pool = make(Servers(a_garbles))
+    assert await call_with(pool, body) == [A, B]
+    assert [s.consecutive_failures for s in pool.snapshot()] == [1, 0]
+
+
+@pytest.mark.parametrize(
+    ("tail", "error_text"),
+    [("{not json", "invalid stream chunk"), (None, "ReadError: reset")],
+    ids=["invalid-chunk", "broken-connection"],
+)
+async def test_a_stream_failing_after_its_first_delta_is_not_retried(
+    make: Factory, fake: FakeTime, tail: str | None, error_text: str
+) -> None:
+    async def breaks(request: httpx.Request, request_body: dict[str, Any]) -> httpx.Response:
+        if tail is not None:
+            return sse(token("one"), tail)
+        return sse(token("one"), then=httpx.ReadError("reset"))
+
+    servers = Servers(breaks)
+    pool = make(servers)
+    stream = pool.stream(ModelRequest(prompt="x"))
+    received: list[str] = []
+    with pytest.raises(ModelError, match="stream broke") as caught:
+        async for delta in stream:
+            received.append(delta.text)
+    # The caller already holds "one": a second attempt would hand it the start again.
+    assert received == ["one"]
+    assert error_text in caught.value.message
+    assert len(servers.seen) == 1 and fake.sleeps == []
+    [attempt] = stream.attempts
+    assert attempt.status == 200 and error_text in str(attempt.error)
+    # Still the endpoint's fault: its breaker counts it.
+    assert [s.consecutive_failures for s in pool.snapshot()] == [1, 0]
+    assert [s.outstanding for s in pool.snapshot()] == [0, 0]
+
+
+async def test_stream_attempts_move_the_breaker_like_plain_calls(
+    make: Factory, fake: FakeTime
+) -> None:
+    async def down(request: httpx.Request, request_body: dict[str, Any]) -> httpx.Response:
+        return error(503)
+
+    pool = make(Servers(down), settings([A], max_attempts=2, breaker_failures=2))
+    stream = pool.stream(ModelRequest(prompt="x"))
+    with pytest.raises(PoolUnavailable, match="all 2 attempts failed"):
+        async for _ in stream:
+            pass
+    assert [a.status for a in stream.attempts] == [503, 503]
+    assert pool.snapshot()[0].breaker == "open"
+    with pytest.raises(PoolUnavailable, match="circuit open"):
+        async for _ in pool.stream(ModelRequest(prompt="x")):
+            pass
+
+
+async def test_stream_deadline_bounds_backoff_like_plain_calls(
+    make: Factory, fake: FakeTime
+) -> None:
+    async def busy(request: httpx.Request, request_body: dict[str, Any]) -> httpx.Response:
+        return error(503, "busy", **{"Retry-After": "3"})
+
+    pool = make(Servers(busy), settings(backoff_max_s=5.0, max_attempts=10, breaker_failures=100))
+    stream = pool.stream(ModelRequest(prompt="x"), timeout_s=7.0)
+    with pytest.raises(ModelTimeout):
+        async for _ in stream:
+            pass
+    assert fake.sleeps == [3.0, 3.0]
+    assert len(stream.attempts) == 3
