@@ -28,9 +28,9 @@ from pathlib import Path
 from _shared import percentile, temp_database
 
 from core.budget import BudgetSpec, JobBudget
-from core.context import RoleModel
 from core.db import repo
 from core.journal import Journal
+from core.role_model import RoleModel
 from core.runtime import Runtime
 from core.settings import PoolSettings, Settings
 from core.simulator.config import Rule, SimulatorConfig

@@ -24,13 +24,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.budget import BudgetSpec, JobBudget
 from core.cancel import JobMonitor, JobStopped, holder_is_dead
-from core.context import JobContext, RoleModel
+from core.context import JobContext
 from core.db import control, repo
 from core.db.control import CANCELLED_ERROR
 from core.db.models import Job, JobStatus
 from core.errors import InvalidInput, NotFound, PonderError, PoolUnavailable
 from core.journal import Journal
 from core.pools.client import PoolClient
+from core.role_model import RoleModel
 from core.trace import SpanListener, Tracer, TraceWriter
 from strategies.protocol import BudgetExhausted, StrategyResult
 from strategies.registry import STRATEGIES, SpecError, parse_spec, roles_used
