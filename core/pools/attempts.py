@@ -30,6 +30,7 @@ What an attempt's outcome means (one table for both bodies):
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -66,12 +67,25 @@ class Attempt(BaseModel):
 
 
 class Fault(Exception):
-    """Raised by a body: this attempt failed in a way another attempt may not."""
+    """Raised by a body: this attempt failed in a way another attempt may not.
 
-    def __init__(self, error: str, retry_after: float | None = None) -> None:
+    ``server_fault``: the failure says the server itself is unwell (503, 429), not only
+    that it answered this request badly (500, 502, 504, an unusable body). The breaker
+    tells the two apart (``core.pools.endpoint``).
+    """
+
+    def __init__(
+        self, error: str, retry_after: float | None = None, *, server_fault: bool = False
+    ) -> None:
         super().__init__(error)
         self.error = error
         self.retry_after = retry_after
+        self.server_fault = server_fault
+
+
+# Statuses that describe the server's state rather than the request's outcome.
+SERVER_STATE_STATUS = frozenset({429, 503})
+_call_ids = itertools.count()
 
 
 class Call:
@@ -191,9 +205,19 @@ class AttemptLoop:
     would end past the call's deadline.
     """
 
-    __slots__ = ("_dispatcher", "_done", "_faults", "_last", "_retry_after", "_tries", "call")
+    __slots__ = (
+        "_dispatcher",
+        "_done",
+        "_faults",
+        "_last",
+        "_retry_after",
+        "_tries",
+        "call",
+        "id",
+    )
 
     def __init__(self, dispatcher: Dispatcher, call: Call) -> None:
+        self.id = next(_call_ids)
         self._dispatcher = dispatcher
         self.call = call
         self._faults: dict[Endpoint, int] = {}
@@ -277,7 +301,7 @@ class Try:
         error = f"HTTP {status}: {wire.error_message(content)}"
         if status in RETRYABLE_STATUS:
             wait = wire.retry_after(retry_after) if status in RETRY_AFTER_STATUS else None
-            raise Fault(error, wait)
+            raise Fault(error, wait, server_fault=status in SERVER_STATE_STATUS)
         self.error = error
         url = self.endpoint.url
         raise ModelHTTPError(
@@ -299,12 +323,13 @@ class Try:
         d = loop._dispatcher
         endpoint = self.endpoint
         verdict, retry, fatal = _ABANDONED, False, None
+        server_fault = True
         if exc is None:
             verdict = _OK
             loop._done = True
         elif isinstance(exc, Fault):
             verdict, self.error = _FAULT, exc.error
-            retry = True
+            retry, server_fault = True, exc.server_fault
         elif isinstance(exc, ModelHTTPError):
             verdict = _OK  # the server is up; the request was wrong
         elif isinstance(exc, (httpx.UnsupportedProtocol, httpx.LocalProtocolError)):
@@ -332,7 +357,7 @@ class Try:
         if verdict == _OK:
             endpoint.succeeded(self._probe)
         elif verdict == _FAULT:
-            endpoint.failed(d.clock(), self._probe)
+            endpoint.failed(d.clock(), self._probe, request=loop.id, server_fault=server_fault)
         else:
             endpoint.abandoned(self._probe)
         if self._t0 is not None:

@@ -4,6 +4,14 @@ The breaker counts *endpoint faults* only — connection errors, disconnects, re
 timeouts, 429 and 5xx. A 4xx answer means the server is up and the request was
 wrong, so it counts as a success for the breaker.
 
+The breaker judges servers, not prompts. A fault the server *answered* (500, 502, 504,
+an unusable body) may be one request's doing — a prompt that crashes the server's
+template, say — and that request's own retries repeat it. So answered faults open the
+circuit only once they come from at least two different requests (or one, when
+``breaker_failures`` is 1). Faults that say the server itself is unwell (unreachable,
+reset, timed out, 429, 503) count whoever sent them. Opening and closing are logged as
+warnings.
+
     closed ──(breaker_failures consecutive faults)──▶ open
     open ──(breaker_reset_s elapsed)──▶ half_open: one probe request admitted
     half_open ──probe succeeds──▶ closed      half_open ──probe fails──▶ open
@@ -12,6 +20,7 @@ wrong, so it counts as a success for the breaker.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from typing import Literal
@@ -20,6 +29,8 @@ import httpx
 from pydantic import BaseModel
 
 from core.pools import wire
+
+log = logging.getLogger(__name__)
 
 BreakerState = Literal["closed", "open", "half_open"]
 # Statuses saying "no /health route here": probe /v1/models instead.
@@ -57,8 +68,10 @@ class Endpoint:
     """One server of a pool. Mutated only from the event loop, so no locks."""
 
     __slots__ = (
+        "_failing_requests",
         "_failures_to_open",
         "_reset_s",
+        "_server_fault_seen",
         "consecutive_failures",
         "opened_at",
         "outstanding",
@@ -82,6 +95,10 @@ class Endpoint:
         self.consecutive_failures = 0
         self.total_requests = 0
         self.total_failures = 0
+        # Since the last success: which requests had answered faults, and whether any
+        # fault said the server itself is unwell.
+        self._failing_requests: set[int] = set()
+        self._server_fault_seen = False
 
     def admits(self, now: float) -> bool:
         """Whether the breaker lets a request through at ``now`` (no state change)."""
@@ -107,20 +124,49 @@ class Endpoint:
     def succeeded(self, probe: bool) -> None:
         self.outstanding -= 1
         self.consecutive_failures = 0
+        self._failing_requests.clear()
+        self._server_fault_seen = False
+        if self.state != "closed":
+            log.warning("endpoint %s: circuit closed (a request succeeded)", self.url)
         self.state = "closed"
         if probe:
             self.probing = False
 
-    def failed(self, now: float, probe: bool) -> None:
+    def failed(self, now: float, probe: bool, *, request: int, server_fault: bool) -> None:
+        """Record an endpoint fault of attempt-owner ``request`` (any id unique per call).
+
+        ``server_fault``: the fault says the server itself is unwell (see the module
+        docstring), rather than that it answered this request badly.
+        """
         self.outstanding -= 1
         self.consecutive_failures += 1
         self.total_failures += 1
+        if server_fault:
+            self._server_fault_seen = True
+        else:
+            self._failing_requests.add(request)
         if probe:
             self.probing = False
-        if self.state == "half_open" or self.consecutive_failures >= self._failures_to_open:
-            if self.state != "open":
-                self.opened_at = now
+        if self.state == "open":
+            return
+        judged = self._server_fault_seen or len(self._failing_requests) >= min(
+            2, self._failures_to_open
+        )
+        if self.state == "half_open" or (
+            judged and self.consecutive_failures >= self._failures_to_open
+        ):
+            self.opened_at = now
             self.state = "open"
+            log.warning(
+                "endpoint %s: circuit opened after %d consecutive faults (%s); "
+                "requests go elsewhere for %.0f s",
+                self.url,
+                self.consecutive_failures,
+                "server unreachable or overloaded"
+                if self._server_fault_seen
+                else f"answered faults from {len(self._failing_requests)} requests",
+                self._reset_s,
+            )
 
     def abandoned(self, probe: bool) -> None:
         """The request was cancelled: no verdict on the endpoint; free the probe slot."""

@@ -394,6 +394,48 @@ async def test_open_circuit_shifts_traffic_to_the_healthy_endpoint(make: Factory
     assert [s.breaker for s in pool.snapshot()] == ["open", "closed"]
 
 
+async def test_one_prompt_that_breaks_the_server_does_not_open_its_circuit(
+    make: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 500 that only one request reproduces is that request's fault, not the server's:
+    its own retries must not shut the endpoint for an unrelated job."""
+
+    async def poison(request: httpx.Request, body: dict[str, Any]) -> httpx.Response | None:
+        return error(500, "template error") if body.get("prompt") == "poison" else None
+
+    servers = Servers(poison)
+    pool = make(servers, settings([A], max_attempts=4, breaker_failures=3))
+    with pytest.raises(PoolUnavailable, match="all 4 attempts failed"):
+        await pool.generate(ModelRequest(prompt="poison"))
+    assert pool.snapshot()[0].breaker == "closed"
+    assert (await pool.generate(ModelRequest(prompt="unrelated"))).endpoint == A
+    assert "circuit opened" not in caplog.text
+
+
+async def test_answered_faults_from_two_requests_open_the_circuit_with_a_warning(
+    make: Factory, fake: FakeTime, caplog: pytest.LogCaptureFixture
+) -> None:
+    healthy = False
+
+    async def broken(request: httpx.Request, body: dict[str, Any]) -> httpx.Response | None:
+        return None if healthy else error(500, "engine dead")
+
+    pool = make(Servers(broken), settings([A], max_attempts=2, breaker_failures=3))
+    with caplog.at_level("WARNING", logger="core.pools.endpoint"):
+        with pytest.raises(PoolUnavailable):
+            await pool.generate(ModelRequest(prompt="one"))
+        assert pool.snapshot()[0].breaker == "closed"  # 2 faults, one request
+        with pytest.raises(PoolUnavailable):
+            await pool.generate(ModelRequest(prompt="two"))
+        assert pool.snapshot()[0].breaker == "open"
+        assert f"endpoint {A}: circuit opened after 3 consecutive faults" in caplog.text
+        fake.now += 30
+        healthy = True
+        await pool.generate(ModelRequest(prompt="three"))
+    assert pool.snapshot()[0].breaker == "closed"
+    assert f"endpoint {A}: circuit closed" in caplog.text
+
+
 # -- n fan-out ------------------------------------------------------------------------------
 
 
