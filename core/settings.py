@@ -97,6 +97,10 @@ class WorkerSettings(BaseModel):
     reaper_interval_s: float = Field(default=10.0, gt=0)
     queued_timeout_s: float = Field(default=300.0, gt=0)
     """A job still queued this long after its last enqueue is published again."""
+    unheld_after_s: float = Field(default=5.0, gt=0)
+    """On Redis, a job queued this long whose message no queue and no worker holds (the
+    broker lost it: a restart without append-only, a failed publish) is published again
+    at the next sweep, instead of after ``queued_timeout_s``."""
     max_attempts: int = Field(default=3, ge=1)
     """Runs of one job a worker may start; a job whose workers keep dying fails after this."""
     time_limit_s: float = Field(default=3600.0, gt=0)

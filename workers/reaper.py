@@ -9,6 +9,10 @@ Every ``worker.reaper_interval_s`` it sweeps the ``jobs`` table:
   model call twice. If the job was flagged for cancellation it is ``cancelled`` instead,
   and after ``worker.max_attempts`` runs it is ``failed`` (``worker_lost``): a job that
   keeps killing its workers must not take the fleet down with it.
+- ``queued`` for longer than ``worker.unheld_after_s`` with no message for it in any
+  queue or worker's hands (on Redis, ``workers.broker_inventory``): the broker lost it (a
+  restart without append-only) or it was never published. It is published again at
+  once, rather than after the timeout below.
 - ``queued`` for longer than ``worker.queued_timeout_s`` since its last enqueue: its
   message may never have reached the broker (the submitter died between commit and
   enqueue, Redis lost its data). It is published again; if the first message was only
@@ -39,6 +43,7 @@ from core.db.control import CANCELLED_ERROR
 from core.db.models import JobStatus, utcnow
 from core.runtime import Runtime
 from core.settings import Settings
+from workers.broker_inventory import held_job_ids
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +58,7 @@ class ReapReport:
     requeued: list[str] = field(default_factory=list)
     """Orphaned running jobs sent back to the queue."""
     republished: list[str] = field(default_factory=list)
-    """Queued jobs published again after waiting too long."""
+    """Queued jobs published again: waiting too long, or held by no broker."""
     cancelled: list[str] = field(default_factory=list)
     gave_up: list[str] = field(default_factory=list)
     """Jobs failed with ``worker_lost`` after ``max_attempts`` runs."""
@@ -123,11 +128,18 @@ class Reaper:
                     report.requeued.append(job.id)
                     to_publish.append((job.id, job.priority, _max_seconds(job.budget)))
             report.cancelled += await control.cancel_flagged_queued_jobs(session, limit=BATCH)
+        held = await self._held_job_ids()
         async with self.sessions() as session, session.begin():
-            overdue_before = now - timedelta(seconds=worker.queued_timeout_s)
+            # Without an inventory, only the long timeout tells a lost message apart.
+            seconds = worker.queued_timeout_s if held is None else worker.unheld_after_s
+            overdue_before = now - timedelta(seconds=min(seconds, worker.queued_timeout_s))
+            timed_out_before = now - timedelta(seconds=worker.queued_timeout_s)
             for job in await control.overdue_queued_jobs(
                 session, enqueued_before=overdue_before, limit=BATCH
             ):
+                enqueued = job.enqueued_at or job.created_at
+                if held is not None and job.id in held and enqueued >= timed_out_before:
+                    continue  # waiting in the queue or a worker's hands: a backlog
                 if await control.mark_requeued(session, job.id, enqueued_before=overdue_before):
                     report.republished.append(job.id)
                     to_publish.append((job.id, job.priority, _max_seconds(job.budget)))
@@ -150,6 +162,14 @@ class Reaper:
                 report.gave_up,
             )
         return report
+
+    async def _held_job_ids(self) -> set[str] | None:
+        """The broker's inventory, or None (unknowable, or unreadable right now)."""
+        try:
+            return await asyncio.to_thread(held_job_ids, self.settings)
+        except Exception as exc:  # a broker outage: fall back to the timeout this sweep
+            log.warning("reaper: could not read the broker's queues (%s); using the timeout", exc)
+            return None
 
     async def run_forever(self, stop: asyncio.Event) -> None:
         interval = self.settings.worker.reaper_interval_s
