@@ -37,10 +37,7 @@ SHOWN = 20
 """Most candidate rows printed (difficulty_router has one per threshold pair)."""
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    cal = sub.add_parser(
-        "calibrate", help="fit thresholds from recorded journals (docs/calibration.md)"
-    )
+def add_arguments(cal: argparse.ArgumentParser) -> None:
     cal.add_argument("kind", help=f"what to calibrate: {', '.join(KINDS)}")
     source = cal.add_mutually_exclusive_group()
     source.add_argument(

@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from core.db.models import Job, ModelCall, Span
+from core.keys import KeyInfo
 from core.runner import RunOutcome
 from strategies.registry import STRATEGIES
 
@@ -252,3 +253,28 @@ def strategies(as_json: bool) -> int:
             desc = f" — {field.description}" if field.description else ""
             out.print(f"    {name} = {field.default!r}{desc}", highlight=False)
     return 0
+
+
+def api_keys(keys: Sequence[KeyInfo], as_json: bool) -> None:
+    """Ids, tenants and dates of API keys; the keys themselves are never stored."""
+    rows = [
+        {
+            "id": k.id,
+            "tenant": k.tenant,
+            "created": k.created_at.isoformat(),
+            "revoked": k.revoked_at.isoformat() if k.revoked_at else None,
+        }
+        for k in keys
+    ]
+    if as_json:
+        print(json.dumps(rows))
+        return
+    if not rows:
+        err.print("no API keys (create one with `ponder keys create --tenant T`)")
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("id", "tenant", "created", "revoked"):
+        table.add_column(column, no_wrap=True)
+    for row in rows:
+        table.add_row(row["id"], row["tenant"], row["created"], row["revoked"] or "-")
+    out.print(table, highlight=False)

@@ -44,11 +44,9 @@ SIZES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 }
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``ponder bench`` on the ``ponder`` command's subparsers."""
-    bench = sub.add_parser(
-        "bench", help="run the benchmark suite against the simulator (bench/README.md)"
-    )
+def add_arguments(bench: argparse.ArgumentParser) -> None:
+    """The arguments of ``ponder bench`` (``app.cli.COMMANDS`` loads this module lazily:
+    ``app`` never imports ``bench``)."""
     bench.add_argument("--quick", action="store_true", help="small sizes: about a minute")
     bench.add_argument("--json", action="store_true", help="print the JSON, not the table")
     bench.add_argument(

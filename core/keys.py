@@ -16,11 +16,14 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.db import repo
-from core.errors import InvalidInput
+from core.db.models import ApiKey
+from core.errors import InvalidInput, NotFound
 
 KEY_PREFIX = "pk_"
 TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -44,13 +47,72 @@ def validate_tenant(tenant: str) -> str:
     return tenant
 
 
+@dataclass(frozen=True)
+class KeyInfo:
+    """What may be shown about a key: never the key, nor its hash."""
+
+    id: str
+    tenant: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, row: ApiKey) -> KeyInfo:
+        return cls(row.id, row.tenant, row.created_at, row.revoked_at)
+
+
+@dataclass(frozen=True)
+class Revoked:
+    key: KeyInfo
+    already: bool
+    """The key was revoked before; its ``revoked_at`` is unchanged."""
+    active_left: bool
+    """Whether any active key remains (with none, the API accepts keyless requests)."""
+
+
 async def create_key(sessions: async_sessionmaker[AsyncSession], tenant: str) -> str:
     """Store a new key for ``tenant`` and return it: the only time it is ever visible."""
+    return (await create_key_with_id(sessions, tenant))[1]
+
+
+async def create_key_with_id(
+    sessions: async_sessionmaker[AsyncSession], tenant: str
+) -> tuple[str, str]:
+    """``create_key``, also returning the key's id (what ``list`` and ``revoke`` use)."""
     validate_tenant(tenant)
     key = new_key()
     async with sessions() as session, session.begin():
-        await repo.create_api_key(session, tenant=tenant, key_hash=hash_key(key))
-    return key
+        row = await repo.create_api_key(session, tenant=tenant, key_hash=hash_key(key))
+        key_id = row.id
+    return key_id, key
+
+
+async def list_keys(
+    sessions: async_sessionmaker[AsyncSession], tenant: str | None = None
+) -> list[KeyInfo]:
+    """Every key (or ``tenant``'s), oldest first, revoked ones included."""
+    async with sessions() as session:
+        return [KeyInfo.of(row) for row in await repo.list_api_keys(session, tenant)]
+
+
+async def revoke_key(sessions: async_sessionmaker[AsyncSession], key_id: str) -> Revoked:
+    """Revoke a key by id: every request with it is refused from the next one on.
+
+    Raises:
+        NotFound: no key has this id.
+    """
+    async with sessions() as session, session.begin():
+        row = await repo.get_api_key(session, key_id.strip())
+        if row is None:
+            raise NotFound(
+                f"no API key with id {key_id!r} (`ponder keys list` shows the ids)",
+                field="key_id",
+            )
+        already = row.revoked_at is not None
+        await repo.revoke_api_key(session, row)
+        info = KeyInfo.of(row)
+        active_left = await repo.any_active_api_key(session)
+    return Revoked(info, already, active_left)
 
 
 async def tenant_for_key(session: AsyncSession, key: str) -> str | None:

@@ -385,14 +385,18 @@ step "docker run: ponder --help, default CMD"
 docker run --rm --network none ponder:latest ponder --help >"$WORK/help.log" 2>&1 ||
   { cat "$WORK/help.log"; fail "docker run ponder:latest ponder --help"; }
 head -3 "$WORK/help.log"
-# What the image does alone, with no models and no keys (recorded, not judged here).
+# What the image does alone, with no models, no pools and no keys: it must refuse in one
+# clear sentence (exit 2), never a traceback or a silently open API.
 set +e
 timeout 60 docker run --rm --name ponder-smoke-cmd --network none ponder:latest >"$WORK/default-cmd.log" 2>&1
 cmd_rc=$?
 set -e
 docker rm -f ponder-smoke-cmd >/dev/null 2>&1 || true
-echo "default CMD exited $cmd_rc; last lines:"
-tail -5 "$WORK/default-cmd.log" | sed 's/^/  | /'
+echo "default CMD exited $cmd_rc:"
+sed 's/^/  | /' "$WORK/default-cmd.log"
+if [ "$cmd_rc" != 2 ] || [ "$(grep -c . "$WORK/default-cmd.log")" != 1 ] || grep -q Traceback "$WORK/default-cmd.log"; then
+  fail "the default CMD must exit 2 with one sentence"
+fi
 
 # --- 7. up --wait -------------------------------------------------------------------
 step "up --wait"

@@ -8,6 +8,7 @@ as configured pools and never starts models of its own.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import signal
@@ -20,6 +21,7 @@ from types import FrameType
 
 from core.db.engine import is_sqlite
 from core.db.migrate import ensure_schema
+from core.embedded.catalog import CATALOG, INSTALL_HINT
 from core.embedded.manager import EmbeddedModels
 from core.errors import ConfigError, InvalidInput
 from core.jobs import PRIORITIES
@@ -48,13 +50,38 @@ def queue_names(queues: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def missing_embedded(settings: Settings) -> list[str]:
+    """Modules of the embedded extra (xllamacpp, the chunk packages of the configured
+    roles) that cannot be imported; found without importing them (xllamacpp is heavy)."""
+    names = ["xllamacpp"]
+    for role in settings.embedded.roles:
+        spec = CATALOG.get(role)
+        names += list(spec.parts) if spec is not None else []
+    return [name for name in names if importlib.util.find_spec(name) is None]
+
+
+def embedded_install_hint(missing: Sequence[str]) -> str:
+    shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+    return f"missing {shown}; install it with {INSTALL_HINT}"
+
+
 def _start_embedded(settings: Settings) -> tuple[EmbeddedModels | None, dict[str, PoolSettings]]:
+    """The configured pools, untouched; only without any are the embedded models started."""
     if settings.pools:
         return None, dict(settings.pools)
     if not settings.embedded.enabled:
         raise ConfigError(
             "no model pools are configured and the embedded models are disabled; set "
             "PONDER_POOLS__<ROLE>__ENDPOINTS and __MODEL, or enable PONDER_EMBEDDED__ENABLED"
+        )
+    missing = missing_embedded(settings)
+    if missing:
+        raise ConfigError(
+            "no model pools are configured and the embedded models are not installed "
+            f"(missing {', '.join(missing[:2])}{', ...' if len(missing) > 2 else ''}): "
+            "configure pools with PONDER_POOLS__<ROLE>__ENDPOINTS and "
+            f"PONDER_POOLS__<ROLE>__MODEL, or install the models with {INSTALL_HINT}",
+            missing=missing,
         )
     cache = settings.embedded.cache_dir or (settings.data_dir / "models")
     models = EmbeddedModels(settings.embedded, Path(cache))

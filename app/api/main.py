@@ -134,6 +134,9 @@ def __getattr__(name: str) -> FastAPI:
     # `uvicorn app.api.main:app` gets an app built on first access, not on import, so
     # importing this module (tests, `ponder serve`) reads no settings.
     if name == "app":
+        from core.settings_errors import settings_or_exit
+
+        settings_or_exit("ponder api")  # bad PONDER_* settings: one sentence each, exit 2
         built = create_app()
         globals()["app"] = built
         return built

@@ -247,6 +247,24 @@ async def tenant_for_key_hash(session: AsyncSession, key_hash: str) -> str | Non
     )
 
 
+async def list_api_keys(session: AsyncSession, tenant: str | None = None) -> Sequence[ApiKey]:
+    query = select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)
+    if tenant is not None:
+        query = query.where(ApiKey.tenant == tenant)
+    return (await session.scalars(query)).all()
+
+
+async def get_api_key(session: AsyncSession, key_id: str) -> ApiKey | None:
+    return await session.get(ApiKey, key_id)
+
+
+async def revoke_api_key(session: AsyncSession, key: ApiKey) -> None:
+    """Stamp ``revoked_at`` once; a key revoked before keeps its first date."""
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+        await session.flush()
+
+
 async def any_active_api_key(session: AsyncSession) -> bool:
     found = await session.scalar(select(ApiKey.id).where(ApiKey.revoked_at.is_(None)).limit(1))
     return found is not None

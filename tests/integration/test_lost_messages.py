@@ -47,7 +47,7 @@ class PrivateRedis:
         assert binary, "redis-server is not installed"
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],  # fmt: skip
+             "--appendonly", "no", "--dir", str(self.workdir)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -95,7 +95,9 @@ async def test_jobs_lost_by_a_redis_restart_finish_within_seconds(
         published.append(job_id)
 
     async with Runtime(settings, roles={"small"}) as rt:
-        jobs = [await submit(rt, {"kind": "direct"}, question=f"What is {i} + 3?") for i in range(5)]
+        jobs = [
+            await submit(rt, {"kind": "direct"}, question=f"What is {i} + 3?") for i in range(5)
+        ]
         assert held_job_ids(settings) == set(jobs)
         await asyncio.sleep(0.6)
         # Held in the queue: a backlog, not a loss. Nothing is published twice.

@@ -1,4 +1,16 @@
-"""Imports point one way: app -> workers -> core -> strategies (DESIGN §1)."""
+"""Imports point one way: app -> workers -> core -> strategies (DESIGN §1).
+
+Every top-level package has a layer and may import only its own layer or those below:
+
+    5  bench, tests     measure and test everything; nothing imports them
+    4  app              HTTP face and the ``ponder`` command (loads ``bench`` by name,
+                        lazily, for ``ponder bench``: never an import statement)
+    3  evals            the eval harness, used by ``ponder eval`` / ``calibrate``
+    2  workers          Celery face
+    1  core, migrations what runs a job; migrations are core's Alembic scripts
+                        (``core.db.migrate`` finds them, ``env.py`` reads core's settings)
+    0  strategies       pure algorithms
+"""
 
 from __future__ import annotations
 
@@ -6,7 +18,16 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-LAYERS = {"strategies": 0, "core": 1, "workers": 2, "evals": 3, "app": 4}
+LAYERS = {
+    "strategies": 0,
+    "core": 1,
+    "migrations": 1,
+    "workers": 2,
+    "evals": 3,
+    "app": 4,
+    "bench": 5,
+    "tests": 5,
+}
 
 
 def imported_packages(path: Path) -> set[str]:
@@ -20,14 +41,36 @@ def imported_packages(path: Path) -> set[str]:
     return found & set(LAYERS)
 
 
-def test_no_layer_imports_a_layer_above_it() -> None:
-    violations = []
+def violations(root: Path) -> list[str]:
+    found = []
     for package, level in LAYERS.items():
-        for path in sorted((ROOT / package).rglob("*.py")):
+        for path in sorted((root / package).rglob("*.py")):
             for target in imported_packages(path):
                 if LAYERS[target] > level:
-                    violations.append(f"{path.relative_to(ROOT)} imports {target}")
-    assert violations == []
+                    found.append(f"{path.relative_to(root)} imports {target}")
+    return found
+
+
+def test_every_top_level_package_has_a_layer() -> None:
+    packages = {p.parent.name for p in ROOT.glob("*/__init__.py")}
+    assert packages - set(LAYERS) == set(), "give the new package a layer in LAYERS"
+    assert set(LAYERS) <= packages
+
+
+def test_no_layer_imports_a_layer_above_it() -> None:
+    assert violations(ROOT) == []
+
+
+def test_the_check_sees_an_upward_import(tmp_path: Path) -> None:
+    """What the old ``app/cli.py`` did (``from bench import suite``) is caught."""
+    for package in LAYERS:
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("")
+    (tmp_path / "app" / "cli.py").write_text(
+        "def parser() -> None:\n    from bench import suite\n    suite.add_parser()\n"
+    )
+    (tmp_path / "core" / "x.py").write_text("import tests.fixtures\n")
+    assert violations(tmp_path) == ["core/x.py imports tests", "app/cli.py imports bench"]
 
 
 def test_strategies_stay_pure() -> None:

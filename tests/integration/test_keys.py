@@ -1,0 +1,152 @@
+"""API keys as an operator manages them: ``ponder keys create / list / revoke`` against the
+database a real API server (uvicorn, in its own process) reads, with the simulator as the
+pool. A revoked key is refused on the very next request."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from core.simulator.config import Rule, SimulatorConfig
+from core.simulator.server import Simulator
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def env(simulator: Simulator, tmp_path: Path) -> dict[str, str]:
+    simulator.set_config(
+        SimulatorConfig(models=["sim-small"], rules=[Rule(replies=["The answer is 5."])])
+    )
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PONDER_")}
+    return {
+        **base,
+        "PONDER_DATA_DIR": str(tmp_path / "data"),
+        "PONDER_POOLS__SMALL__ENDPOINTS": json.dumps([simulator.url]),
+        "PONDER_POOLS__SMALL__MODEL": "sim-small",
+        "PONDER_POOLS__SMALL__KIND": "simulator",
+        "PONDER_API_EXECUTOR": "in-process",
+    }
+
+
+def ponder(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(log.read_text())
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def server(env: dict[str, str], tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    log_path = tmp_path / "api.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "app.api.main:app", "--host", "127.0.0.1",
+             "--port", str(port), "--log-level", "warning"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_healthy(url, proc, log_path)
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(timeout=15)
+
+
+def create(env: dict[str, str], tenant: str) -> tuple[str, str]:
+    made = ponder(env, "keys", "create", "--tenant", tenant)
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip()
+    listed = json.loads(ponder(env, "keys", "list", "--tenant", tenant, "--json").stdout)
+    return key, listed[-1]["id"]
+
+
+def test_revoked_key_is_refused_on_the_next_request(server: str, env: dict[str, str]) -> None:
+    acme_key, acme_id = create(env, "acme")
+    globex_key, _ = create(env, "globex")
+    acme = httpx.Client(base_url=server, headers={"Authorization": f"Bearer {acme_key}"})
+    globex = httpx.Client(base_url=server, headers={"Authorization": f"Bearer {globex_key}"})
+    with acme, globex:
+        job = acme.post("/v1/jobs", json={"question": "2 + 3?", "strategy": "direct"})
+        assert job.status_code == 202, job.text
+        assert acme.get("/v1/jobs").status_code == 200
+
+        revoked = ponder(env, "keys", "revoke", acme_id)
+        assert revoked.returncode == 0, revoked.stderr
+        assert f"key {acme_id} of 'acme' revoked" in revoked.stderr
+
+        refused = acme.get("/v1/jobs")
+        assert refused.status_code == 401
+        assert refused.json()["error"]["code"] == "unauthorized"
+        assert acme.get(f"/v1/jobs/{job.json()['id']}").status_code == 401
+        # Other keys are untouched.
+        assert globex.get("/v1/jobs").status_code == 200
+
+    listed = json.loads(ponder(env, "keys", "list", "--json").stdout)
+    assert [(k["tenant"], k["revoked"] is not None) for k in listed] == [
+        ("acme", True),
+        ("globex", False),
+    ]
+    assert set(listed[0]) == {"id", "tenant", "created", "revoked"}
+    assert acme_key not in json.dumps(listed) and globex_key not in json.dumps(listed)
+
+
+def test_list_never_shows_a_key(env: dict[str, str]) -> None:
+    key, key_id = create(env, "acme")
+    human = ponder(env, "keys", "list")
+    assert human.returncode == 0, human.stderr
+    assert key_id in human.stdout and "acme" in human.stdout
+    assert key not in human.stdout + human.stderr
+    assert json.loads(ponder(env, "keys", "list", "--tenant", "nobody", "--json").stdout) == []
+
+
+def test_revoke_unknown_id_exits_2_with_one_message(env: dict[str, str]) -> None:
+    create(env, "acme")
+    done = ponder(env, "keys", "revoke", "0123456789abcdef")
+    assert done.returncode == 2
+    assert done.stderr == (
+        "ponder: no API key with id '0123456789abcdef' (`ponder keys list` shows the ids)\n"
+    )
+
+
+def test_revoking_twice_keeps_the_first_date_and_warns_when_none_is_left(
+    env: dict[str, str],
+) -> None:
+    _, key_id = create(env, "acme")
+    first = ponder(env, "keys", "revoke", key_id)
+    assert first.returncode == 0, first.stderr
+    assert "no active key is left" in first.stderr
+    when = json.loads(ponder(env, "keys", "list", "--json").stdout)[0]["revoked"]
+    again = ponder(env, "keys", "revoke", key_id)
+    assert again.returncode == 0 and "already revoked" in again.stderr
+    assert json.loads(ponder(env, "keys", "list", "--json").stdout)[0]["revoked"] == when
