@@ -332,9 +332,9 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-async def _any_active_key(settings: Settings) -> bool:
+async def _api_keys_exist(settings: Settings) -> bool:
     async with Runtime(settings) as rt, rt.sessions() as session:
-        return await repo.any_active_api_key(session)
+        return await repo.any_api_key(session)
 
 
 def serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -343,7 +343,7 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     # Without a key the API takes every request as tenant "default" (app.api.deps):
     # fine on 127.0.0.1, an open service on any other address.
     exposed = not args.insecure_no_auth and not is_loopback(args.host)
-    if exposed and not asyncio.run(_any_active_key(settings)):
+    if exposed and not asyncio.run(_api_keys_exist(settings)):
         raise ConfigError(
             f"refusing to serve on {args.host} because no API key exists yet, so anyone "
             "who can reach that address could run jobs and read every result: create "
@@ -385,8 +385,8 @@ async def keys(args: argparse.Namespace, settings: Settings) -> int:
             print(f"ponder: key {key_info.id} of {key_info.tenant!r} {state}", file=sys.stderr)
             if not done.active_left:
                 print(
-                    "ponder: no active key is left, so the API accepts requests without a key "
-                    "again (as tenant 'default'); create one with `ponder keys create`",
+                    "ponder: no active key is left, so the API refuses every request until "
+                    "you create one with `ponder keys create --tenant T`",
                     file=sys.stderr,
                 )
     return 0

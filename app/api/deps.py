@@ -1,9 +1,9 @@
 """Request dependencies: the app's shared services, a database session, the tenant.
 
 Authentication: ``Authorization: Bearer <key>``; the key's tenant scopes everything the
-request can see. While the database holds no active key at all, requests without a key
-are accepted as tenant ``default`` (``ponder serve`` then binds 127.0.0.1 only); as soon
-as one key exists, every ``/v1`` request needs one.
+request can see. Until the first key is created, requests without a key are accepted as
+tenant ``default`` (``ponder serve`` then binds 127.0.0.1 only); from then on every
+``/v1`` request needs an active one, even after every key has been revoked.
 """
 
 from __future__ import annotations
@@ -73,14 +73,14 @@ def _bearer(request: Request) -> str | None:
 async def get_tenant(request: Request, session: Session) -> str:
     token = _bearer(request)
     if token is None:
-        if await repo.any_active_api_key(session):
+        if await repo.any_api_key(session):
             raise Unauthorized("an API key is required: 'Authorization: Bearer <key>'")
         return DEFAULT_TENANT
     tenant = await keys.tenant_for_key(session, token)
     if tenant is None:
-        # With no keys at all the server is open: a token is ignored rather than refused,
+        # With no key ever created the server is open: a token is ignored rather than refused,
         # because OpenAI clients cannot send a request without one.
-        if not await repo.any_active_api_key(session):
+        if not await repo.any_api_key(session):
             return DEFAULT_TENANT
         raise Unauthorized("unknown or revoked API key")
     return tenant

@@ -270,6 +270,14 @@ async def any_active_api_key(session: AsyncSession) -> bool:
     return found is not None
 
 
+async def any_api_key(session: AsyncSession) -> bool:
+    """Whether a key was ever created, revoked or not: from then on the API needs one.
+
+    Revoking the last key must not reopen the API to everyone."""
+    found = await session.scalar(select(ApiKey.id).limit(1))
+    return found is not None
+
+
 async def count_jobs_by_status(session: AsyncSession) -> dict[str, int]:
     rows = await session.execute(select(Job.status, func.count()).group_by(Job.status))
     return {status: int(count) for status, count in rows.all()}

@@ -150,3 +150,16 @@ def test_revoking_twice_keeps_the_first_date_and_warns_when_none_is_left(
     again = ponder(env, "keys", "revoke", key_id)
     assert again.returncode == 0 and "already revoked" in again.stderr
     assert json.loads(ponder(env, "keys", "list", "--json").stdout)[0]["revoked"] == when
+
+
+def test_revoking_the_last_key_does_not_reopen_the_api(server: str, env: dict[str, str]) -> None:
+    """Once a key has existed the API needs one: revoking them all refuses everyone,
+    rather than falling back to the keyless, open mode of a fresh install."""
+    key, key_id = create(env, "acme")
+    assert ponder(env, "keys", "revoke", key_id).returncode == 0
+    with httpx.Client(base_url=server) as anonymous:
+        assert anonymous.get("/v1/jobs").status_code == 401
+        with_revoked = anonymous.get("/v1/jobs", headers={"Authorization": f"Bearer {key}"})
+        assert with_revoked.status_code == 401
+        sdk_style = anonymous.get("/v1/models", headers={"Authorization": "Bearer sk-anything"})
+        assert sdk_style.status_code == 401
