@@ -28,8 +28,8 @@ from core.settings import Settings
 from evals.arms import parse_arm
 from evals.dataset import load_dataset
 from evals.results import load_results
-from strategies.compute_optimal import TableArm
-from strategies.difficulty_router import Level
+from strategies.collaboration.compute_optimal import TableArm
+from strategies.collaboration.difficulty_router import Level
 
 FITTED = ("glimp_router", "difficulty_router")
 KINDS = (*FITTED, "compute_optimal")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from strategies.answers import normalize_answer
+from strategies.shared.answers import normalize_answer
 
 
 @dataclass(frozen=True)

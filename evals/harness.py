@@ -20,7 +20,7 @@ from evals.backends import Backend, JobRecord
 from evals.dataset import Problem
 from evals.results import Row
 from evals.stats import mean
-from strategies.answers import answers_equal
+from strategies.shared.answers import answers_equal
 
 
 class Progress(Protocol):

@@ -27,8 +27,10 @@ hand. `GET /v1/strategies` and `ponder strategies` show the same, with full JSON
 
 A job's strategy is `{"kind": <name>, ...params}`. Fields typed *strategy spec* take a
 child spec (composition by wrapping: e.g. `best_of_n` over `elastic` samples), validated
-at any depth. Fields named `role` or `*_role` name a model role (a configured pool, e.g.
-`small`, `large`).
+at any depth. Role fields (declared with `strategies.protocol.role_field`; marked
+`x-ponder-role` in the JSON schema) name a model role, a configured pool such as `small`
+or `large`. Strategies live in `strategies/<family>/<kind>.py`: `baselines`,
+`budgeted_thinking`, `verifier_loops` and `collaboration` (with the routers).
 
 """
 

@@ -21,6 +21,25 @@ Message = dict[str, str]
 """An OpenAI chat message: ``{"role": "user", "content": "..."}``."""
 
 
+ROLE_MARKER = "x-ponder-role"
+"""JSON-schema key marking a params field whose value names a model role."""
+
+
+def role_field(*, default: str | None, description: str, **kwargs: Any) -> Any:
+    """Declare a params field that names a model role (``"small"``, ``"large"``, ...).
+
+    The runner binds every field declared this way — whatever its name — to a pool
+    before the job starts, and the field's JSON schema carries ``x-ponder-role: true``
+    so that clients can tell roles from other strings.
+
+    Example:
+        >>> class Params(BaseModel):
+        ...     drafter: str = role_field(default="small", description="Writes drafts.")
+    """
+    return Field(
+        default=default, description=description, json_schema_extra={ROLE_MARKER: True}, **kwargs
+    )
+
 class ModelRequest(BaseModel):
     """One logical model call, independent of which server answers it.
 

@@ -1,8 +1,11 @@
 """Strategy registry: ``kind`` -> (params model, run function). A plain dict, on purpose.
 
-Adding a strategy: write ``strategies/<name>.py`` with ``Params`` (a pydantic model whose
-``kind`` is ``Literal["<name>"]``) and ``async def run(problem, ctx, params)``, then add
-its module name to ``_MODULES``. The API, the CLI and composition pick it up from here.
+Adding a strategy: write ``strategies/<family>/<name>.py`` with ``Params`` (a pydantic
+model whose ``kind`` is ``Literal["<name>"]``, and whose model-role fields are declared
+with ``strategies.protocol.role_field``) and ``async def run(problem, ctx, params)``,
+then add ``"<family>.<name>"`` to ``_MODULES``. Families: ``baselines``,
+``budgeted_thinking``, ``verifier_loops``, ``collaboration`` (with the routers); helpers
+they share live in ``strategies.shared``. The API, the CLI and composition pick it up from here.
 
 Composition: a params field typed ``strategies.compose.ChildSpec`` holds another strategy
 spec, validated by the same rules at any depth; a bad field deep inside is reported with
@@ -16,29 +19,31 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
-from strategies.protocol import StrategyRun
+from strategies.protocol import ROLE_MARKER, StrategyRun
 
-# One module per line, so adding a strategy touches one line.
+# One module per line, grouped by family (a subpackage each), so adding a strategy
+# touches one line. Kinds are the modules' own ``Params.kind``, not these paths.
 _MODULES = [
-    "direct",
-    "self_consistency",
-    "refine",
-    "particle_filter",
-    "beam_search",
-    "elastic",
-    "budget_forcing",
-    "plan_and_budget",
-    "spec_reason",
-    "glimp_router",
-    "cascade",
-    "difficulty_router",
-    "rpc",
-    "best_of_n",
-    "genrm",
-    "first_finish",
-    "solve_detect_verify",
-    "compute_optimal",
+    "baselines.direct",
+    "baselines.self_consistency",
+    "budgeted_thinking.elastic",
+    "budgeted_thinking.budget_forcing",
+    "budgeted_thinking.plan_and_budget",
+    "budgeted_thinking.first_finish",
+    "verifier_loops.refine",
+    "verifier_loops.particle_filter",
+    "verifier_loops.beam_search",
+    "verifier_loops.rpc",
+    "verifier_loops.best_of_n",
+    "verifier_loops.genrm",
+    "verifier_loops.solve_detect_verify",
+    "collaboration.spec_reason",
+    "collaboration.glimp_router",
+    "collaboration.cascade",
+    "collaboration.difficulty_router",
+    "collaboration.compute_optimal",
 ]
 
 
@@ -115,12 +120,19 @@ def _fail(field: str, reason: str) -> BaseModel:
     raise SpecError(f"{shown}: {reason}", field or None, None, reason)
 
 
+def is_role_field(field: FieldInfo) -> bool:
+    """Whether a params field was declared with ``strategies.protocol.role_field``."""
+    extra = field.json_schema_extra
+    return isinstance(extra, dict) and extra.get(ROLE_MARKER) is True
+
+
 def roles_used(params: BaseModel) -> set[str]:
-    """Model roles a spec may call: every string field named ``role`` or ``*_role``,
-    at any depth (child specs included)."""
+    """Model roles a spec may call: every field declared with ``role_field``, whatever
+    its name, at any depth (child specs included)."""
     roles: set[str] = set()
+    fields = type(params).model_fields
     for name, value in params:
-        if isinstance(value, str) and (name == "role" or name.endswith("_role")):
+        if isinstance(value, str) and name in fields and is_role_field(fields[name]):
             roles.add(value)
         elif isinstance(value, BaseModel):
             roles |= roles_used(value)

@@ -27,7 +27,7 @@ from core.calibration.replay import Replayed, Source, replay
 from core.errors import InvalidInput
 from core.runner import validate_spec
 from core.runtime import Runtime
-from strategies import difficulty_router, glimp_router
+from strategies.collaboration import difficulty_router, glimp_router
 
 MAX_CUTS = 41
 LEVELS = ("easy", "normal", "hard")

@@ -28,8 +28,8 @@ from core.db.models import Job, JobStatus, ModelCall
 from core.errors import InvalidInput
 from core.runner import resolve_roles, validate_spec
 from core.runtime import Runtime
-from strategies.answers import answers_equal
 from strategies.registry import roles_used
+from strategies.shared.answers import answers_equal
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """The compute-optimal table: an eval's arms with their accuracy and mean tokens, overall
-and per difficulty bin, as ``strategies.compute_optimal.TableArm`` rows.
+and per difficulty bin, as ``strategies.collaboration.compute_optimal.TableArm`` rows.
 
 Read from a ``results.json`` written by ``ponder eval`` (``evals.results``): its
 ``strategies`` give each arm's label and concrete spec, its ``rows`` the per-problem
@@ -16,8 +16,8 @@ from typing import Any, cast
 from pydantic import ValidationError
 
 from core.errors import InvalidInput
-from strategies.compute_optimal import NoArmFits, TableArm, choose
-from strategies.difficulty_router import Level
+from strategies.collaboration.compute_optimal import NoArmFits, TableArm, choose
+from strategies.collaboration.difficulty_router import Level
 
 LEVELS = ("easy", "normal", "hard")
 
@@ -62,7 +62,7 @@ def table_from_results(data: Mapping[str, Any], source_field: str = "results") -
 
 
 def choose_arm(table: list[TableArm], budget_tokens: int | None, level: Level | None) -> TableArm:
-    """``strategies.compute_optimal.choose``, its refusal as a field error."""
+    """``strategies.collaboration.compute_optimal.choose``, its refusal as a field error."""
     try:
         return choose(table, budget_tokens, level)
     except NoArmFits as exc:

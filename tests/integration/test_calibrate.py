@@ -37,7 +37,7 @@ from core.runtime import Runtime
 from core.settings import Settings
 from core.simulator.config import Rule, SimulatorConfig
 from core.simulator.server import Simulator
-from strategies import compute_optimal
+from strategies.collaboration import compute_optimal
 from tests.fixtures.runtime import simulator_settings
 from tests.strategies.helpers import solve
 

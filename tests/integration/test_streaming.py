@@ -16,7 +16,7 @@ from core.runtime import Runtime
 from core.settings import PoolSettings
 from core.simulator.config import Failure, Latency, Rule, SimulatorConfig
 from core.simulator.server import Simulator
-from strategies.protocol import CANCELLED, Context, ModelRequest, StrategyResult
+from strategies.protocol import CANCELLED, Context, ModelRequest, StrategyResult, role_field
 from strategies.registry import STRATEGIES, Strategy
 
 REPLY = "one two three four five six seven eight. The answer is 5."
@@ -25,7 +25,7 @@ REPLY = "one two three four five six seven eight. The answer is 5."
 class ProbeParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: Literal["stream_probe"] = "stream_probe"
-    role: str = "small"
+    role: str = role_field(default="small", description="The role called.")
     stop_after: int | None = None
     """Leave the stream after this many deltas (None: read to the end)."""
     race: bool = False

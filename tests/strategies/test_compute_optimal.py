@@ -18,7 +18,7 @@ from core.jobs import submit_job
 from core.runtime import Runtime
 from core.simulator.config import Rule
 from core.simulator.server import Simulator
-from strategies.compute_optimal import NoArmFits, TableArm, choose
+from strategies.collaboration.compute_optimal import NoArmFits, TableArm, choose
 from tests.strategies.helpers import script, solve
 
 EASY_Q, HARD_Q = "What is 2 + 3?", "What is 17 * 23?"

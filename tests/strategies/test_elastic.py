@@ -13,7 +13,7 @@ from core.runtime import Runtime
 from core.simulator.config import Rule
 from core.simulator.server import Simulator
 from strategies.protocol import Choice, ModelRequest, Usage
-from strategies.thinking import (
+from strategies.shared.thinking import (
     INSTRUCT_SYSTEM,
     REASONING_INSTRUCTION,
     answer_prefill,

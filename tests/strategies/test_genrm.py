@@ -24,8 +24,8 @@ from core.jobs import submit_job
 from core.runtime import Runtime
 from core.simulator.config import Rule, SimulatorConfig
 from core.simulator.server import Simulator
-from strategies.genrm import allocate, chain_score
 from strategies.protocol import Choice, TokenLogprob
+from strategies.verifier_loops.genrm import allocate, chain_score
 from tests.strategies.helpers import QUESTION, replay, script, solve
 
 SIX = "2 + 3 = 6. The answer is 6."  # 11 tokens each

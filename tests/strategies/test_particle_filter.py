@@ -1,6 +1,6 @@
 """particle_filter against the simulator: step rewards, softmax weights, multinomial
 resampling with the job's rng, finished particles retained, the final pick; plus the
-step helpers it shares with beam_search (strategies.stepwise).
+step helpers it shares with beam_search (strategies.shared.stepwise).
 
 Two scripted solutions, one step per blank line; the prefill continuation of the
 simulator serves one step per call as a particle's prefix grows:
@@ -24,7 +24,7 @@ from core.runtime import Runtime
 from core.simulator.config import Rule
 from core.simulator.server import Simulator
 from strategies.protocol import Choice
-from strategies.stepwise import Partial, extend, softmax, states_final_answer, step_request
+from strategies.shared.stepwise import Partial, extend, softmax, states_final_answer, step_request
 from tests.strategies.helpers import QUESTION, replay, script, solve
 
 A = "2 + 3 = 5.\n\nSo the total is 5.\n\nThe answer is 5."
@@ -233,7 +233,7 @@ async def test_bad_params_name_the_field(rt: Runtime, change: dict[str, Any], fi
     assert caught.value.field == field
 
 
-# -- strategies.stepwise: the step helpers --------------------------------------------
+# -- strategies.shared.stepwise: the step helpers --------------------------------------------
 
 
 def test_extend_recognises_the_ways_a_solution_ends() -> None:

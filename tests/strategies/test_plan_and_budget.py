@@ -15,7 +15,7 @@ from core.db import repo
 from core.runtime import Runtime
 from core.simulator.config import Rule
 from core.simulator.server import Simulator
-from strategies.plan_and_budget import (
+from strategies.budgeted_thinking.plan_and_budget import (
     PLAN_EXAMPLE_REPLY,
     PLAN_SYSTEM,
     STEP_SYSTEM,

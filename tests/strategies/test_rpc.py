@@ -23,7 +23,6 @@ from core.jobs import submit_job
 from core.runtime import Runtime
 from core.simulator.config import Rule, SimulatorConfig
 from core.simulator.server import Simulator
-from strategies import rpc
 from strategies.protocol import (
     Budget,
     Choice,
@@ -34,6 +33,7 @@ from strategies.protocol import (
     TokenStream,
     Usage,
 )
+from strategies.verifier_loops import rpc
 from tests.strategies.helpers import QUESTION, replay, script, solve
 
 

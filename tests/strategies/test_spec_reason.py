@@ -21,8 +21,8 @@ from core.jobs import submit_job
 from core.runtime import Runtime
 from core.simulator.config import Rule
 from core.simulator.server import Simulator
-from strategies import spec_reason
-from strategies.collaboration import STEP_SYSTEM, step_request
+from strategies.collaboration import spec_reason
+from strategies.shared.collaboration import STEP_SYSTEM, step_request
 from tests.strategies.helpers import QUESTION, replay, script, solve
 
 SMALL_TEXT = "We add 2 and 3.\n\n2 + 3 = 6.\n\nThe answer is 6."

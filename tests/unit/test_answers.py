@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from strategies.answers import answers_equal, extract_answer, normalize_answer
+from strategies.shared.answers import answers_equal, extract_answer, normalize_answer
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from core.jobs import create_replay, submit_job
 from core.runtime import Runtime
 from core.simulator.config import Rule, SimulatorConfig
 from core.simulator.server import Simulator
-from strategies.protocol import Context, ModelRequest, StrategyResult
+from strategies.protocol import Context, ModelRequest, StrategyResult, role_field
 from strategies.registry import STRATEGIES, Strategy
 
 REPLY = "2 + 3 = 5. The answer is 5."
@@ -26,7 +26,7 @@ REPLY = "2 + 3 = 5. The answer is 5."
 class BothParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: Literal["both_bodies"] = "both_bodies"
-    role: str = "small"
+    role: str = role_field(default="small", description="The role called.")
 
 
 async def both(problem: str, ctx: Context, params: BothParams) -> StrategyResult:

@@ -26,7 +26,14 @@ from core.runtime import Runtime
 from core.settings import PoolSettings
 from core.simulator.config import Latency, Rule, SimulatorConfig
 from core.simulator.server import Simulator
-from strategies.protocol import CANCELLED, BudgetExhausted, Context, ModelRequest, StrategyResult
+from strategies.protocol import (
+    CANCELLED,
+    BudgetExhausted,
+    Context,
+    ModelRequest,
+    StrategyResult,
+    role_field,
+)
 from strategies.registry import STRATEGIES, Strategy
 
 WORDS = 200
@@ -37,7 +44,7 @@ SLOW = Latency(per_token_ms=20)  # the whole reply: 4 s; the jobs below have 0.5
 class ProbeParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: Literal["deadline_probe"] = "deadline_probe"
-    role: str = "small"
+    role: str = role_field(default="small", description="The role called.")
 
 
 async def probe(problem: str, ctx: Context, params: ProbeParams) -> StrategyResult:

@@ -42,11 +42,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from strategies.answers import extract_answer
 from strategies.compose import ChildSpec
-from strategies.prompts import solve_messages
-from strategies.protocol import BudgetExhausted, Context, ModelRequest, StrategyResult
-from strategies.scoring import path_probability
+from strategies.protocol import BudgetExhausted, Context, ModelRequest, StrategyResult, role_field
+from strategies.shared.answers import extract_answer
+from strategies.shared.prompts import solve_messages
+from strategies.shared.scoring import path_probability
 
 ATTEMPTS_NOTE = (
     "\n\nA smaller model attempted this problem first. Its attempts may be wrong; check "
@@ -61,8 +61,8 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["cascade"] = "cascade"
-    small_role: str = Field(default="small", description="Model role of the first stage.")
-    large_role: str = Field(default="large", description="Model role escalated to.")
+    small_role: str = role_field(default="small", description="Model role of the first stage.")
+    large_role: str = role_field(default="large", description="Model role escalated to.")
     small: ChildSpec | None = Field(
         default=None,
         description="Child strategy of the first stage; None samples `samples` answers "

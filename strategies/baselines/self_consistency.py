@@ -26,9 +26,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from strategies.answers import extract_answer
-from strategies.prompts import solve_messages
-from strategies.protocol import BudgetExhausted, Context, ModelRequest, StrategyResult
+from strategies.protocol import BudgetExhausted, Context, ModelRequest, StrategyResult, role_field
+from strategies.shared.answers import extract_answer
+from strategies.shared.prompts import solve_messages
 
 
 class Params(BaseModel):
@@ -37,7 +37,7 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["self_consistency"] = "self_consistency"
-    role: str = Field(default="small", description="Model role that samples.")
+    role: str = role_field(default="small", description="Model role that samples.")
     n: int = Field(default=8, ge=1, le=256, description="Most samples to draw.")
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
     top_p: float | None = Field(default=0.95, gt=0.0, le=1.0)

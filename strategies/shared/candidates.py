@@ -36,8 +36,8 @@ from typing import Literal, TypeVar
 
 from pydantic import BaseModel
 
-from strategies.answers import extract_answer
 from strategies.protocol import BudgetExhausted, Choice, Context, Message, ModelRequest
+from strategies.shared.answers import extract_answer
 
 Aggregate = Literal["max", "weighted_vote"]
 T = TypeVar("T")

@@ -6,9 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from strategies.answers import extract_answer
-from strategies.prompts import solve_messages
-from strategies.protocol import BudgetExhausted, Context, ModelRequest, StrategyResult
+from strategies.protocol import BudgetExhausted, Context, ModelRequest, StrategyResult, role_field
+from strategies.shared.answers import extract_answer
+from strategies.shared.prompts import solve_messages
 
 
 class Params(BaseModel):
@@ -17,7 +17,7 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["direct"] = "direct"
-    role: str = Field(default="small", description="Model role to ask.")
+    role: str = role_field(default="small", description="Model role to ask.")
     max_tokens: int = Field(default=512, ge=1, le=32768)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)

@@ -7,7 +7,7 @@ them, and judging a step costs the large model one prefill and one token instead
 whole step's decoding.
 
 As implemented, one chain of reasoning grows a step at a time on a shared prefix
-(``strategies.collaboration``: each step continues the assistant message holding the
+(``strategies.shared.collaboration``: each step continues the assistant message holding the
 reasoning so far and stops at ``step_delimiter``, so prefix caching pays only new
 tokens):
 1. ``small_role`` drafts the next step (greedy by default, ``step_tokens`` at most).
@@ -24,7 +24,7 @@ tokens):
    ``judge_top_logprobs`` alternatives of that token (renormalised over the digits),
    source ``logprobs``; without logprobs the digit is parsed from the text
    (``parsed``); otherwise there is no score (``none``). ``judge: "yes_no"`` asks
-   Yes/No instead and scores 9 × P(Yes) (``strategies.scoring.yes_probability``) on
+   Yes/No instead and scores 9 × P(Yes) (``strategies.shared.scoring.yes_probability``) on
    the same 0-9 scale.
 3. A score ``>= threshold`` accepts the draft; otherwise (or with no score) the large
    model writes that step itself from the same prefix and the draft is discarded. An
@@ -70,7 +70,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from strategies.collaboration import (
+from strategies.protocol import (
+    BudgetExhausted,
+    Choice,
+    Context,
+    Message,
+    ModelRequest,
+    StrategyResult,
+    role_field,
+)
+from strategies.shared.collaboration import (
     STEP_DELIMITER,
     STEP_SYSTEM,
     Chain,
@@ -84,15 +93,7 @@ from strategies.collaboration import (
     step_request,
     write_step,
 )
-from strategies.protocol import (
-    BudgetExhausted,
-    Choice,
-    Context,
-    Message,
-    ModelRequest,
-    StrategyResult,
-)
-from strategies.scoring import judgement_position, parse_score, yes_probability
+from strategies.shared.scoring import judgement_position, parse_score, yes_probability
 
 SCORE_RULE = (
     "When asked to score the last step, judge only its factual correctness and logical "
@@ -124,8 +125,8 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["spec_reason"] = "spec_reason"
-    small_role: str = Field(default="small", description="Model role that drafts steps.")
-    large_role: str = Field(
+    small_role: str = role_field(default="small", description="Model role that drafts steps.")
+    large_role: str = role_field(
         default="large", description="Model role that judges drafts and writes rejected steps."
     )
     threshold: float = Field(
@@ -157,7 +158,7 @@ class Params(BaseModel):
         description="Draft the next step on the small model while the large model judges "
         "this one (same output, lower latency; a rejected step wastes that draft).",
     )
-    answer_role: str | None = Field(
+    answer_role: str | None = role_field(
         default=None,
         description="If set, only this role states the final answer: a final step by "
         "another role is rewritten by it.",

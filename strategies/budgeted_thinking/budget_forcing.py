@@ -11,7 +11,7 @@ is generated within ``answer_tokens``, as in ``elastic``.
 Token counts are the completion tokens the server charged; the cue is the client's text,
 not generated, and does not count. Each thinking call asks for what is left of
 ``max_thinking_tokens`` (and, under a job budget, no more than leaves ``answer_tokens`` for
-the answer: ``thinking_clamped``). Prompts and prefills: ``strategies.thinking``.
+the answer: ``thinking_clamped``). Prompts and prefills: ``strategies.shared.thinking``.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from strategies.protocol import BudgetExhausted, Context, StrategyResult
-from strategies.thinking import (
+from strategies.protocol import BudgetExhausted, Context, StrategyResult, role_field
+from strategies.shared.thinking import (
     ThinkFormat,
     answer_after_thinking,
     append_cue,
@@ -40,7 +40,7 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["budget_forcing"] = "budget_forcing"
-    role: str = Field(default="small", description="Model role that thinks and answers.")
+    role: str = role_field(default="small", description="Model role that thinks and answers.")
     min_thinking_tokens: int = Field(
         default=128, ge=0, le=32768, description="An earlier end of thinking is suppressed."
     )

@@ -6,7 +6,7 @@ into a thinking phase with budget ``thinking_tokens`` (t) and an answer phase wi
 closes it (``</think>``) and the answer is still generated within its own s tokens — so a
 long chain of thought can never starve the answer, and the total is at most t + s.
 
-Calls (see ``strategies.thinking`` for the exact prompts and prefills):
+Calls (see ``strategies.shared.thinking`` for the exact prompts and prefills):
 1. continue the assistant message ``<think>\\n``, ``stop=["</think>"]``,
    ``max_tokens = t``: traced ``thinking_end`` (ended by itself) or ``forced_end`` (hit t);
 2. continue ``<think>\\n{thinking}\\n</think>\\n\\n`` with ``max_tokens = s``: ``answer``.
@@ -24,8 +24,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from strategies.protocol import BudgetExhausted, Context, StrategyResult
-from strategies.thinking import (
+from strategies.protocol import BudgetExhausted, Context, StrategyResult, role_field
+from strategies.shared.thinking import (
     ThinkFormat,
     Thought,
     answer_after_thinking,
@@ -42,7 +42,7 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["elastic"] = "elastic"
-    role: str = Field(default="small", description="Model role that thinks and answers.")
+    role: str = role_field(default="small", description="Model role that thinks and answers.")
     thinking_tokens: int = Field(
         default=512, ge=1, le=32768, description="Budget of the thinking phase (t)."
     )

@@ -11,15 +11,15 @@ Verify: Compute-Optimal Problem Solving and Generative Verification for LLM Reas
 
 As implemented:
 1. ``solutions`` candidates: samples from ``role``, or runs of the ``generator`` child
-   (``strategies.candidates``).
+   (``strategies.shared.candidates``).
 2. Each distinct candidate text with an answer gets one verifier call with
    ``n = verifications`` chains, sampled at ``verify_temperature`` > 0 so the chains
    differ. The verifier is asked to check the solution step by step and end with a line
-   ``Verdict: Yes`` or ``Verdict: No`` (prompt below; ``strategies.verification``'s
+   ``Verdict: Yes`` or ``Verdict: No`` (prompt below; ``strategies.shared.verification``'s
    prompt asks for the verdict first, which is GenRM without the CoT).
 3. A chain's score is P(Yes) at the verdict token: the first token after the last
    ``Verdict:`` in the chain's tokens, read from its top logprobs with
-   ``strategies.scoring.yes_probability``. Without logprobs, the word after ``Verdict:``
+   ``strategies.shared.scoring.yes_probability``. Without logprobs, the word after ``Verdict:``
    is parsed (Yes = 1, No = 0). A chain with no verdict line (cut by ``verify_tokens``,
    or off-format) is not counted: guessing from the reasoning would read the verdicts
    of intermediate steps. A candidate's score is the mean over its counted chains.
@@ -62,17 +62,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from strategies.best_of_n import result_of, trace_pick
-from strategies.candidates import (
-    Candidate,
-    distinct_texts,
-    majority,
-    obtain,
-    pick,
-    settle,
-)
 from strategies.compose import ChildSpec
-from strategies.prompts import solve_messages
 from strategies.protocol import (
     BudgetExhausted,
     Choice,
@@ -81,8 +71,19 @@ from strategies.protocol import (
     Message,
     ModelRequest,
     StrategyResult,
+    role_field,
 )
-from strategies.scoring import yes_probability
+from strategies.shared.candidates import (
+    Candidate,
+    distinct_texts,
+    majority,
+    obtain,
+    pick,
+    settle,
+)
+from strategies.shared.prompts import solve_messages
+from strategies.shared.scoring import yes_probability
+from strategies.verifier_loops.best_of_n import result_of, trace_pick
 
 GENRM_SYSTEM = (
     "You are a math teacher grading a solution. Check it step by step: redo each "
@@ -100,7 +101,7 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["genrm"] = "genrm"
-    role: str = Field(default="small", description="Model role that samples candidates.")
+    role: str = role_field(default="small", description="Model role that samples candidates.")
     generator: ChildSpec | None = Field(
         default=None,
         description="Child strategy run once per candidate; None samples from role.",
@@ -112,7 +113,7 @@ class Params(BaseModel):
         le=32,
         description="Verification chains per candidate (V); 0 is plain self-consistency.",
     )
-    verifier_role: str = Field(default="large", description="Model role that verifies.")
+    verifier_role: str = role_field(default="large", description="Model role that verifies.")
     temperature: float = Field(default=0.7, ge=0.0, le=2.0, description="Solution sampling.")
     top_p: float | None = Field(default=0.95, gt=0.0, le=1.0, description="Nucleus sampling.")
     max_tokens: int = Field(default=512, ge=1, le=32768, description="Per candidate (T_S).")

@@ -12,7 +12,7 @@ As implemented:
    Later, each active beam proposes ``expansions`` next steps in one call (``n``), the
    calls of a step issued together.
 2. Each candidate's step reward is the verifier role's P(Yes) that the reasoning so far
-   is correct (``strategies.verification``, ``partial=True``); equal candidates are
+   is correct (``strategies.shared.verification``, ``partial=True``); equal candidates are
    judged once and only the first of them competes.
 3. Finished beams are retained: a candidate that states a final answer, whose model
    ends, or that reaches ``max_steps`` leaves the search and keeps its slot. So each
@@ -40,9 +40,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from strategies.protocol import BudgetExhausted, Context, StrategyResult
-from strategies.scoring import STEP_DELIMITER
-from strategies.stepwise import (
+from strategies.protocol import BudgetExhausted, Context, StrategyResult, role_field
+from strategies.shared.scoring import STEP_DELIMITER
+from strategies.shared.stepwise import (
     Partial,
     StepScorer,
     extend,
@@ -58,8 +58,8 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["beam_search"] = "beam_search"
-    role: str = Field(default="small", description="Model role that writes the steps.")
-    verifier_role: str = Field(
+    role: str = role_field(default="small", description="Model role that writes the steps.")
+    verifier_role: str = role_field(
         default="large", description="Model role that scores partial solutions (P(Yes))."
     )
     # 16 × 16 keeps the first call's n = beam_width × expansions within 256.

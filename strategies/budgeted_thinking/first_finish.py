@@ -43,8 +43,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from strategies.answers import extract_answer
-from strategies.prompts import solve_messages
 from strategies.protocol import (
     CANCELLED,
     BudgetExhausted,
@@ -53,7 +51,10 @@ from strategies.protocol import (
     ModelRequest,
     StrategyResult,
     TokenStream,
+    role_field,
 )
+from strategies.shared.answers import extract_answer
+from strategies.shared.prompts import solve_messages
 
 
 class Params(BaseModel):
@@ -62,7 +63,7 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["first_finish"] = "first_finish"
-    role: str = Field(default="small", description="Model role that samples.")
+    role: str = role_field(default="small", description="Model role that samples.")
     n: int = Field(default=4, ge=1, le=64, description="Samples raced in parallel.")
     max_tokens: int = Field(default=512, ge=1, le=32768, description="Per sample.")
     temperature: float = Field(

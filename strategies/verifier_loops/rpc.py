@@ -51,11 +51,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from strategies.answers import extract_answer
-from strategies.candidates import sample
-from strategies.prompts import solve_messages
-from strategies.protocol import Choice, Context, StrategyResult
-from strategies.scoring import path_probability
+from strategies.protocol import Choice, Context, StrategyResult, role_field
+from strategies.shared.answers import extract_answer
+from strategies.shared.candidates import sample
+from strategies.shared.prompts import solve_messages
+from strategies.shared.scoring import path_probability
 
 
 class Params(BaseModel):
@@ -64,7 +64,7 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["rpc"] = "rpc"
-    role: str = Field(default="small", description="Model role that samples the paths.")
+    role: str = role_field(default="small", description="Model role that samples the paths.")
     n: int = Field(default=8, ge=1, le=256, description="Reasoning paths to sample.")
     batch_size: int | None = Field(
         default=None,

@@ -9,11 +9,11 @@ a noisy reward misleads).
 
 As implemented:
 1. ``particles`` empty solutions. Each step, every live particle is extended by one
-   reasoning step (steps end at a blank line; ``strategies.stepwise``). Particles with
+   reasoning step (steps end at a blank line; ``strategies.shared.stepwise``). Particles with
    the same prefix — all of them at the first step, resampled copies later — share one
    call with ``n`` = their count; the calls of a step run concurrently.
 2. Each extended particle gets a step reward: the verifier role's P(Yes) that the
-   reasoning so far is correct (a generative PRM, ``strategies.verification``). Equal
+   reasoning so far is correct (a generative PRM, ``strategies.shared.verification``). Equal
    partial solutions are judged once.
 3. A particle whose step states a final answer, whose model ends, or that reaches
    ``max_steps`` is finished: it keeps its last reward and is never resampled away.
@@ -49,9 +49,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from strategies.protocol import BudgetExhausted, Context, StrategyResult
-from strategies.scoring import STEP_DELIMITER
-from strategies.stepwise import (
+from strategies.protocol import BudgetExhausted, Context, StrategyResult, role_field
+from strategies.shared.scoring import STEP_DELIMITER
+from strategies.shared.stepwise import (
     Partial,
     StepScorer,
     extend,
@@ -68,8 +68,8 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["particle_filter"] = "particle_filter"
-    role: str = Field(default="small", description="Model role that writes the steps.")
-    verifier_role: str = Field(
+    role: str = role_field(default="small", description="Model role that writes the steps.")
+    verifier_role: str = role_field(
         default="large", description="Model role that scores partial solutions (P(Yes))."
     )
     particles: int = Field(default=4, ge=1, le=64, description="Number of particles N.")

@@ -37,10 +37,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from strategies import difficulty_router
+from strategies.collaboration import difficulty_router
+from strategies.collaboration.difficulty_router import PROBES, Level, Probe, level_of
 from strategies.compose import ChildSpec
-from strategies.difficulty_router import PROBES, Level, Probe, level_of
-from strategies.protocol import BudgetExhausted, Context, StrategyResult
+from strategies.protocol import BudgetExhausted, Context, StrategyResult, role_field
 
 
 class TableArm(BaseModel):
@@ -112,7 +112,7 @@ class Params(BaseModel):
     difficulty: Level | None = Field(
         default=None, description="A fixed difficulty bin instead of probing."
     )
-    probe_role: str = Field(default="small", description="Model role that is probed.")
+    probe_role: str = role_field(default="small", description="Model role that is probed.")
     probe: Probe = Field(default="entropy", description="As in difficulty_router.")
     easy_max: float | None = Field(
         default=None, ge=0.0, description="As in difficulty_router (null: the probe's default)."

@@ -30,11 +30,11 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from strategies.answers import extract_answer
-from strategies.prompts import solve_messages
 from strategies.protocol import Choice, Context, Message, ModelRequest, StrategyResult
-from strategies.scoring import STEP_DELIMITER
-from strategies.stepwise import states_final_answer
+from strategies.shared.answers import extract_answer
+from strategies.shared.prompts import solve_messages
+from strategies.shared.scoring import STEP_DELIMITER
+from strategies.shared.stepwise import states_final_answer
 
 __all__ = [
     "STEP_DELIMITER",

@@ -35,7 +35,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from strategies.answers import extract_answer
 from strategies.protocol import (
     BudgetExhausted,
     Choice,
@@ -46,6 +45,7 @@ from strategies.protocol import (
     StrategyResult,
     Usage,
 )
+from strategies.shared.answers import extract_answer
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"

@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from strategies.protocol import Choice, Message, ModelRequest, ModelRole
-from strategies.scoring import parse_score, yes_probability
+from strategies.shared.scoring import parse_score, yes_probability
 
 VERIFY_SYSTEM = (
     "You are a strict verifier of math solutions. Check the solution's reasoning and "

@@ -19,7 +19,7 @@ As implemented:
    log-probability that it is done; an explicit answer statement is the cheap, exact
    signal on chat models that are told to finish with one.)
 3. **Verify.** At a completion point the verifier (``verifier_role``) judges the text so
-   far with the shared generative verifier (``strategies.verification``: P(Yes) from the
+   far with the shared generative verifier (``strategies.shared.verification``: P(Yes) from the
    verdict token). Score >= ``threshold``: the solver stream is left right there — the
    call is journaled as cancelled, charged for the tokens it produced — and that answer
    is returned (``early_stop``). Below, or unreadable: the solver goes on. At most
@@ -60,16 +60,17 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from strategies.answers import extract_answer
-from strategies.prompts import solve_messages
 from strategies.protocol import (
     BudgetExhausted,
     Context,
     Message,
     ModelRequest,
     StrategyResult,
+    role_field,
 )
-from strategies.verification import judge, verify_messages
+from strategies.shared.answers import extract_answer
+from strategies.shared.prompts import solve_messages
+from strategies.shared.verification import judge, verify_messages
 
 FEEDBACK_PROMPT = (
     "A verifier checked your solution and judged it wrong. Find the mistake, then solve "
@@ -87,8 +88,8 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["solve_detect_verify"] = "solve_detect_verify"
-    role: str = Field(default="small", description="Model role that solves (streamed).")
-    verifier_role: str = Field(
+    role: str = role_field(default="small", description="Model role that solves (streamed).")
+    verifier_role: str = role_field(
         default="large", description="Model role that verifies candidate solutions."
     )
     threshold: float = Field(

@@ -8,11 +8,11 @@ model writes it. Probe-then-dispatch: the decision costs one small-model token p
 instead of a whole draft to verify.
 
 As implemented, one chain grows a step at a time on a shared prefix
-(``strategies.collaboration``):
+(``strategies.shared.collaboration``):
 1. Glimpse: ``small_role`` generates only the step's first token (``max_tokens=1``,
    greedy, ``top_logprobs``), continuing the chain so far.
 2. Its entropy H in nats is read from the top alternatives, renormalised over them
-   (``strategies.scoring.first_token_entropy``; the paper uses the full vocabulary,
+   (``strategies.shared.scoring.first_token_entropy``; the paper uses the full vocabulary,
    which an OpenAI-compatible server does not return — with 20 alternatives the
    difference is the tail's mass).
 3. H > ``tau``: ``large_role`` writes the whole step from the same prefix (the glimpsed
@@ -46,7 +46,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from strategies.collaboration import (
+from strategies.protocol import BudgetExhausted, Context, StrategyResult, role_field
+from strategies.shared.collaboration import (
     STEP_DELIMITER,
     Chain,
     Step,
@@ -55,8 +56,7 @@ from strategies.collaboration import (
     final_step,
     write_step,
 )
-from strategies.protocol import BudgetExhausted, Context, StrategyResult
-from strategies.scoring import first_token_entropy
+from strategies.shared.scoring import first_token_entropy
 
 
 class Params(BaseModel):
@@ -65,10 +65,10 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["glimp_router"] = "glimp_router"
-    small_role: str = Field(
+    small_role: str = role_field(
         default="small", description="Model role that glimpses and writes easy steps."
     )
-    large_role: str = Field(default="large", description="Model role that writes hard steps.")
+    large_role: str = role_field(default="large", description="Model role that writes hard steps.")
     tau: float = Field(
         default=1.0,
         ge=0.0,
@@ -90,7 +90,7 @@ class Params(BaseModel):
     top_p: float | None = Field(
         default=None, gt=0.0, le=1.0, description="Nucleus sampling of the steps."
     )
-    answer_role: str | None = Field(
+    answer_role: str | None = role_field(
         default="large",
         description="Only this role states the final answer (the paper: the large "
         "model concludes); null keeps whoever wrote the final step.",

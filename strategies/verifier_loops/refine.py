@@ -4,7 +4,7 @@ Madaan et al., *Self-Refine: Iterative Refinement with Self-Feedback* (NeurIPS 2
 with the feedback and the stopping signal coming from a separate verifier, as in
 "review, refine, repeat" loops: a model that critiques is not trusted to also decide
 alone when it is done, so every candidate is scored by the shared generative verifier
-(P(Yes) of "is this solution correct?", ``strategies.verification``).
+(P(Yes) of "is this solution correct?", ``strategies.shared.verification``).
 
 As implemented:
 1. An initial candidate: one sample from ``role``, or the result of a child strategy
@@ -40,17 +40,18 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from strategies.answers import extract_answer
 from strategies.compose import ChildSpec
-from strategies.prompts import solve_messages
 from strategies.protocol import (
     BudgetExhausted,
     Context,
     Message,
     ModelRequest,
     StrategyResult,
+    role_field,
 )
-from strategies.verification import judge, verify_messages
+from strategies.shared.answers import extract_answer
+from strategies.shared.prompts import solve_messages
+from strategies.shared.verification import judge, verify_messages
 
 CRITIQUE_SYSTEM = (
     "You review math solutions. Name the most important error or gap in the solution "
@@ -69,8 +70,8 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["refine"] = "refine"
-    role: str = Field(default="small", description="Model role that solves and revises.")
-    verifier_role: str = Field(
+    role: str = role_field(default="small", description="Model role that solves and revises.")
+    verifier_role: str = role_field(
         default="large", description="Model role that scores and critiques candidates."
     )
     initial: ChildSpec | None = Field(

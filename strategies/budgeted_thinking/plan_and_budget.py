@@ -56,8 +56,6 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from strategies.answers import extract_answer
-from strategies.prompts import solve_messages
 from strategies.protocol import (
     BudgetExhausted,
     Context,
@@ -65,7 +63,10 @@ from strategies.protocol import (
     ModelRequest,
     ModelRole,
     StrategyResult,
+    role_field,
 )
+from strategies.shared.answers import extract_answer
+from strategies.shared.prompts import solve_messages
 
 Schedule = Literal["uniform", "linear", "polynomial", "exponential", "cosine"]
 
@@ -107,8 +108,8 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["plan_and_budget"] = "plan_and_budget"
-    role: str = Field(default="small", description="Model role that solves and combines.")
-    planner_role: str | None = Field(
+    role: str = role_field(default="small", description="Model role that solves and combines.")
+    planner_role: str | None = role_field(
         default=None, description="Model role that plans (default: the same as role)."
     )
     total_tokens: int = Field(

@@ -45,12 +45,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from strategies import direct, self_consistency
-from strategies.answers import extract_answer
+from strategies.baselines import direct, self_consistency
 from strategies.compose import ChildSpec
-from strategies.prompts import solve_messages
-from strategies.protocol import BudgetExhausted, Context, ModelRequest, StrategyResult
-from strategies.scoring import first_token_entropy, path_probability
+from strategies.protocol import BudgetExhausted, Context, ModelRequest, StrategyResult, role_field
+from strategies.shared.answers import extract_answer
+from strategies.shared.prompts import solve_messages
+from strategies.shared.scoring import first_token_entropy, path_probability
 
 Probe = Literal["entropy", "attempt", "agreement"]
 Level = Literal["easy", "normal", "hard"]
@@ -71,7 +71,7 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["difficulty_router"] = "difficulty_router"
-    probe_role: str = Field(default="small", description="Model role that is probed.")
+    probe_role: str = role_field(default="small", description="Model role that is probed.")
     probe: Probe = Field(
         default="entropy", description="'entropy', 'attempt' or 'agreement' (see above)."
     )

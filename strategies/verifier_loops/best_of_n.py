@@ -5,18 +5,18 @@ Best-of-N selection with a verifier goes back to Cobbe et al., *Training Verifie
 Solve Math Word Problems* (2021); the verifier here is generative, as in Zhang et al.,
 *Generative Verifiers: Reward Modeling as Next-Token Prediction* (2024): a model is asked
 "is this solution correct?" and the score is P(Yes) read from the verdict token's
-logprobs (``strategies.verification``; where the server gives no logprobs, or the
+logprobs (``strategies.shared.verification``; where the server gives no logprobs, or the
 verdict is no yes/no word, a score parsed from the text, and the trace says which).
 
 As implemented:
 1. Candidates: ``n`` samples from ``role`` (in calls of ``batch_size`` issued together),
    or ``n`` runs of the ``generator`` child strategy (e.g. ``self_consistency``), one
-   after another (``strategies.candidates``).
+   after another (``strategies.shared.candidates``).
 2. Verification: every candidate with an answer is judged by ``verifier_role`` at
    temperature 0, all judgements issued together. Candidates with equal texts share one
    judgement (a greedy judge would only repeat itself); a candidate without an
    extractable answer is not judged (there is nothing to pick from it).
-3. Selection (``strategies.candidates.pick``): ``aggregate="max"`` keeps the
+3. Selection (``strategies.shared.candidates.pick``): ``aggregate="max"`` keeps the
    highest-scored candidate; ``"weighted_vote"`` sums scores per normalised answer
    (Uesato et al., 2022, "verifier-weighted majority"). Ties go to the answer more
    candidates agree on, then to the first candidate.
@@ -47,7 +47,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from strategies.candidates import (
+from strategies.compose import ChildSpec
+from strategies.protocol import BudgetExhausted, Context, StrategyResult, role_field
+from strategies.shared.candidates import (
     Candidate,
     Candidates,
     Pick,
@@ -56,10 +58,8 @@ from strategies.candidates import (
     pick,
     settle,
 )
-from strategies.compose import ChildSpec
-from strategies.prompts import solve_messages
-from strategies.protocol import BudgetExhausted, Context, StrategyResult
-from strategies.verification import Verdict, judge, verify_messages
+from strategies.shared.prompts import solve_messages
+from strategies.shared.verification import Verdict, judge, verify_messages
 
 
 class Params(BaseModel):
@@ -68,13 +68,13 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["best_of_n"] = "best_of_n"
-    role: str = Field(default="small", description="Model role that samples candidates.")
+    role: str = role_field(default="small", description="Model role that samples candidates.")
     generator: ChildSpec | None = Field(
         default=None,
         description="Child strategy run n times for the candidates; None samples from role.",
     )
     n: int = Field(default=4, ge=1, le=64, description="Candidates to generate.")
-    verifier_role: str = Field(default="large", description="Model role that judges.")
+    verifier_role: str = role_field(default="large", description="Model role that judges.")
     aggregate: Literal["max", "weighted_vote"] = Field(
         default="max",
         description="max: the best-scored candidate; weighted_vote: the answer with the "

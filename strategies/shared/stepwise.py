@@ -10,7 +10,7 @@ share:
   generation stops at the step delimiter (a blank line by default).
 - ``extend``: the partial solution after one generated step, and whether it finished.
 - ``StepScorer``: the step reward, P(Yes) of "is the reasoning so far correct?" from the
-  verifier role (``strategies.verification`` with ``partial=True``), one call per
+  verifier role (``strategies.shared.verification`` with ``partial=True``), one call per
   distinct partial text.
 - ``gather_calls``: run calls issued together and surface ``BudgetExhausted`` only after
   every one of them has returned, so no call is left running.
@@ -32,11 +32,11 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, TypeVar
 
-from strategies.answers import extract_answer
-from strategies.prompts import solve_messages
 from strategies.protocol import BudgetExhausted, Choice, Context, ModelRequest
-from strategies.scoring import STEP_DELIMITER
-from strategies.verification import Verdict, judge, verify_messages
+from strategies.shared.answers import extract_answer
+from strategies.shared.prompts import solve_messages
+from strategies.shared.scoring import STEP_DELIMITER
+from strategies.shared.verification import Verdict, judge, verify_messages
 
 __all__ = [
     "NEUTRAL_REWARD",

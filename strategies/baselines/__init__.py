@@ -1,0 +1,1 @@
+"""Baselines: one sample (``direct``) and self-consistency, with its adaptive stop."""
