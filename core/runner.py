@@ -5,6 +5,15 @@ or ``queued`` by a crash is run again from the top, and its journal answers ever
 it had already paid for. The CLI runs this in-process; Celery workers call the same
 function with a ``core.cancel.JobMonitor``, which adds the job's lease, heartbeats,
 cancellation and a time limit.
+
+Transactions on the worker, per job: one to claim and start it (with its journal loaded);
+one per journal write (the spans submitted so far ride on it: ``core.trace``); and one
+that saves the outcome with the rest of the trace. A `direct` job with a live call makes
+three, one that its journal answers makes two. Three is the floor for a live call: the
+claim must commit before the call is paid (it is the lease), the journal row before the
+strategy sees the answer, and the outcome after the strategy has used it; merging any two
+would mean holding a transaction open across the model call or the strategy, which locks
+the job row against heartbeats, cancel requests and (on SQLite) every other writer.
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ from core.errors import InvalidInput, NotFound, PonderError, PoolUnavailable
 from core.journal import Journal
 from core.pools.client import PoolClient
 from core.role_model import RoleModel
-from core.trace import SpanListener, Tracer, TraceWriter
+from core.trace import SpanListener, Tracer, TraceRows, TraceWriter
 from strategies.protocol import BudgetExhausted, StrategyResult
 from strategies.registry import STRATEGIES, SpecError, parse_spec, roles_used
 
@@ -199,15 +208,24 @@ class Runner:
             log.exception("job %s failed", job_id)
             error = {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
         finally:
+            # The trace not yet committed (span closes, the last events) rides on the
+            # transaction that saves the outcome rather than costing one of its own.
+            trace = TraceRows()
             try:
-                await writer.close()
+                trace = await writer.close(commit=False)
             finally:
                 usage = usage_summary(budget, journal, time.monotonic() - started)
                 if result is not None and budget.was_exhausted:
                     result["budget_exhausted"] = True
                 if save:
                     lease_lost = not await self._save(
-                        job_id, monitor, status=status, result=result, usage=usage, error=error
+                        job_id,
+                        monitor,
+                        status=status,
+                        result=result,
+                        usage=usage,
+                        error=error,
+                        trace=trace,
                     )
         outcome_ = RunOutcome(
             job_id,
@@ -300,8 +318,10 @@ class Runner:
         result: dict[str, Any] | None,
         usage: dict[str, Any],
         error: dict[str, Any] | None,
+        trace: TraceRows,
     ) -> bool:
-        """Write the outcome; False when a worker lost the lease and must not write it."""
+        """Write the outcome and the rest of the trace in one transaction; False when a
+        worker lost the lease and must write neither (the new holder traces its own run)."""
         async with self.sessions() as session, session.begin():
             if monitor is None:
                 job = await repo.get_job(session, job_id)
@@ -309,16 +329,21 @@ class Runner:
                 await repo.finish_job(
                     session, job, status=status, result=result, usage=usage, error=error
                 )
-                return True
-            owned = await control.finish_owned_job(
-                session,
-                job_id,
-                worker=monitor.worker,
-                status=status,
-                result=result,
-                usage=usage,
-                error=error,
-            )
+                owned = True
+            else:
+                owned = await control.finish_owned_job(
+                    session,
+                    job_id,
+                    worker=monitor.worker,
+                    status=status,
+                    result=result,
+                    usage=usage,
+                    error=error,
+                )
+            if owned and trace:
+                connection = await session.connection()
+                for statement, params in trace.statements():
+                    await connection.execute(statement, params)
         if not owned:
             log.warning(
                 "job %s: another worker took it over; this run's outcome is dropped", job_id

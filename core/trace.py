@@ -1,13 +1,24 @@
 """The trace of a running job: spans, decision events and journal rows, written in order.
 
 All writes of one job go through one ``TraceWriter``: a single task that drains a queue
-and commits everything pending in one transaction, with SQLAlchemy Core statements on a
-*synchronous* engine in a worker thread. One thread hop per batch measured ~10x cheaper
-than the async drivers' hop per statement plus an ORM flush (0.15 ms vs 1.5 ms per call
-on SQLite here), and this path sits under every model call. Concurrent fan-out therefore costs
-one commit per batch rather than one per call, writes never interleave (SQLite allows
-one writer), and a caller that must not proceed before its row is durable (the journal:
-*record before the strategy sees the result*) awaits the future of its write.
+and commits with SQLAlchemy Core statements on a *synchronous* engine in a worker thread.
+One thread hop per batch measured ~10x cheaper than the async drivers' hop per statement
+plus an ORM flush (0.15 ms vs 1.5 ms per call on SQLite here), and this path sits under
+every model call. Writes never interleave (SQLite allows one writer).
+
+The writer commits only when someone waits: a caller that must not proceed before its
+row is durable (the journal: *record before the strategy sees the result*) awaits the
+future of its write, and everything submitted before it (spans opened, events, span
+closes) rides in the same transaction. Concurrent fan-out therefore costs one commit per
+batch, not one per call. What is still pending when the job ends is handed back by
+``close(commit=False)`` and written by the runner in the transaction that finishes the
+job. A `direct` job thus commits three times on the worker: claim, its journal row with
+the spans so far, and result with the rest of its trace (see ``core.runner``).
+
+The price: a span shows up in the database (and so in the API's live stream) with the
+next journal write or at the end of the job, not when it opens. A model call's span was
+never visible before the call returned, so this delays only spans and events that a
+strategy emits between calls, by at most one call.
 """
 
 from __future__ import annotations
@@ -21,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, insert, update
+from sqlalchemy import Connection, Engine, Executable, insert, update
 
 from core.db.models import ModelCall, Span, new_id, utcnow
 
@@ -39,14 +50,51 @@ class _Write:
     done: asyncio.Future[None] | None = None
 
 
+@dataclass
+class TraceRows:
+    """Trace writes not yet committed, as rows ready for Core statements."""
+
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    spans: list[dict[str, Any]] = field(default_factory=list)
+    updates: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.calls or self.spans or self.updates)
+
+    def add(self, write: _Write) -> None:
+        for row in write.rows:
+            if isinstance(row, ModelCall):
+                self.calls.append(_call_row(row))
+            else:
+                self.spans.append(_span_row(row))
+        self.updates.extend(write.span_updates)
+
+    def statements(self) -> list[tuple[Executable, list[dict[str, Any]] | None]]:
+        """Inserts before updates: an update is always submitted after its span's
+        insert, and may be in the same batch."""
+        out: list[tuple[Executable, list[dict[str, Any]] | None]] = []
+        if self.calls:
+            out.append((insert(ModelCall), self.calls))
+        if self.spans:
+            out.append((insert(Span), self.spans))
+        for span_id, values in self.updates:
+            out.append((update(Span).where(Span.id == span_id).values(**values), None))
+        return out
+
+    def write(self, conn: Connection) -> None:
+        for statement, params in self.statements():
+            conn.execute(statement, params)
+
+
 class TraceWriter:
-    """Serialises and batches one job's trace writes."""
+    """Serialises one job's trace writes; commits them when a write is waited for."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._queue: asyncio.Queue[_Write | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
+        self._pending = TraceRows()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="trace-writer")
@@ -58,6 +106,8 @@ class TraceWriter:
         *,
         wait: bool = False,
     ) -> asyncio.Future[None] | None:
+        """Queue rows; with ``wait``, a future resolved once they (and everything
+        submitted before them) are committed. Without, they ride on a later commit."""
         if self._failure is not None:
             raise RuntimeError("trace writer failed earlier") from self._failure
         write = _Write(rows or [], span_updates or [])
@@ -67,17 +117,26 @@ class TraceWriter:
         return write.done
 
     async def flush(self) -> None:
+        """Commit everything submitted so far."""
         done = self.submit(wait=True)
         assert done is not None
         await done
 
-    async def close(self) -> None:
-        if self._task is None:
-            return
-        await self.flush()
-        self._queue.put_nowait(None)
-        await self._task
-        self._task = None
+    async def close(self, *, commit: bool = True) -> TraceRows:
+        """Stop the writer. ``commit``: commit what is pending first; otherwise return it
+        uncommitted, for the caller to write in a transaction of its own."""
+        task, self._task = self._task, None
+        if task is not None:
+            if commit and self._failure is None:
+                await self.flush()
+            self._queue.put_nowait(None)
+            await asyncio.wait([task])
+            if not task.cancelled():
+                task.exception()  # retrieved: it is re-raised below, as the cause
+        if self._failure is not None:
+            raise RuntimeError("trace writer failed earlier") from self._failure
+        pending, self._pending = self._pending, TraceRows()
+        return pending
 
     async def _loop(self) -> None:
         while True:
@@ -92,44 +151,32 @@ class TraceWriter:
                     stop = True
                     break
                 batch.append(item)
-            try:
-                await self._commit(batch)
-            except BaseException as exc:
-                self._failure = exc
-                for write in batch:
-                    if write.done is not None and not write.done.done():
-                        write.done.set_exception(exc)
-                log.exception("trace write failed")
-                raise
+            waiters: list[asyncio.Future[None]] = []
             for write in batch:
-                if write.done is not None and not write.done.done():
-                    write.done.set_result(None)
+                self._pending.add(write)
+                if write.done is not None:
+                    waiters.append(write.done)
+            if waiters:
+                rows, self._pending = self._pending, TraceRows()
+                try:
+                    if rows:
+                        await asyncio.to_thread(self._write, rows)
+                except BaseException as exc:
+                    self._failure = exc
+                    for done in waiters:
+                        if not done.done():
+                            done.set_exception(exc)
+                    log.exception("trace write failed")
+                    raise
+                for done in waiters:
+                    if not done.done():
+                        done.set_result(None)
             if stop:
                 return
 
-    async def _commit(self, batch: list[_Write]) -> None:
-        if not any(w.rows or w.span_updates for w in batch):
-            return
-        calls = [_call_row(r) for w in batch for r in w.rows if isinstance(r, ModelCall)]
-        spans = [_span_row(r) for w in batch for r in w.rows if isinstance(r, Span)]
-        updates = [u for w in batch for u in w.span_updates]
-        await asyncio.to_thread(self._write, calls, spans, updates)
-
-    def _write(
-        self,
-        calls: list[dict[str, Any]],
-        spans: list[dict[str, Any]],
-        updates: list[tuple[str, dict[str, Any]]],
-    ) -> None:
-        # Inserts before updates: an update is always submitted after its span's insert,
-        # and may land in the same batch.
+    def _write(self, rows: TraceRows) -> None:
         with self._engine.begin() as conn:
-            if calls:
-                conn.execute(insert(ModelCall), calls)
-            if spans:
-                conn.execute(insert(Span), spans)
-            for span_id, values in updates:
-                conn.execute(update(Span).where(Span.id == span_id).values(**values))
+            rows.write(conn)
 
 
 def _span_row(span: Span) -> dict[str, Any]:
