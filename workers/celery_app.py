@@ -42,9 +42,14 @@ from typing import Any
 
 from celery import Celery
 from kombu import Exchange, Queue
+from kombu.transport import TRANSPORT_ALIASES
 
 from core.jobs import PRIORITIES
 from core.settings import Settings, get_settings
+
+# ``filesystem://`` (the embedded broker) gets kombu's transport with atomic writes and
+# takes (workers/fs_broker.py); every process that publishes or consumes imports this.
+TRANSPORT_ALIASES["filesystem"] = "workers.fs_broker:Transport"
 
 QUEUE_PREFIX = "ponder"
 TASK_RUN_JOB = "ponder.run_job"
@@ -85,7 +90,7 @@ def transport_options(settings: Settings) -> dict[str, Any]:
             "processed_folder": str(settings.broker_dir() / "taken"),
             # Exchange bindings; the transport's default is "control" in the cwd.
             "control_folder": str(settings.broker_dir() / "control"),
-            "store_processed": False,
+            "store_processed": False,  # workers.fs_broker deletes what it took
             "polling_interval": worker.broker_poll_s,
         }
     return {}
