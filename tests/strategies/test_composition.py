@@ -183,3 +183,24 @@ async def test_bad_fields_are_named_at_depth(
     with pytest.raises(InvalidInput) as caught:
         await submit_job(rt.sessions, rt.pools, question=QUESTION, strategy=strategy)
     assert caught.value.field == field
+
+
+async def test_a_strategy_span_keeps_its_own_params_and_only_its_childs_kind(
+    rt: Runtime, simulator: Simulator
+) -> None:
+    """Each level stores what it was given minus its children (who store their own), so
+    a trace grows with the number of spans, not with the square of the nesting depth."""
+    simulator.set_config(composed([FIVE]))
+    spec: dict[str, Any] = {"kind": "direct", "temperature": 0.7}
+    for _ in range(3):
+        spec = {"kind": "best_of_n", "n": 1, "generator": spec}
+    job = await solve(rt, spec)
+    levels = strategy_spans(job, "best_of_n")
+    assert [s.attributes["params"]["generator"] for s in levels] == [
+        {"kind": "best_of_n"},
+        {"kind": "best_of_n"},
+        {"kind": "direct"},
+    ]
+    assert all(s.attributes["params"]["n"] == 1 for s in levels)
+    (leaf,) = strategy_spans(job, "direct")
+    assert leaf.attributes["params"]["temperature"] == 0.7
