@@ -103,6 +103,11 @@ class WorkerSettings(BaseModel):
     at the next sweep, instead of after ``queued_timeout_s``."""
     max_attempts: int = Field(default=3, ge=1)
     """Runs of one job a worker may start; a job whose workers keep dying fails after this."""
+    infra_retry_window_s: float = Field(default=900.0, gt=0)
+    """How long a worker keeps retrying a job whose run failed on the infrastructure (the
+    database or the network under it), one try every ``stale_after_s`` + 1 s. An outage
+    shorter than this costs at most one retry interval after it ends; a longer one leaves
+    the job to the reaper."""
     time_limit_s: float = Field(default=3600.0, gt=0)
     """Ceiling on one run of a job; also the limit of a job whose budget has no max_seconds."""
     time_limit_grace_s: float = Field(default=30.0, ge=0)

@@ -31,7 +31,6 @@ from workers.runtime import shutdown_worker_runtime, worker_runtime
 
 log = logging.getLogger(__name__)
 
-MAX_INFRA_RETRIES = 5
 
 
 @after_setup_logger.connect
@@ -62,7 +61,7 @@ def _close_runtime_main(**_: Any) -> None:
     shutdown_worker_runtime()  # solo and thread pools run tasks in the main process
 
 
-@app.task(name=TASK_RUN_JOB, bind=True, max_retries=MAX_INFRA_RETRIES)
+@app.task(name=TASK_RUN_JOB, bind=True, max_retries=None)
 def run_job(self: Task[Any, Any], job_id: str) -> str:
     """Run one job to a final state; returns the job's status (Celery stores no result)."""
     runtime = worker_runtime()
@@ -85,7 +84,13 @@ def run_job(self: Task[Any, Any], job_id: str) -> str:
             raise
         # By the time the retry runs, this run's lease has gone stale (nothing stamps
         # its heartbeat any more), so whichever process gets the retry may claim it.
-        countdown = runtime.settings.worker.stale_after_s + 1
+        # Retries are bounded by time, not by count: a database outage lasts as long as
+        # it lasts, and a fixed five tries left jobs waiting minutes for the reaper.
+        worker = runtime.settings.worker
+        countdown = worker.stale_after_s + 1
+        if self.request.retries * countdown >= worker.infra_retry_window_s:
+            log.error("job %s: infrastructure still failing (%s); left to the reaper", job_id, exc)
+            raise
         log.warning(
             "job %s: infrastructure failure (%s); retrying in %.0f s", job_id, exc, countdown
         )
