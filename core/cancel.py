@@ -12,9 +12,12 @@ survives a missed message by construction (the flag stays set), and costs one in
 query per worker process per poll, only while it runs jobs.
 
 The same monitor stamps each job's heartbeat every ``heartbeat_s`` (the reaper's
-evidence that the worker is alive), notices when another worker took a job's lease
-(the reaper judged this one dead: it stops its own copy), and enforces a per-run time
-limit. Each of those ends the strategy the same way, with a different ``StopReason``.
+evidence that the worker is alive) — from a thread of its own when given a synchronous
+engine, as workers do, so that strategy code holding the event loop (a deep spec's
+validation, a long vote) cannot starve the heartbeat and get a live job reaped —
+notices when another worker took a job's lease (the reaper judged this one dead: it stops
+its own copy), and enforces a per-run time limit. Each of those ends the strategy the
+same way, with a different ``StopReason``.
 """
 
 from __future__ import annotations
@@ -24,12 +27,14 @@ import contextlib
 import logging
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.db import control, repo
@@ -149,6 +154,8 @@ class JobMonitor:
         max_attempts: runs a job may start; one whose workers keep dying then fails.
         time_limit: the seconds one run may take, given the budget's ``max_seconds``
             (None: no limit).
+        heartbeat_engine: a synchronous engine on the same database; when given,
+            heartbeats are stamped from a thread, out of the event loop's reach.
     """
 
     def __init__(
@@ -161,6 +168,7 @@ class JobMonitor:
         stale_after_s: float = 30.0,
         max_attempts: int = 3,
         time_limit: Callable[[float | None], float] | None = None,
+        heartbeat_engine: Engine | None = None,
     ) -> None:
         self.sessions = sessions
         self.worker = worker
@@ -173,6 +181,12 @@ class JobMonitor:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._engine = heartbeat_engine
+        self._beating: set[str] = set()  # what the heartbeat thread stamps
+        self._beating_lock = threading.Lock()
+        self._thread_stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._loop_ref: asyncio.AbstractEventLoop | None = None
 
     # -- what the runner uses -------------------------------------------------------------
 
@@ -184,11 +198,21 @@ class JobMonitor:
                 limit, self.stop, job_id, "time_limit", f"the run passed its {limit:g} s limit"
             )
         self._jobs[job_id] = watched
+        with self._beating_lock:
+            self._beating.add(job_id)
         if self._task is None and not self._closed:
             self._task = asyncio.create_task(self._loop(), name="job-monitor")
+        if self._engine is not None and self._thread is None and not self._closed:
+            self._loop_ref = asyncio.get_running_loop()
+            self._thread = threading.Thread(
+                target=self._beat_thread, name="job-heartbeat", daemon=True
+            )
+            self._thread.start()
         self._wake.set()
 
     def detach(self, job_id: str) -> None:
+        with self._beating_lock:
+            self._beating.discard(job_id)
         watched = self._jobs.pop(job_id, None)
         if watched is not None and watched.deadline is not None:
             watched.deadline.cancel()
@@ -199,6 +223,8 @@ class JobMonitor:
         if watched is None or watched.task.done():
             return False
         if watched.reason is None:
+            with self._beating_lock:
+                self._beating.discard(job_id)
             watched.reason, watched.detail = reason, detail
             log.info("stopping job %s: %s %s", job_id, reason, detail)
             watched.task.cancel(msg=reason)
@@ -220,6 +246,10 @@ class JobMonitor:
 
     async def close(self) -> None:
         self._closed = True
+        self._thread_stop.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 10)
+            self._thread = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -238,7 +268,7 @@ class JobMonitor:
                 continue
             try:
                 await self._poll_cancels()
-                if loop.time() >= next_beat:
+                if self._engine is None and loop.time() >= next_beat:
                     next_beat = loop.time() + self.heartbeat_s
                     await self._beat()
             except asyncio.CancelledError:
@@ -264,7 +294,26 @@ class JobMonitor:
             return
         async with self.sessions() as session, session.begin():
             alive = await control.heartbeat(session, ids, worker=self.worker)
-        for job_id in set(ids) - alive:
+        self._lost(set(ids) - alive)
+
+    def _beat_thread(self) -> None:
+        assert self._engine is not None and self._loop_ref is not None
+        while not self._thread_stop.wait(self.heartbeat_s):
+            with self._beating_lock:
+                ids = set(self._beating)
+            if not ids:
+                continue
+            try:
+                alive = control.heartbeat_sync(self._engine, ids, worker=self.worker)
+            except Exception:
+                log.exception("heartbeat failed; retrying")
+                continue
+            if ids - alive:
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                    self._loop_ref.call_soon_threadsafe(self._lost, ids - alive)
+
+    def _lost(self, job_ids: set[str]) -> None:
+        for job_id in job_ids:
             # Still attached yet no longer ours: the reaper gave the job to another worker
             # (this process was presumed dead). Stop this copy; the other one finishes.
             if job_id in self._jobs:

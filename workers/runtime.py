@@ -83,6 +83,7 @@ class WorkerRuntime:
             stale_after_s=worker.stale_after_s,
             max_attempts=worker.max_attempts,
             time_limit=lambda max_seconds: worker.time_limits(max_seconds)[0],
+            heartbeat_engine=runtime.sync_engine,
         )
         log.info("worker runtime ready: %s, pools %s", self.worker, sorted(roles) or "none")
 

@@ -12,7 +12,7 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, and_, func, or_, select, update
+from sqlalchemy import CursorResult, Engine, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.db.models import Job, JobStatus, utcnow
@@ -163,6 +163,22 @@ async def heartbeat(session: AsyncSession, job_ids: Collection[str], *, worker: 
         .execution_options(synchronize_session=False)
     )
     return {row[0] for row in rows}
+
+
+def heartbeat_sync(engine: Engine, job_ids: Collection[str], *, worker: str) -> set[str]:
+    """``heartbeat`` on a synchronous engine, for a thread the event loop cannot starve."""
+    if not job_ids:
+        return set()
+    with engine.begin() as connection:
+        rows = connection.execute(
+            update(Job)
+            .where(
+                Job.id.in_(list(job_ids)), Job.worker == worker, Job.status == JobStatus.RUNNING
+            )
+            .values(heartbeat_at=utcnow())
+            .returning(Job.id)
+        )
+        return {row[0] for row in rows}
 
 
 async def cancel_requested(session: AsyncSession, job_ids: Collection[str]) -> set[str]:

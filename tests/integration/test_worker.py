@@ -9,6 +9,7 @@ reaper's sweep.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import signal
@@ -576,3 +577,35 @@ async def test_reaper_requeues_orphans_and_settles_the_rest(runtime: Runtime) ->
     async with runtime.sessions() as session:
         assert await repo.count_calls(session, orphan) == 0
         assert (await session.get(Job, lost)) is not None
+
+
+async def test_heartbeats_continue_while_strategy_code_holds_the_event_loop(
+    runtime: Runtime, simulator: Simulator
+) -> None:
+    """A worker's heartbeat comes from its own thread: a strategy that keeps the event
+    loop busy (CPU work between awaits) must not look dead to the reaper."""
+    assert runtime.sync_engine is not None
+    simulator.set_config(script(Rule(replies=["5"], latency=Latency(ttft_ms=30_000))))
+    job_id = await submit_job(runtime.sessions, runtime.pools, question=QUESTION,
+                              strategy={"kind": "direct"})  # fmt: skip
+    monitor = monitor_for(runtime, heartbeat_engine=runtime.sync_engine)
+    run = asyncio.create_task(runtime.runner.run(job_id, monitor=monitor))
+    try:
+        await wait_status(runtime, job_id, {"running"}, timeout=10)
+        first = (await job_row(runtime, job_id)).heartbeat_at
+        time.sleep(1.0)  # the loop is held: five heartbeat intervals pass without it
+        stamped = _heartbeat_of(runtime, job_id)  # still without yielding to the loop
+        assert first is not None and stamped is not None and stamped > first
+    finally:
+        run.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await run
+        await monitor.close()
+
+
+def _heartbeat_of(rt: Runtime, job_id: str) -> Any:
+    from sqlalchemy import select
+
+    assert rt.sync_engine is not None
+    with rt.sync_engine.connect() as connection:
+        return connection.execute(select(Job.heartbeat_at).where(Job.id == job_id)).scalar()
