@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.api.deps import ApiState
+from app.api.docs import install_docs
 from app.api.errors import BodyLimitMiddleware, install_handlers
 from app.api.executor import CeleryExecutor, ExecutorContext, InProcessExecutor, JobExecutor
 from app.api.metrics import ApiMetrics, HttpMetricsMiddleware
@@ -103,11 +104,12 @@ def create_app(
         version="1",
         description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # app.api.docs serves /docs from local files, not a CDN
         redoc_url=None,
     )
     app.state.metrics = metrics
     install_handlers(app)
+    install_docs(app)
     for router in (
         jobs_router,
         traces_router,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import threading
 import time
@@ -755,3 +756,21 @@ def test_readyz_reports_a_dead_pool(
     checks = ready.json()["checks"]
     assert checks["database"]["ok"] and not checks["pools"]["ok"]
     assert "large" in checks["pools"]["detail"] and "small" in checks["pools"]["detail"]
+
+
+def test_docs_page_serves_its_assets_locally_and_offers_authorize(
+    sqlite_client: httpx.Client,
+) -> None:
+    """``/docs`` must work on a machine with no internet: every script, stylesheet and
+    icon it names is served by Ponder itself; the schema declares the bearer key."""
+    page = sqlite_client.get("/docs")
+    assert page.status_code == 200
+    urls = re.findall(r"""(?:src|href)=['"]([^'"]+)['"]""", page.text)
+    urls += re.findall(r"""url: ?['"]([^'"]+)['"]""", page.text)
+    assert urls and all(u.startswith("/") for u in urls), urls
+    for url in urls:
+        assert sqlite_client.get(url).status_code == 200, url
+    schema = sqlite_client.get("/openapi.json").json()
+    assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert schema["paths"]["/v1/jobs"]["post"]["security"] == [{"bearer": []}]
+    assert "security" not in schema["paths"]["/healthz"]["get"]
