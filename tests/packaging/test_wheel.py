@@ -1,0 +1,159 @@
+"""What a user installs is what runs: the wheel, built and installed into a fresh venv
+outside the checkout, from another directory, with no path back to the repository.
+
+One test, in steps (each printed with its time): build the wheel; install it (without
+the embedded extra: dependencies from the package index or pip's cache); then, from an
+empty directory, ``ponder --help`` and ``ponder strategies``, ``ponder simulate`` with
+``ponder solve`` against it, and ``uvicorn app.api.main:app`` serving ``/dashboard``,
+``/docs`` with every asset it names, and a schema with the bearer key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def step(what: str, t0: float) -> None:
+    print(f"  wheel test: {what} at {time.monotonic() - t0:.1f} s")
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+    """(venv bin directory, wheel) of a fresh install outside the checkout."""
+    t0 = time.monotonic()
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(ROOT)],
+        check=True, cwd=out,
+    )  # fmt: skip
+    (wheel,) = out.glob("ponder-*.whl")
+    step("built", t0)
+    venv = tmp_path_factory.mktemp("venv")
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", str(wheel)],
+        check=True, cwd=out,
+    )  # fmt: skip
+    step("installed", t0)
+    yield venv / "bin", wheel
+
+
+def clean_env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PONDER_", "PYTHON"))}
+    env.update(PONDER_DATA_DIR=str(home / "data"), **extra)
+    return env
+
+
+def sim_pools(url: str) -> dict[str, str]:
+    env = {}
+    for role in ("SMALL", "LARGE"):
+        env[f"PONDER_POOLS__{role}__ENDPOINTS"] = json.dumps([url])
+        env[f"PONDER_POOLS__{role}__MODEL"] = f"sim-{role.lower()}"
+        env[f"PONDER_POOLS__{role}__KIND"] = "simulator"
+    return env
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None, f"{url}: server exited {proc.returncode}"
+        assert time.monotonic() < deadline, f"{url} did not answer in {timeout} s"
+        time.sleep(0.2)
+
+
+def test_the_wheel_holds_what_the_code_reads(installed: tuple[Path, Path]) -> None:
+    _, wheel = installed
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "app/dashboard/templates/index.html" in names
+    assert any(n.startswith("app/dashboard/static/") for n in names)
+    assert "migrations/env.py" in names and any(n.startswith("migrations/versions/") for n in names)
+    assert not [n for n in names if n.startswith("tests/")]
+
+
+def test_installed_wheel_runs_from_anywhere(installed: tuple[Path, Path], tmp_path: Path) -> None:
+    t0 = time.monotonic()
+    bin_dir, _ = installed
+    ponder = str(bin_dir / "ponder")
+    env = clean_env(tmp_path)
+
+    def run(*args: str, extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [ponder, *args], cwd=tmp_path, env={**env, **(extra or {})},
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    helped = run("--help")
+    assert helped.returncode == 0 and "solve" in helped.stdout, helped.stderr
+    listed = run("strategies", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert "self_consistency" in listed.stdout
+    step("--help, strategies", t0)
+
+    port = free_port()
+    quiet = subprocess.DEVNULL
+    sim = subprocess.Popen(
+        [ponder, "simulate", "--port", str(port)],
+        cwd=tmp_path, env=env, stdout=quiet, stderr=quiet,
+    )  # fmt: skip
+    api: subprocess.Popen[bytes] | None = None
+    try:
+        sim_url = f"http://127.0.0.1:{port}"
+        wait_http(f"{sim_url}/health", sim)
+        pools = sim_pools(sim_url)
+        solved = run("solve", "What is 6 * 7?", "--strategy", "direct", "--json", extra=pools)
+        assert solved.returncode == 0, solved.stderr
+        assert json.loads(solved.stdout)["answer"] == "42"  # the simulator's default reply
+        step("simulate + solve", t0)
+
+        api_port = free_port()
+        api = subprocess.Popen(
+            [str(bin_dir / "uvicorn"), "app.api.main:app", "--port", str(api_port)],
+            cwd=tmp_path, env={**env, **pools, "PONDER_API_EXECUTOR": "in-process"},
+            stdout=quiet, stderr=quiet,
+        )  # fmt: skip
+        base = f"http://127.0.0.1:{api_port}"
+        wait_http(f"{base}/healthz", api)
+        dashboard = httpx.get(f"{base}/dashboard", follow_redirects=True)
+        assert dashboard.status_code == 200 and "<html" in dashboard.text.lower()
+        docs = httpx.get(f"{base}/docs")
+        assert docs.status_code == 200
+        assets = re.findall(r"""(?:src|href)=['"]([^'"]+)['"]""", docs.text)
+        assert assets and all(a.startswith("/") for a in assets), assets
+        for asset in assets:
+            assert httpx.get(base + asset).status_code == 200, asset
+        schema = httpx.get(f"{base}/openapi.json").json()
+        assert "bearer" in schema["components"]["securitySchemes"]
+        step("uvicorn: /dashboard, /docs, /openapi.json", t0)
+    finally:
+        for proc in (sim, api):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(timeout=15)
