@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ServerKind = Literal["vllm", "llamacpp", "openai", "simulator"]
@@ -22,18 +22,37 @@ EMBEDDED_ROLES: tuple[EmbeddedRole, ...] = ("small", "large")
 class PoolSettings(BaseModel):
     """One model role's pool of OpenAI-compatible servers."""
 
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     endpoints: list[str] = Field(min_length=1)
     """Base URLs, e.g. ``http://10.0.0.5:8000`` (a trailing ``/v1`` is accepted)."""
     model: str
+
+    """The model name the servers serve (vLLM's ``--served-model-name``); required."""
     kind: ServerKind = "openai"
+
+    """What the servers are: ``vllm``, ``llamacpp``, ``openai`` (any OpenAI-compatible server)
+    or ``simulator``; decides which request features are native and which are emulated."""
     api_key: SecretStr | None = None
+
+    """Bearer key sent to the servers, if they need one."""
     max_concurrency: int = Field(default=64, ge=1)
     """Per endpoint: more outstanding requests than this wait in the client."""
     connect_timeout_s: float = Field(default=5.0, gt=0)
+
+    """Seconds to open a connection to a server before trying another."""
     read_timeout_s: float = Field(default=600.0, gt=0)
+
+    """Seconds to wait between bytes of an answer (a long generation streams nothing)."""
     max_attempts: int = Field(default=4, ge=1)
+
+    """Attempts per model call, failover and backoff included; every attempt is journaled."""
     backoff_base_s: float = Field(default=0.2, ge=0)
+
+    """First retry delay; it doubles per attempt, with full jitter."""
     backoff_max_s: float = Field(default=5.0, ge=0)
+
+    """Cap on one retry delay (a server's Retry-After on 429/503 is honoured up to it)."""
     breaker_failures: int = Field(default=5, ge=1)
     """Consecutive failures that open an endpoint's circuit."""
     breaker_reset_s: float = Field(default=30.0, gt=0)
@@ -43,7 +62,11 @@ class PoolSettings(BaseModel):
     native_n: bool | None = None
     """Whether the server samples ``n`` choices itself; default by kind."""
     price_input_per_1k: float = Field(default=0.0, ge=0)
+
+    """Cost of 1,000 prompt tokens, in the currency of ``budget.max_cost``."""
     price_output_per_1k: float = Field(default=0.0, ge=0)
+
+    """Cost of 1,000 generated tokens."""
 
     @field_validator("endpoints")
     @classmethod
@@ -71,19 +94,33 @@ class PoolSettings(BaseModel):
 class EmbeddedSettings(BaseModel):
     """The local CPU models used when no pools are configured."""
 
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     enabled: bool = True
+
+    """Start the embedded models when no pools are configured."""
     roles: list[EmbeddedRole] = Field(default_factory=lambda: list(EMBEDDED_ROLES))
+
+    """Which embedded models to run: ``small`` (Qwen2.5-Coder 0.5B), ``large`` (1.5B)."""
     threads: int = Field(default=2, ge=1)
+
+    """CPU threads per embedded model server."""
     slots: int = Field(default=16, ge=1)
     """Parallel sequences per model; also the largest ``n`` one request may carry."""
     context: int = Field(default=32768, ge=512)
     """Total KV cache tokens per model, shared by its slots."""
     cache_dir: Path | None = None
+
+    """Where the assembled model files are kept; default ``data_dir/models``."""
     start_timeout_s: float = Field(default=120.0, gt=0)
+
+    """How long to wait for an embedded model server to answer its health check."""
 
 
 class WorkerSettings(BaseModel):
     """Celery workers, job leases, cancellation and the reaper (``PONDER_WORKER__*``)."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
 
     key_prefix: str = ""
     """Prefix of every broker key on Redis (kombu's ``global_keyprefix``), so that several
@@ -95,6 +132,8 @@ class WorkerSettings(BaseModel):
     cancel_poll_s: float = Field(default=0.25, gt=0)
     """How often a worker checks its running jobs for cancel requests."""
     reaper_interval_s: float = Field(default=10.0, gt=0)
+
+    """Time between two sweeps of the reaper."""
     queued_timeout_s: float = Field(default=300.0, gt=0)
     """A job still queued this long after its last enqueue is published again."""
     unheld_after_s: float = Field(default=5.0, gt=0)
@@ -139,19 +178,33 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         env_file=".env",
         extra="ignore",
+        use_attribute_docstrings=True,
     )
 
     environment: Literal["development", "production", "test"] = "development"
+
+    """Deployment kind, for logs and defaults that differ between them."""
     data_dir: Path = Path("data")
+
+    """Where the SQLite file, the embedded broker's folder and the model cache live."""
     database_url: str | None = None
     """SQLAlchemy URL. Default: a SQLite file in ``data_dir``."""
     pools: dict[str, PoolSettings] = Field(default_factory=dict)
+
+    """Model roles and their servers (``PONDER_POOLS__<ROLE>__*``, below). None configured:
+    the embedded models serve ``small`` and ``large``."""
     embedded: EmbeddedSettings = Field(default_factory=EmbeddedSettings)
+
+    """The embedded CPU models (``PONDER_EMBEDDED__*``, below)."""
     default_strategy: str = "self_consistency"
+
+    """The strategy of a job that names none."""
     broker_url: str | None = None
     """Celery broker (``PONDER_BROKER_URL``), e.g. ``redis://127.0.0.1:6379/0``. Default: a
     directory broker in ``data_dir/broker`` that needs no server (embedded mode)."""
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+
+    """Workers, leases, retries and the reaper (``PONDER_WORKER__*``, below)."""
 
     def resolved_broker_url(self) -> str:
         return self.broker_url or "filesystem://localhost/"

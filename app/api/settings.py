@@ -9,7 +9,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class ApiSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PONDER_API_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="PONDER_API_", env_file=".env", extra="ignore", use_attribute_docstrings=True
+    )
 
     executor: Literal["celery", "in-process"] = "celery"
     """Who runs jobs when the app is built without an explicit executor: the Celery
@@ -17,7 +19,11 @@ class ApiSettings(BaseSettings):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     """Larger request bodies get a 413 before any of them is parsed."""
     page_size: int = Field(default=50, ge=1, le=1000)
+
+    """Items per page of a list when the request sets no ``limit``."""
     max_page_size: int = Field(default=500, ge=1, le=10_000)
+
+    """Largest ``limit`` a list request may ask for."""
     sse_poll_min_s: float = Field(default=0.05, gt=0)
     """A live event stream polls the spans table this often while events keep coming..."""
     sse_poll_max_s: float = Field(default=0.5, gt=0)

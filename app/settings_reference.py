@@ -1,0 +1,118 @@
+"""docs/configuration.md, generated from the settings models so it cannot drift.
+
+    python -m app.settings_reference           # rewrite docs/configuration.md
+    python -m app.settings_reference --check   # exit 1 if it is stale (a test runs this)
+
+Every ``PONDER_*`` variable: core's ``Settings`` (with the nested pool, embedded and
+worker models) and the HTTP layer's ``ApiSettings``. Names, types, defaults and
+constraints come from the models; descriptions from the fields' docstrings.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+
+from app.api.settings import ApiSettings
+from core.settings import EmbeddedSettings, PoolSettings, Settings, WorkerSettings
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+
+HEADER = """# Configuration
+
+Generated from the settings models by `python -m app.settings_reference`; do not edit
+by hand (a test fails when this page is stale).
+
+Settings are read, lowest precedence first, from defaults, a `.env` file in the working
+directory, and environment variables. Nested settings use `__`:
+`PONDER_WORKER__HEARTBEAT_S=2`. Lists and objects are JSON:
+`PONDER_POOLS__SMALL__ENDPOINTS='["http://gpu1:8000","http://gpu2:8000"]'`. A bad value
+stops `ponder` and the API at start with one sentence naming the variable.
+"""
+
+SECTIONS: list[tuple[str, str, type[BaseModel], str]] = [
+    ("Core", "PONDER_", Settings, "The database, the broker, the data directory."),
+    (
+        "Model pools",
+        "PONDER_POOLS__<ROLE>__",
+        PoolSettings,
+        "One block per model role a strategy names (`small`, `large`, `verifier`, ...). "
+        "`ENDPOINTS` and `MODEL` are required for each role you configure; with no role "
+        "configured, the embedded models serve `small` and `large`.",
+    ),
+    ("Embedded models", "PONDER_EMBEDDED__", EmbeddedSettings, "The local CPU models."),
+    ("Workers and the reaper", "PONDER_WORKER__", WorkerSettings, "See docs/deploy.md."),
+    ("HTTP API", "PONDER_API_", ApiSettings, "Read by the API process only."),
+]
+_NESTED = {"pools", "embedded", "worker"}
+
+
+def _type(info: FieldInfo) -> str:
+    text = str(info.annotation).replace("typing.", "").replace("pathlib.", "")
+    text = text.replace("pydantic.types.", "").replace("core.settings.", "")
+    return text.replace("<class '", "").replace("'>", "").replace("|", "\\|")
+
+
+def _default(info: FieldInfo) -> str:
+    if info.is_required():
+        return "**required**"
+    value: Any = info.default
+    if value is PydanticUndefined and info.default_factory is not None:
+        value = info.default_factory()  # type: ignore[call-arg]
+    if isinstance(value, BaseModel):
+        return "—"
+    if isinstance(value, Path):
+        value = str(value)
+    return f"`{value!r}`"
+
+
+def _bounds(info: FieldInfo) -> str:
+    parts = []
+    for meta in info.metadata:
+        for name, sign in (("gt", ">"), ("ge", "≥"), ("lt", "<"), ("le", "≤")):
+            bound = getattr(meta, name, None)
+            if bound is not None:
+                parts.append(f"{sign} {bound}")
+        length = getattr(meta, "min_length", None)
+        if length:
+            parts.append(f"at least {length}")
+    return ", ".join(parts)
+
+
+def render() -> str:
+    lines = [HEADER]
+    for title, prefix, model, intro in SECTIONS:
+        lines += [f"## {title}", "", intro, "", "| variable | type | default | |"]
+        lines.append("|---|---|---|---|")
+        for name, info in model.model_fields.items():
+            if model is Settings and name in _NESTED:
+                continue
+            description = " ".join((info.description or "").split()).replace("|", "\\|")
+            bounds = _bounds(info)
+            if bounds:
+                description = f"{description} ({bounds})"
+            variable = f"`{prefix}{name.upper()}`"
+            lines.append(f"| {variable} | `{_type(info)}` | {_default(info)} | {description} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    text = render()
+    if "--check" in argv:
+        if not DOC.exists() or DOC.read_text() != text:
+            print(f"{DOC} is stale: run python -m app.settings_reference", file=sys.stderr)
+            return 1
+        return 0
+    DOC.write_text(text)
+    print(f"wrote {DOC}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

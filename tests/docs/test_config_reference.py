@@ -1,0 +1,32 @@
+"""docs/configuration.md lists every PONDER_* setting and must match the code."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from app import settings_reference
+from app.api.settings import ApiSettings
+from core.settings import EmbeddedSettings, PoolSettings, Settings, WorkerSettings
+
+
+def test_configuration_page_is_up_to_date() -> None:
+    assert settings_reference.DOC.read_text() == settings_reference.render(), (
+        "docs/configuration.md is stale: run python -m app.settings_reference"
+    )
+
+
+def test_every_setting_is_documented_with_a_description() -> None:
+    page = settings_reference.DOC.read_text()
+    models: dict[str, type[BaseModel]] = {
+        "PONDER_": Settings,
+        "PONDER_POOLS__<ROLE>__": PoolSettings,
+        "PONDER_EMBEDDED__": EmbeddedSettings,
+        "PONDER_WORKER__": WorkerSettings,
+        "PONDER_API_": ApiSettings,
+    }
+    for prefix, model in models.items():
+        for name, field in model.model_fields.items():
+            assert field.description, f"{model.__name__}.{name} has no docstring"
+            if model is Settings and name in ("pools", "embedded", "worker"):
+                continue
+            assert f"`{prefix}{name.upper()}`" in page, name
