@@ -94,6 +94,21 @@ def install_handlers(app: FastAPI) -> None:
 
     async def request_invalid(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        unread = any(tuple(e.get("loc", ())) == ("body",) for e in exc.errors())
+        if unread and request.method in ("POST", "PUT", "PATCH") and media != "application/json":
+            # FastAPI reads a body as JSON only with this header; without it the fields
+            # "are missing", which points the caller at the wrong thing.
+            from core.errors import InvalidInput
+
+            shown = media or "none"
+            return error_response(
+                InvalidInput(
+                    f"the body must be JSON sent with the header 'Content-Type: "
+                    f"application/json' (got Content-Type: {shown})",
+                    field="Content-Type",
+                )
+            )
         return error_response(validation_error(exc))
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -774,3 +774,22 @@ def test_docs_page_serves_its_assets_locally_and_offers_authorize(
     assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     assert schema["paths"]["/v1/jobs"]["post"]["security"] == [{"bearer": []}]
     assert "security" not in schema["paths"]["/healthz"]["get"]
+
+
+def test_a_body_without_json_content_type_is_told_which_header_to_send(
+    sqlite_client: httpx.Client,
+) -> None:
+    """curl -d sends form encoding by default: the 422 names the header, not the fields."""
+    for method, path, body in [
+        ("POST", "/v1/jobs", b'{"question": "What is 2 + 3?"}'),
+        ("PUT", "/v1/presets/sc", b'{"spec": {"kind": "direct"}}'),
+    ]:
+        response = sqlite_client.request(
+            method, path, content=body,
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )  # fmt: skip
+        assert response.status_code == 422
+        error = response.json()["error"]
+        assert error["field"] == "Content-Type"
+        assert "Content-Type: application/json" in error["message"]
+        assert "application/x-www-form-urlencoded" in error["message"]
