@@ -157,3 +157,13 @@ def test_installed_wheel_runs_from_anywhere(installed: tuple[Path, Path], tmp_pa
             if proc is not None:
                 proc.terminate()
                 proc.wait(timeout=15)
+
+
+def test_license_is_an_spdx_string_with_a_setuptools_that_reads_it() -> None:
+    """The table form (``license = {text = ...}``) stops building in February 2027."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert project["project"]["license"] == "Apache-2.0"
+    (floor,) = [r for r in project["build-system"]["requires"] if r.startswith("setuptools")]
+    assert tuple(int(x) for x in floor.split(">=")[1].split(".")) >= (77,)
