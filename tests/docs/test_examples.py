@@ -26,6 +26,7 @@ import pytest
 
 from core.simulator.config import Rule, SimulatorConfig
 from core.simulator.server import Simulator
+from tests.fixtures.processes import free_port, wait_healthy
 from tests.fixtures.worker import ROOT, settings_env, wait_until, worker_settings
 
 DOCS = ["README.md", "docs/api.md"]
@@ -40,15 +41,6 @@ def blocks(path: Path) -> list[tuple[str, str]]:
             lines = [line[len(indent) :] for line in code.splitlines()]
             found.append((f"{lang}{rest}".strip(), "\n".join(lines)))
     return found
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")
@@ -75,15 +67,7 @@ def served(
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-
-        def healthy() -> bool:
-            assert serve.poll() is None, log.read_text()
-            try:
-                return httpx.get(f"{base}/healthz").status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(healthy, 60, "ponder serve", interval=0.1)
+        wait_healthy(f"{base}/healthz", serve, log)
         yield base, env
     finally:
         os.killpg(serve.pid, signal.SIGTERM)

@@ -8,14 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
 from core.simulator.config import Rule, SimulatorConfig
 from core.simulator.server import Simulator
-from tests.integration.test_keys import free_port
+from tests.fixtures.processes import free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -101,15 +100,7 @@ def test_with_a_key_and_pools_it_serves_on_all_interfaces_without_embedded_model
         proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
-                time.sleep(0.2)
+            wait_healthy(f"{url}/healthz", proc, log_path)
             assert httpx.get(f"{url}/v1/jobs").status_code == 401
             headers = {"Authorization": f"Bearer {key}"}
             assert httpx.get(f"{url}/v1/pools", headers=headers).status_code == 200

@@ -13,27 +13,23 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from tests.fixtures.processes import free_port, wait_healthy
+
 ROOT = Path(__file__).resolve().parents[2]
+TOP_LEVEL = {"app", "bench", "core", "evals", "migrations", "strategies", "workers"}
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def step(what: str, t0: float) -> None:
@@ -76,19 +72,6 @@ def sim_pools(url: str) -> dict[str, str]:
     return env
 
 
-def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if httpx.get(url, timeout=2).status_code < 500:
-                return
-        except httpx.TransportError:
-            pass
-        assert proc.poll() is None, f"{url}: server exited {proc.returncode}"
-        assert time.monotonic() < deadline, f"{url} did not answer in {timeout} s"
-        time.sleep(0.2)
-
-
 def test_the_wheel_holds_what_the_code_reads(installed: tuple[Path, Path]) -> None:
     _, wheel = installed
     names = zipfile.ZipFile(wheel).namelist()
@@ -96,9 +79,20 @@ def test_the_wheel_holds_what_the_code_reads(installed: tuple[Path, Path]) -> No
     assert any(n.startswith("app/dashboard/static/") for n in names)
     assert "migrations/env.py" in names and any(n.startswith("migrations/versions/") for n in names)
     assert not [n for n in names if n.startswith("tests/")]
+    # The top-level names docs/packaging.md lists and explains: a new one means a new
+    # possible clash in a user's environment, so it is added there on purpose.
+    top_level = zipfile.ZipFile(wheel).read("ponder-0.1.0.dist-info/top_level.txt").decode()
+    assert set(top_level.split()) == TOP_LEVEL
+    metadata = zipfile.ZipFile(wheel).read("ponder-0.1.0.dist-info/METADATA").decode()
+    assert "License-Expression: Apache-2.0" in metadata.splitlines()
+    (site,) = (installed[0].parent / "lib").glob("python3*/site-packages")
+    assert (site / "app" / "dashboard" / "templates" / "index.html").is_file()
+    assert not (site / "tests").exists()
 
 
-def test_installed_wheel_runs_from_anywhere(installed: tuple[Path, Path], tmp_path: Path) -> None:
+def test_installed_wheel_runs_from_anywhere(
+    installed: tuple[Path, Path], tmp_path: Path, browser: Any
+) -> None:
     t0 = time.monotonic()
     bin_dir, _ = installed
     ponder = str(bin_dir / "ponder")
@@ -115,7 +109,11 @@ def test_installed_wheel_runs_from_anywhere(installed: tuple[Path, Path], tmp_pa
     listed = run("strategies", "--json")
     assert listed.returncode == 0, listed.stderr
     assert "self_consistency" in listed.stdout
-    step("--help, strategies", t0)
+    bench = run("bench", "--quick")  # ships, but runs only from a checkout, and says so
+    assert bench.returncode == 2 and "checkout" in bench.stderr, bench.stderr
+    upgraded = run("db", "upgrade")  # the migration scripts are found inside the install
+    assert upgraded.returncode == 0, upgraded.stderr
+    step("--help, strategies, bench, db upgrade", t0)
 
     port = free_port()
     quiet = subprocess.DEVNULL
@@ -126,7 +124,7 @@ def test_installed_wheel_runs_from_anywhere(installed: tuple[Path, Path], tmp_pa
     api: subprocess.Popen[bytes] | None = None
     try:
         sim_url = f"http://127.0.0.1:{port}"
-        wait_http(f"{sim_url}/health", sim)
+        wait_healthy(f"{sim_url}/health", sim)
         pools = sim_pools(sim_url)
         solved = run("solve", "What is 6 * 7?", "--strategy", "direct", "--json", extra=pools)
         assert solved.returncode == 0, solved.stderr
@@ -140,7 +138,7 @@ def test_installed_wheel_runs_from_anywhere(installed: tuple[Path, Path], tmp_pa
             stdout=quiet, stderr=quiet,
         )  # fmt: skip
         base = f"http://127.0.0.1:{api_port}"
-        wait_http(f"{base}/healthz", api)
+        wait_healthy(f"{base}/healthz", api)
         dashboard = httpx.get(f"{base}/dashboard", follow_redirects=True)
         assert dashboard.status_code == 200 and "<html" in dashboard.text.lower()
         docs = httpx.get(f"{base}/docs")
@@ -152,6 +150,15 @@ def test_installed_wheel_runs_from_anywhere(installed: tuple[Path, Path], tmp_pa
         schema = httpx.get(f"{base}/openapi.json").json()
         assert "bearer" in schema["components"]["securitySchemes"]
         step("uvicorn: /dashboard, /docs, /openapi.json", t0)
+
+        created = run("keys", "create", "--tenant", "t")
+        assert created.returncode == 0, created.stderr
+        key = created.stdout.strip().splitlines()[-1]
+        assert_security_marks_match_enforcement(base, schema, key)
+        step("keys create; every operation's security mark matches a request without key", t0)
+
+        assert_docs_render_offline(browser, base)
+        step("Chromium: /docs renders with Authorize, every request local", t0)
     finally:
         for proc in (sim, api):
             if proc is not None:
@@ -167,3 +174,38 @@ def test_license_is_an_spdx_string_with_a_setuptools_that_reads_it() -> None:
     assert project["project"]["license"] == "Apache-2.0"
     (floor,) = [r for r in project["build-system"]["requires"] if r.startswith("setuptools")]
     assert tuple(int(x) for x in floor.split(">=")[1].split(".")) >= (77,)
+
+
+def assert_security_marks_match_enforcement(base: str, schema: dict[str, Any], key: str) -> None:
+    """Once a key exists, an operation marked with the bearer scheme answers 401 without
+    it, and an unmarked one does not: the Authorize button tells the truth."""
+    with httpx.Client(base_url=base, timeout=10) as client:
+        for path, operations in schema["paths"].items():
+            url = re.sub(r"\{[^}]+\}", "x", path)
+            for method, operation in operations.items():
+                body: dict[str, Any] | None = {} if method in ("post", "put") else None
+                status = client.request(method, url, json=body).status_code
+                marked = operation.get("security") == [{"bearer": []}]
+                assert (status == 401) == marked, (method, path, status, marked)
+        listed = client.get("/v1/strategies", headers={"Authorization": f"Bearer {key}"})
+        assert listed.status_code == 200, listed.text
+
+
+def assert_docs_render_offline(browser: Any, base: str) -> None:
+    """``/docs`` renders the schema in a browser (Swagger UI 4 would show "Unable to render
+    this definition" for OpenAPI 3.1) with its Authorize button, and nothing it loads
+    comes from anywhere but the server (no CDN, no web fonts). No ReDoc page is served."""
+    page = browser.new_page()
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    try:
+        page.goto(f"{base}/docs")
+        page.wait_for_selector("button.authorize", timeout=20_000)
+        page.wait_for_selector(".opblock-tag", timeout=20_000)
+        text = page.inner_text("body")
+        assert "Unable to render" not in text and "/v1/jobs" in text
+    finally:
+        page.close()
+    assert httpx.get(f"{base}/redoc").status_code == 404
+    outside = [u for u in requested if not u.startswith((f"{base}/", f"blob:{base}/"))]
+    assert not outside, outside
