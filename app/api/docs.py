@@ -1,44 +1,58 @@
-"""The API's own documentation pages, served with no internet: Swagger UI's files come
-from the ``swagger-ui-bundle`` package (not a CDN, FastAPI's default), and the OpenAPI
-schema declares the bearer key, so ``/docs`` has an Authorize button.
+"""The API's own documentation pages, served with no internet.
+
+FastAPI's default ``/docs`` loads Swagger UI from a CDN, so it is blank on a machine
+without internet. Here it loads from ``/docs/assets``: the files of the
+``fastapi-offline`` package (Swagger UI 5; MIT, depends on FastAPI alone). Swagger UI
+must be 5 or later: FastAPI's schema is OpenAPI 3.1, which Swagger UI 4 (the
+``swagger-ui-bundle`` package) refuses to render ("Unable to render this definition").
+There is no ``/redoc``: ReDoc, even served locally, still loads its logo from Redocly's
+CDN, and ``/docs`` covers the same schema.
+
+The schema declares the bearer API key and marks every operation under ``/v1/`` with it
+(what ``app.api.deps.get_tenant`` enforces), so ``/docs`` has an Authorize button; the
+probes, ``/metrics`` and the dashboard stay unmarked, as they need no key.
 """
 
 from __future__ import annotations
 
+from importlib.resources import files
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
-from swagger_ui_bundle import swagger_ui_path
 
 ASSETS = "/docs/assets"
+OAUTH2_REDIRECT = "/docs/oauth2-redirect"
 SCHEME = "bearer"
-# Paths that need no key (app.api.deps): probes, metrics, the dashboard's shell.
-_OPEN_PREFIXES = ("/healthz", "/readyz", "/metrics", "/dashboard", "/docs", "/openapi.json")
+SECURED_PREFIX = "/v1/"
 
 
 def install_docs(app: FastAPI) -> None:
-    """``/docs`` (Swagger UI from local files) and a schema with the bearer scheme.
+    """``/docs`` from local files, and a schema with the bearer scheme.
 
     Build the app with ``docs_url=None, redoc_url=None`` so that FastAPI adds no CDN page.
     """
-    app.mount(ASSETS, StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+    assets = files("fastapi_offline") / "static"
+    app.mount(ASSETS, StaticFiles(directory=str(assets)), name="docs-assets")
+    openapi_url = app.openapi_url or "/openapi.json"
 
     @app.get("/docs", include_in_schema=False)
-    async def swagger_ui() -> HTMLResponse:
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
         return get_swagger_ui_html(
-            openapi_url=app.openapi_url or "/openapi.json",
+            openapi_url=f"{root}{openapi_url}",
             title=f"{app.title} API",
-            oauth2_redirect_url="/docs/oauth2-redirect",
-            swagger_js_url=f"{ASSETS}/swagger-ui-bundle.js",
-            swagger_css_url=f"{ASSETS}/swagger-ui.css",
-            swagger_favicon_url=f"{ASSETS}/favicon-32x32.png",
+            oauth2_redirect_url=f"{root}{OAUTH2_REDIRECT}",
+            swagger_js_url=f"{root}{ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{ASSETS}/favicon.png",
+            swagger_ui_parameters={"persistAuthorization": True},
         )
 
-    @app.get("/docs/oauth2-redirect", include_in_schema=False)
+    @app.get(OAUTH2_REDIRECT, include_in_schema=False)
     async def swagger_ui_redirect() -> HTMLResponse:
         return get_swagger_ui_oauth2_redirect_html()
 
@@ -59,10 +73,9 @@ def install_docs(app: FastAPI) -> None:
                 }
             }
             for path, operations in schema.get("paths", {}).items():
-                if path.startswith(_OPEN_PREFIXES):
-                    continue
-                for operation in operations.values():
-                    operation["security"] = [{SCHEME: []}]
+                if path.startswith(SECURED_PREFIX):
+                    for operation in operations.values():
+                        operation["security"] = [{SCHEME: []}]
             app.openapi_schema = schema
         return app.openapi_schema
 

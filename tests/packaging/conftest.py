@@ -1,4 +1,4 @@
-"""The browser fixtures of the dashboard tests, for ``/docs`` and ``/redoc`` here."""
+"""The browser fixtures of the dashboard tests, reused here to render ``/docs``."""
 
 from tests.e2e.conftest import browser, chromium_path
 
