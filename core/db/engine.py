@@ -12,6 +12,7 @@ driver the URL names. Creating an engine opens no connection and touches no file
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -89,13 +90,26 @@ def is_sqlite(url: str) -> bool:
     return _backend(_parse(url)) == "sqlite"
 
 
+def _enable_wal(cursor: Any) -> None:
+    """``PRAGMA journal_mode=WAL``, retried: SQLite answers "database is locked" at once,
+    without its busy handler, while another connection switches the same new file."""
+    for attempt in range(100):
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except Exception as exc:  # sqlite3 or aiosqlite: both say "database is locked"
+            if "locked" not in str(exc) or attempt == 99:
+                raise
+            time.sleep(0.05)
+
+
 def _set_sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
     cursor = dbapi_connection.cursor()
     try:
         # busy_timeout first: switching to WAL needs a lock another process may hold.
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         # WAL lets readers (the API, a CLI) proceed while a worker writes the journal.
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _enable_wal(cursor)
         # NORMAL is durable against application crashes in WAL mode; only an OS crash or
         # power loss can drop the last commits, which a resumed job re-records anyway.
         cursor.execute("PRAGMA synchronous=NORMAL")
