@@ -19,7 +19,13 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from app.api.settings import ApiSettings
-from core.settings import EmbeddedSettings, PoolSettings, Settings, WorkerSettings
+from core.settings import (
+    DatabasePoolSettings,
+    EmbeddedSettings,
+    PoolSettings,
+    Settings,
+    WorkerSettings,
+)
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 
@@ -45,11 +51,18 @@ SECTIONS: list[tuple[str, str, type[BaseModel], str]] = [
         "`ENDPOINTS` and `MODEL` are required for each role you configure; with no role "
         "configured, the embedded models serve `small` and `large`.",
     ),
+    (
+        "Database connections",
+        "PONDER_DB_POOL__",
+        DatabasePoolSettings,
+        "Per process (the API, each worker process). A request holds one connection at a "
+        "time; when all are busy for `TIMEOUT_S` the API answers 503 with `Retry-After`.",
+    ),
     ("Embedded models", "PONDER_EMBEDDED__", EmbeddedSettings, "The local CPU models."),
     ("Workers and the reaper", "PONDER_WORKER__", WorkerSettings, "See docs/deploy.md."),
     ("HTTP API", "PONDER_API_", ApiSettings, "Read by the API process only."),
 ]
-_NESTED = {"pools", "embedded", "worker"}
+_NESTED = {"pools", "embedded", "worker", "db_pool"}
 
 
 def _type(info: FieldInfo) -> str:

@@ -12,33 +12,18 @@ import asyncio
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 import httpx
 from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from core.db.engine import make_async_engine, make_engine, make_sessionmaker
+from core.db.engine import make_async_engine, make_engine, make_sessionmaker, trace_engine_options
 from core.db.migrate import ensure_schema
 from core.embedded.manager import EmbeddedModels
 from core.errors import ConfigError, PoolUnavailable
 from core.pools.registry import Pools
 from core.runner import Runner
 from core.settings import PoolSettings, Settings
-
-
-def _trace_engine_options(url: str) -> dict[str, Any]:
-    """The synchronous engine carries the trace writes: one commit per model call.
-
-    On PostgreSQL its sessions commit without waiting for the WAL flush: a row is durable
-    against a crash of Ponder (it is in the server's WAL buffers when the commit returns)
-    but not against a crash of the database server itself, where the last ~0.2 s of
-    entries may be lost. A lost journal entry only means paying for that call again on
-    resume; waiting for the flush cost ~1.5 ms per call here.
-    """
-    if url.startswith(("postgres", "postgresql")):
-        return {"connect_args": {"options": "-c synchronous_commit=off"}}
-    return {}
 
 
 class Runtime:
@@ -64,9 +49,10 @@ class Runtime:
             # A local file is ours to create and migrate; a shared PostgreSQL is migrated
             # on purpose, with `ponder db upgrade`, by whoever deploys.
             await asyncio.to_thread(ensure_schema, url)
-        self.engine = make_async_engine(url)
+        pool = self.settings.db_pool.engine_options()
+        self.engine = make_async_engine(url, **pool)
         self.sessions = make_sessionmaker(self.engine)
-        self.sync_engine = make_engine(url, **_trace_engine_options(url))
+        self.sync_engine = make_engine(url, **pool, **trace_engine_options(url))
         if self.roles:
             await self._start_pools()
         return self

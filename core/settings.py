@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -172,6 +172,33 @@ class WorkerSettings(BaseModel):
         return soft, soft + self.hard_limit_extra_s
 
 
+class DatabasePoolSettings(BaseModel):
+    """Connections each process keeps to the database (the API, each worker process).
+
+    A request holds at most one connection at a time, so ``size + max_overflow`` is how
+    many requests one API process serves at once; the rest wait up to ``timeout_s`` for
+    one and are then answered 503 with ``Retry-After``, never left hanging. Keep
+    ``(size + max_overflow) x processes`` under PostgreSQL's ``max_connections`` (100 by
+    default).
+    """
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    size: int = Field(default=10, ge=1, le=1000)
+    """Connections kept open."""
+    max_overflow: int = Field(default=20, ge=0, le=1000)
+    """Extra connections opened under load and closed when returned."""
+    timeout_s: float = Field(default=5.0, gt=0, le=300)
+    """How long a request waits for a free connection before a 503."""
+
+    def engine_options(self) -> dict[str, Any]:
+        return {
+            "pool_size": self.size,
+            "max_overflow": self.max_overflow,
+            "pool_timeout": self.timeout_s,
+        }
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="PONDER_",
@@ -189,6 +216,9 @@ class Settings(BaseSettings):
     """Where the SQLite file, the embedded broker's folder and the model cache live."""
     database_url: str | None = None
     """SQLAlchemy URL. Default: a SQLite file in ``data_dir``."""
+    db_pool: DatabasePoolSettings = Field(default_factory=DatabasePoolSettings)
+
+    """Database connections per process (``PONDER_DB_POOL__*``, below)."""
     pools: dict[str, PoolSettings] = Field(default_factory=dict)
 
     """Model roles and their servers (``PONDER_POOLS__<ROLE>__*``, below). None configured:

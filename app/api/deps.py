@@ -70,20 +70,24 @@ def _bearer(request: Request) -> str | None:
     return token.strip()
 
 
-async def get_tenant(request: Request, session: Session) -> str:
+async def get_tenant(request: Request, state: State) -> str:
+    # Its own session, returned before the route runs: a request never holds two pooled
+    # connections at once, which deadlocked the pool under load (each request held one
+    # here and waited for a second in the route).
     token = _bearer(request)
-    if token is None:
-        if await repo.any_api_key(session):
-            raise Unauthorized("an API key is required: 'Authorization: Bearer <key>'")
-        return DEFAULT_TENANT
-    tenant = await keys.tenant_for_key(session, token)
-    if tenant is None:
-        # With no key ever created the server is open: a token is ignored rather than refused,
-        # because OpenAI clients cannot send a request without one.
-        if not await repo.any_api_key(session):
+    async with state.sessions() as session:
+        if token is None:
+            if await repo.any_api_key(session):
+                raise Unauthorized("an API key is required: 'Authorization: Bearer <key>'")
             return DEFAULT_TENANT
-        raise Unauthorized("unknown or revoked API key")
-    return tenant
+        tenant = await keys.tenant_for_key(session, token)
+        if tenant is None:
+            # With no key ever created the server is open: a token is ignored rather than
+            # refused, because OpenAI clients cannot send a request without one.
+            if not await repo.any_api_key(session):
+                return DEFAULT_TENANT
+            raise Unauthorized("unknown or revoked API key")
+        return tenant
 
 
 Tenant = Annotated[str, Depends(get_tenant)]

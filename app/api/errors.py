@@ -48,15 +48,23 @@ class EnqueueFailed(PonderError):
     status = 503
 
 
-def error_body(exc: PonderError) -> dict[str, Any]:
+def request_id_of(scope: Scope) -> str | None:
+    """The id ``RequestContextMiddleware`` (app.api.failures) gave this request."""
+    value = (scope.get("state") or {}).get("request_id")
+    return value if isinstance(value, str) else None
+
+
+def error_body(exc: PonderError, request_id: str | None = None) -> dict[str, Any]:
     detail = {k: v for k, v in exc.to_dict().items() if v is not None}
+    if request_id is not None:
+        detail["request_id"] = request_id
     # Details may hold anything a core error attached; the body must stay JSON.
     return {"error": json.loads(json.dumps(detail, default=str))}
 
 
-def error_response(exc: PonderError) -> JSONResponse:
+def error_response(exc: PonderError, request_id: str | None = None) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
-    return JSONResponse(error_body(exc), status_code=exc.status, headers=headers)
+    return JSONResponse(error_body(exc, request_id), status_code=exc.status, headers=headers)
 
 
 _TYPE_TAGS = frozenset({"str", "int", "float", "bool", "none", "dict", "list", "json-or-python"})
@@ -90,7 +98,7 @@ def install_handlers(app: FastAPI) -> None:
         assert isinstance(exc, PonderError)
         if exc.status >= 500:
             log.warning("%s %s -> %s: %s", request.method, request.url.path, exc.code, exc)
-        return error_response(exc)
+        return error_response(exc, request_id_of(request.scope))
 
     async def request_invalid(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -107,16 +115,20 @@ def install_handlers(app: FastAPI) -> None:
                     f"the body must be JSON sent with the header 'Content-Type: "
                     f"application/json' (got Content-Type: {shown})",
                     field="Content-Type",
-                )
+                ),
+                request_id_of(request.scope),
             )
-        return error_response(validation_error(exc))
+        return error_response(validation_error(exc), request_id_of(request.scope))
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
         err = PonderError(str(exc.detail))
         err.code, err.status = codes.get(exc.status_code, "http_error"), exc.status_code
-        return error_response(err)
+        response = error_response(err, request_id_of(request.scope))
+        for name, value in (exc.headers or {}).items():  # e.g. Allow on a 405
+            response.headers[name] = value
+        return response
 
     app.add_exception_handler(PonderError, ponder_error)
     app.add_exception_handler(RequestValidationError, request_invalid)
@@ -171,7 +183,7 @@ class BodyLimitMiddleware:
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         exc = PayloadTooLarge(f"request body exceeds {self.limit} bytes", limit_bytes=self.limit)
         # Connection: close, since the rest of the body is never read.
-        response = error_response(exc)
+        response = error_response(exc, request_id_of(scope))
         response.headers["Connection"] = "close"
         await response(scope, receive, send)
 

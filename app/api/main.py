@@ -21,6 +21,7 @@ from app.api.deps import ApiState
 from app.api.docs import install_docs
 from app.api.errors import BodyLimitMiddleware, install_handlers
 from app.api.executor import CeleryExecutor, ExecutorContext, InProcessExecutor, JobExecutor
+from app.api.failures import RequestContextMiddleware
 from app.api.metrics import ApiMetrics, HttpMetricsMiddleware
 from app.api.openai_compat import router as openai_router
 from app.api.routes.catalog import router as catalog_router
@@ -30,7 +31,12 @@ from app.api.routes.system import router as system_router
 from app.api.routes.traces import router as traces_router
 from app.api.settings import ApiSettings
 from app.dashboard.router import router as dashboard_router
-from core.db.engine import make_async_engine, make_engine, make_sessionmaker
+from core.db.engine import (
+    make_async_engine,
+    make_engine,
+    make_sessionmaker,
+    trace_engine_options,
+)
 from core.db.migrate import ensure_schema
 from core.pools.registry import Pools
 from core.settings import PoolSettings, Settings, get_settings
@@ -72,8 +78,9 @@ def create_app(
             # As the CLI does: a local file is ours to create; PostgreSQL is migrated on
             # deploy (`ponder db upgrade`).
             await asyncio.to_thread(ensure_schema, url)
-        engine = make_async_engine(url)
-        sync_engine = make_engine(url)
+        pool = core_settings.db_pool.engine_options()
+        engine = make_async_engine(url, **pool)
+        sync_engine = make_engine(url, **pool, **trace_engine_options(url))
         pool_settings = dict(pools if pools is not None else core_settings.pools)
         clients = Pools.from_settings(pool_settings)
         chosen = executor if executor is not None else _default_executor(api)
@@ -123,6 +130,8 @@ def create_app(
     # Outermost last: metrics see every request, including those refused for size.
     app.add_middleware(BodyLimitMiddleware, limit=api.max_body_bytes)
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
+    # Outermost of all: a request id for everything below, and a JSON answer for a crash.
+    app.add_middleware(RequestContextMiddleware)
     return app
 
 

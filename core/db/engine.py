@@ -35,11 +35,12 @@ _SQLITE_ASYNC_DRIVER = "sqlite+aiosqlite"
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 """How long a SQLite connection waits for another process's write lock before failing."""
 
-# Per process. The API serves many requests at once and a worker runs jobs concurrently,
-# each holding a connection only around its reads and journal writes; 10 + 20 overflow
-# keeps a handful of processes well under PostgreSQL's default max_connections of 100.
-POSTGRES_POOL_SIZE = 10
-POSTGRES_MAX_OVERFLOW = 20
+# Per process, unless the caller passes sizes (``Settings.db_pool``). The API serves many
+# requests at once and a worker runs jobs concurrently, each holding a connection only
+# around its reads and journal writes; 10 + 20 overflow keeps a handful of processes well
+# under PostgreSQL's default max_connections of 100.
+POOL_SIZE = 10
+MAX_OVERFLOW = 20
 
 
 def _parse(url: str) -> URL:
@@ -124,8 +125,10 @@ def _engine_options(url: str, overrides: dict[str, Any]) -> dict[str, Any]:
     if not is_sqlite(url):
         # A server restart or an idle-timeout proxy leaves dead pooled connections.
         options["pool_pre_ping"] = True
-        if "poolclass" not in overrides:  # sizes mean nothing to e.g. NullPool
-            options.update(pool_size=POSTGRES_POOL_SIZE, max_overflow=POSTGRES_MAX_OVERFLOW)
+    in_memory = ":memory:" in url or url.rstrip("/").endswith(":")
+    if "poolclass" not in overrides and not in_memory:  # sizes mean nothing there
+        # A SQLite file gets a QueuePool too (SQLAlchemy 2's default for files), sized alike.
+        options.update(pool_size=POOL_SIZE, max_overflow=MAX_OVERFLOW)
     # The sqlite3 driver's default ("legacy") transaction control is kept on purpose: it
     # begins a transaction only at the first write, so a read-then-write never has to
     # upgrade a read snapshot to a write lock, the one case busy_timeout cannot wait out.
@@ -150,6 +153,20 @@ def make_async_engine(url: str, **overrides: Any) -> AsyncEngine:
         # aiosqlite's adapted connection runs these synchronously inside the pool's connect.
         event.listen(engine.sync_engine, "connect", _set_sqlite_pragmas)
     return engine
+
+
+def trace_engine_options(url: str) -> dict[str, Any]:
+    """The synchronous engine carries the trace writes: one commit per model call.
+
+    On PostgreSQL its sessions commit without waiting for the WAL flush: a row is durable
+    against a crash of Ponder (it is in the server's WAL buffers when the commit returns)
+    but not against a crash of the database server itself, where the last ~0.2 s of
+    entries may be lost. A lost journal entry only means paying for that call again on
+    resume; waiting for the flush cost ~1.5 ms per call here.
+    """
+    if url.startswith(("postgres", "postgresql")):
+        return {"connect_args": {"options": "-c synchronous_commit=off"}}
+    return {}
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

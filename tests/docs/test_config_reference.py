@@ -6,7 +6,13 @@ from pydantic import BaseModel
 
 from app import settings_reference
 from app.api.settings import ApiSettings
-from core.settings import EmbeddedSettings, PoolSettings, Settings, WorkerSettings
+from core.settings import (
+    DatabasePoolSettings,
+    EmbeddedSettings,
+    PoolSettings,
+    Settings,
+    WorkerSettings,
+)
 
 
 def test_configuration_page_is_up_to_date() -> None:
@@ -22,11 +28,12 @@ def test_every_setting_is_documented_with_a_description() -> None:
         "PONDER_POOLS__<ROLE>__": PoolSettings,
         "PONDER_EMBEDDED__": EmbeddedSettings,
         "PONDER_WORKER__": WorkerSettings,
+        "PONDER_DB_POOL__": DatabasePoolSettings,
         "PONDER_API_": ApiSettings,
     }
     for prefix, model in models.items():
         for name, field in model.model_fields.items():
             assert field.description, f"{model.__name__}.{name} has no docstring"
-            if model is Settings and name in ("pools", "embedded", "worker"):
+            if model is Settings and name in ("pools", "embedded", "worker", "db_pool"):
                 continue
             assert f"`{prefix}{name.upper()}`" in page, name

@@ -96,6 +96,7 @@ def finished_jobs(base: str, env: dict[str, str], count: int) -> tuple[str, list
         created = httpx.post(f"{base}/v1/jobs", json=body, headers=headers)
         assert created.status_code == 202, created.text
         ids.append(created.json()["id"])
+
     def all_succeeded() -> bool:
         return all(
             httpx.get(f"{base}/v1/jobs/{job_id}", headers=headers).json()["status"] == "succeeded"

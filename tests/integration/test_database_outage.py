@@ -9,9 +9,6 @@ network under it fails. Redis is the broker, the simulator the model.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +18,7 @@ from sqlalchemy.engine import make_url
 
 from core.runtime import Runtime
 from core.simulator.server import Simulator
+from tests.fixtures.proxy import CuttableProxy
 from tests.fixtures.worker import (  # noqa: F401 - redis_url is a fixture
     WorkerProcess,
     purge_redis_prefix,
@@ -32,79 +30,6 @@ from tests.integration.test_worker import submit, wait_status
 from workers.celery_app import configure
 
 OUTAGE_S = 15.0  # longer than the five retries (2.5 s apart here) a worker used to make
-
-
-class CuttableProxy:
-    """Forwards 127.0.0.1:<port> to ``target``; ``cut()`` drops every connection and
-    refuses new ones until ``restore()``."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.down = False
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        server = self._loop.run_until_complete(
-            asyncio.start_server(self._serve, "127.0.0.1", self.port)
-        )
-        self._ready.set()
-        try:
-            self._loop.run_forever()
-        finally:
-            server.close()
-            tasks = asyncio.all_tasks(self._loop)
-            for task in tasks:
-                task.cancel()
-            self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-            self._loop.close()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.down:
-            writer.transport.abort()
-            return
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.transport.abort()
-            return
-        self._writers |= {writer, up_writer}
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.transport.abort()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        self._writers -= {writer, up_writer}
-
-    def _abort_all(self) -> None:
-        for w in list(self._writers):
-            w.transport.abort()
-
-    def start(self) -> None:
-        self._thread.start()
-        self._ready.wait(10)
-
-    def cut(self) -> None:
-        self.down = True
-        self._loop.call_soon_threadsafe(self._abort_all)
-
-    def restore(self) -> None:
-        self.down = False
-
-    def stop(self) -> None:
-        self.cut()
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
 
 
 @pytest.fixture
