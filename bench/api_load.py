@@ -108,9 +108,7 @@ def serve(sim_url: str, env_extra: dict[str, str], data_dir: Path) -> Iterator[s
         log.close()
 
 
-async def _client(
-    http: httpx.AsyncClient, todo: list[int], out: dict[str, Any]
-) -> None:
+async def _client(http: httpx.AsyncClient, todo: list[int], out: dict[str, Any]) -> None:
     while todo:
         todo.pop()
         started = time.perf_counter()
@@ -172,7 +170,9 @@ def measure(url: str, jobs: int, clients: int) -> dict[str, Any]:
     }
 
 
-def run(jobs: int = 1000, levels: tuple[int, ...] = (32, 128), only: str | None = None) -> dict[str, Any]:
+def run(
+    jobs: int = 1000, levels: tuple[int, ...] = (32, 128), only: str | None = None
+) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     with simulator() as sim, tempfile.TemporaryDirectory() as tmp:
         if only in (None, "sqlite"):

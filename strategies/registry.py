@@ -91,11 +91,37 @@ def _join(*parts: str) -> str:
     return ".".join(p for p in parts if p)
 
 
+MAX_SPEC_DEPTH = 8
+"""Strategies nested in one spec, the outermost included (``best_of_n`` around
+``self_consistency`` is 2). Deeper specs are refused before any is validated: they
+multiply cost and, past ~230 levels, overflowed Python's recursion limit."""
+
+
+def _too_deep(spec: Any) -> str | None:
+    """The dotted path (relative to the spec) of the first strategy nested deeper than
+    ``MAX_SPEC_DEPTH``, found without recursion."""
+    stack: list[tuple[Any, str, int]] = [(spec, "", 0)]
+    while stack:
+        item, where, depth = stack.pop()
+        if isinstance(item, dict):
+            if "kind" in item or "preset" in item:
+                depth += 1
+                if depth > MAX_SPEC_DEPTH:
+                    return where
+            stack.extend((v, _join(where, str(k)), depth) for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((v, _join(where, str(i)), depth) for i, v in enumerate(item))
+    return None
+
+
 def parse_spec(spec: Any, *, path: str = "strategy") -> BaseModel:
     """Validate ``{"kind": ..., **params}``; errors name the field (``strategy.n``)."""
     if not isinstance(spec, dict):
         reason = "must be an object with a 'kind'"
         return _fail(path, reason)
+    deep = _too_deep(spec)
+    if deep is not None:
+        return _fail(_join(path, deep), f"strategies nest at most {MAX_SPEC_DEPTH} deep")
     kind = spec.get("kind")
     if kind not in STRATEGIES:
         valid = sorted(STRATEGIES)

@@ -122,6 +122,15 @@ def install_handlers(app: FastAPI) -> None:
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            # FastAPI's answer when its JSON parser raised something other than a decode
+            # error: in practice a body nested deeper than Python's recursion limit.
+            from core.errors import InvalidInput
+
+            unreadable = InvalidInput(
+                "body: the JSON could not be parsed (nested too deep?)", field="body"
+            )
+            return error_response(unreadable, request_id_of(request.scope))
         codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
         err = PonderError(str(exc.detail))
         err.code, err.status = codes.get(exc.status_code, "http_error"), exc.status_code

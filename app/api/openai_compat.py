@@ -25,10 +25,11 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Header
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.sse import KEEPALIVE_COMMENT, format_sse_event
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from app.api.deps import ApiState, State, Tenant
 from app.api.errors import error_body
+from app.api.inputs import check_json
 from app.api.schemas import JobCreate
 from app.api.services import jobs
 from app.api.services.system import MODEL_PREFIX
@@ -85,6 +86,13 @@ class StreamOptions(BaseModel):
 class ChatCompletionRequest(BaseModel):
     # OpenAI clients send many optional fields; unknown ones are ignored, not refused.
     model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sane_json(cls, data: Any) -> Any:
+        check_json(data)  # NUL, NaN/Infinity, nesting: a 422 naming the field
+        return data
+
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False

@@ -6,8 +6,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from app.api.inputs import check_json
 from core.db.models import Job
 from core.events import Event
 from core.jobs import MAX_QUESTION_CHARS
@@ -20,6 +21,12 @@ class _Strict(BaseModel):
     # Unknown fields are refused with a 422 naming them: a typo ("budjet") must not be
     # silently ignored and run the job with defaults.
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sane_json(cls, data: Any) -> Any:
+        check_json(data)  # NUL, NaN/Infinity, nesting: a 422 naming the field
+        return data
 
 
 class JobCreate(_Strict):
@@ -246,8 +253,7 @@ class Readiness(BaseModel):
     checks: dict[str, Check]
 
 
-class PresetIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class PresetIn(_Strict):
     spec: dict[str, Any] = Field(description='A strategy spec `{"kind": ..., **params}`.')
     description: str = Field(default="", max_length=2000)
 

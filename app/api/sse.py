@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.db import repo
 from core.db.models import JobStatus, Span
+from core.errors import InvalidInput
 from core.events import Envelope, JobFinishedEvent, JobRestartedEvent, event_from_span, is_container
 from core.trace import now
 
@@ -39,13 +40,29 @@ KEEPALIVE_S = 15.0
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
+MAX_EVENT_ID = 2**63 - 1
+"""Event ids are the spans' 64-bit ``seq``; a larger one cannot be compared in SQL."""
+
+
+class BadLastEventId(InvalidInput):
+    status = 400
+
+
 def parse_last_event_id(value: str | None) -> int:
+    """The seq to resume after. Called before the stream starts, so a bad header is a
+    400 with a JSON body, not a stream that dies after its 200."""
     if value is None:
         return 0
     try:
-        return max(int(value.strip()), 0)
+        seq = int(value.strip())
     except ValueError:
         return 0  # an id from elsewhere: start from the beginning rather than fail
+    if not 0 <= seq <= MAX_EVENT_ID:
+        raise BadLastEventId(
+            f"Last-Event-ID must be an event id this stream sent (0 to {MAX_EVENT_ID})",
+            field="Last-Event-ID",
+        )
+    return seq
 
 
 def _message(event: Envelope, event_type: str, event_id: int) -> bytes:

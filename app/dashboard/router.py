@@ -16,6 +16,7 @@ from fastapi.responses import FileResponse, HTMLResponse
 from pydantic import BaseModel
 
 from app.api.deps import Session, Tenant
+from app.api.inputs import Id
 from app.api.services.jobs import get_job
 from app.dashboard import service
 from app.dashboard.schemas import CallTextOut, SpansOut
@@ -81,7 +82,7 @@ def json_response(request: Request, body: BaseModel, etag: str | None = None) ->
 
 
 @router.get("/api/jobs/{job_id}/spans", responses={200: {"model": SpansOut}})
-async def job_spans(request: Request, job_id: str, session: Session, tenant: Tenant) -> Response:
+async def job_spans(request: Request, job_id: Id, session: Session, tenant: Tenant) -> Response:
     """The job and its trace events, without the journal's texts. A finished job's
     answer carries an ETag, so reopening it costs one query and a 304."""
     job = await get_job(session, tenant, job_id)
@@ -94,7 +95,7 @@ async def job_spans(request: Request, job_id: str, session: Session, tenant: Ten
 
 @router.get("/api/jobs/{job_id}/calls/{span_id}", responses={200: {"model": CallTextOut}})
 async def call_text(
-    request: Request, job_id: str, span_id: str, session: Session, tenant: Tenant
+    request: Request, job_id: Id, span_id: Id, session: Session, tenant: Tenant
 ) -> Response:
     """One model call's request and response from the journal, and its fork point."""
     return json_response(request, await service.call_text(session, tenant, job_id, span_id))

@@ -204,3 +204,28 @@ async def test_a_strategy_span_keeps_its_own_params_and_only_its_childs_kind(
     assert all(s.attributes["params"]["n"] == 1 for s in levels)
     (leaf,) = strategy_spans(job, "direct")
     assert leaf.attributes["params"]["temperature"] == 0.7
+
+
+async def test_the_deepest_allowed_spec_runs_and_its_trace_grows_linearly(
+    rt: Runtime, simulator: Simulator
+) -> None:
+    from strategies.registry import MAX_SPEC_DEPTH
+
+    simulator.set_config(composed([FIVE]))
+
+    def nested(depth: int) -> dict[str, Any]:
+        spec: dict[str, Any] = {"kind": "direct", "temperature": 0.7}
+        for _ in range(depth - 1):
+            spec = {"kind": "best_of_n", "n": 1, "generator": spec}
+        return spec
+
+    sizes = {}
+    for depth in (MAX_SPEC_DEPTH // 2, MAX_SPEC_DEPTH):
+        job = await solve(rt, nested(depth))
+        assert job.outcome.status == "succeeded"
+        sizes[depth] = sum(len(repr(s.attributes)) for s in strategy_spans(job, "best_of_n"))
+    # Linear: twice the depth, about twice the bytes (quadratic would be about four times).
+    ratio = sizes[MAX_SPEC_DEPTH] / sizes[MAX_SPEC_DEPTH // 2]
+    assert ratio < 2.8, sizes
+    with pytest.raises(InvalidInput, match=f"at most {MAX_SPEC_DEPTH} deep"):
+        await solve(rt, nested(MAX_SPEC_DEPTH + 1))

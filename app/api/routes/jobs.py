@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response, status
 
 from app.api.deps import Session, State, Tenant
+from app.api.inputs import Id
 from app.api.schemas import JobCreate, JobOut, JobPage, JobStatusName, ReplayCreate
 from app.api.services import jobs
 
@@ -66,19 +67,19 @@ async def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobOut)
-async def get_job(job_id: str, session: Session, tenant: Tenant) -> JobOut:
+async def get_job(job_id: Id, session: Session, tenant: Tenant) -> JobOut:
     return JobOut.of(await jobs.get_job(session, tenant, job_id))
 
 
 @router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut)
-async def cancel_job(job_id: str, state: State, tenant: Tenant) -> JobOut:
+async def cancel_job(job_id: Id, state: State, tenant: Tenant) -> JobOut:
     """Ask a queued or running job to stop; it ends `cancelled` with its partial trace."""
     return JobOut.of(await jobs.cancel(state, tenant, job_id))
 
 
 @router.post("/{job_id}/replay", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut)
 async def replay_job(
-    job_id: str, state: State, tenant: Tenant, body: ReplayCreate | None = None
+    job_id: Id, state: State, tenant: Tenant, body: ReplayCreate | None = None
 ) -> JobOut:
     """A child job seeded with this job's journal: `strict` reproduces it with zero model
     calls; `live` with `fork_from` and overrides explores what-ifs."""

@@ -34,6 +34,7 @@ async def list_presets(state: State, tenant: Tenant) -> list[PresetOut]:
 
 @router.get("/{name}", response_model=PresetOut)
 async def get_preset(name: str, state: State, tenant: Tenant) -> PresetOut:
+    presets.validate_name(name)  # 422 before any SQL (a NUL reached PostgreSQL)
     async with state.sessions() as session:
         preset = await presets.get_preset(session, tenant, name)
     if preset is None:
@@ -55,5 +56,6 @@ async def put_preset(
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_preset(name: str, state: State, tenant: Tenant) -> Response:
+    presets.validate_name(name)
     await presets.delete_preset(state.sessions, tenant, name)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

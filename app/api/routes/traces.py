@@ -8,6 +8,7 @@ from fastapi import APIRouter, Header
 from fastapi.responses import StreamingResponse
 
 from app.api.deps import Session, State, Tenant
+from app.api.inputs import Id
 from app.api.schemas import DiffOut, TraceOut
 from app.api.services import jobs, traces
 from app.api.sse import HEADERS, job_events, parse_last_event_id
@@ -16,7 +17,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["traces"])
 
 
 @router.get("/{job_id}/trace", response_model=TraceOut)
-async def get_trace(job_id: str, session: Session, tenant: Tenant) -> TraceOut:
+async def get_trace(job_id: Id, session: Session, tenant: Tenant) -> TraceOut:
     """Every span as a typed event, in seq order, and the journal's summary."""
     return await traces.trace(session, tenant, job_id)
 
@@ -27,7 +28,7 @@ async def get_trace(job_id: str, session: Session, tenant: Tenant) -> TraceOut:
     responses={200: {"content": {"text/event-stream": {}}, "description": "SSE stream."}},
 )
 async def stream_events(
-    job_id: str,
+    job_id: Id,
     session: Session,
     state: State,
     tenant: Tenant,
@@ -48,6 +49,6 @@ async def stream_events(
 
 
 @router.get("/{a}/diff/{b}", response_model=DiffOut)
-async def diff_jobs(a: str, b: str, session: Session, tenant: Tenant) -> DiffOut:
+async def diff_jobs(a: Id, b: Id, session: Session, tenant: Tenant) -> DiffOut:
     """Call-by-call comparison: the first divergent call and what differs; deltas b - a."""
     return await traces.diff(session, tenant, a, b)

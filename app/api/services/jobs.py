@@ -12,7 +12,8 @@ import hashlib
 import json
 import logging
 import random
-from datetime import UTC, datetime
+import re
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -20,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.deps import ApiState
 from app.api.errors import EnqueueFailed, IdempotencyConflict
+from app.api.inputs import ID_PATTERN, bounded_datetime
 from app.api.schemas import JobCreate, JobStatusName, ReplayCreate
 from core.cancel import request_cancel
 from core.db import repo
@@ -160,7 +162,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         when = datetime.fromisoformat(created)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise InvalidInput("cursor is not one this API returned", field="cursor") from None
-    if when.tzinfo is None:
+    if when.tzinfo is None or not re.fullmatch(ID_PATTERN, job_id):
         raise InvalidInput("cursor is not one this API returned", field="cursor")
     return when, job_id
 
@@ -182,8 +184,7 @@ async def list_jobs(
             field="strategy",
             valid=valid,
         )
-    if created_after is not None and created_after.tzinfo is None:
-        created_after = created_after.replace(tzinfo=UTC)  # a time without a zone is UTC
+    created_after = bounded_datetime(created_after, "created_after")  # no zone means UTC
     before = decode_cursor(cursor) if cursor else None
     # One extra row tells whether another page exists without a COUNT.
     rows = list(
