@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.errors import PonderError
@@ -135,13 +136,50 @@ def install_handlers(app: FastAPI) -> None:
         err = PonderError(str(exc.detail))
         err.code, err.status = codes.get(exc.status_code, "http_error"), exc.status_code
         response = error_response(err, request_id_of(request.scope))
-        for name, value in (exc.headers or {}).items():  # e.g. Allow on a 405
+        for name, value in (exc.headers or {}).items():
             response.headers[name] = value
+        if exc.status_code == 405:
+            # Starlette names only the first route that matched the path; a client needs
+            # every method the path has (GET, PUT and DELETE on a preset).
+            response.headers["Allow"] = ", ".join(_allowed_methods(request))
         return response
 
     app.add_exception_handler(PonderError, ponder_error)
     app.add_exception_handler(RequestValidationError, request_invalid)
     app.add_exception_handler(StarletteHTTPException, http_error)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.matches(request.scope)[0] != Match.NONE:
+            methods |= route.methods or set()
+    return sorted(methods)
+
+
+def _query_names(dependant: Any) -> set[str]:
+    names = {param.alias for param in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+def refuse_unknown_query(request: Request) -> None:
+    """A 422 for a query parameter the operation does not declare (``?limt=5``): a typo
+    must not be silently ignored, as unknown body fields are not."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    from core.errors import InvalidInput
+
+    known = _query_names(dependant)
+    for name in request.query_params:
+        if name not in known:
+            shown = ", ".join(sorted(known)) or "none"
+            raise InvalidInput(
+                f"unknown query parameter {name!r} (this operation takes: {shown})", field=name
+            )
 
 
 class BodyLimitMiddleware:

@@ -14,10 +14,12 @@
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Path
+from pydantic import BeforeValidator
 
 from core.errors import InvalidInput
 from core.presets import NAME
@@ -70,6 +72,16 @@ def check_json(value: Any, field: str = "") -> None:
             for index, child in enumerate(item):
                 stack.append((child, f"{where}.{index}" if where else str(index), depth + 1))
 
+
+def _iso_only(value: Any) -> Any:
+    # Pydantic also reads a bare number as Unix time; the schema promises ISO 8601.
+    if isinstance(value, str) and re.fullmatch(r"[\d.eE+-]*", value.strip()):
+        raise ValueError("must be an ISO 8601 date-time, e.g. 2026-01-31T12:00:00Z")
+    return value
+
+
+IsoDatetime = Annotated[datetime, BeforeValidator(_iso_only)]
+"""A query parameter's date-time, ISO 8601 only."""
 
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(9999, 1, 1, tzinfo=UTC)

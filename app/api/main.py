@@ -15,11 +15,11 @@ import asyncio
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from app.api.deps import ApiState
 from app.api.docs import install_docs
-from app.api.errors import BodyLimitMiddleware, install_handlers
+from app.api.errors import BodyLimitMiddleware, install_handlers, refuse_unknown_query
 from app.api.executor import CeleryExecutor, ExecutorContext, InProcessExecutor, JobExecutor
 from app.api.failures import RequestContextMiddleware
 from app.api.metrics import ApiMetrics, HttpMetricsMiddleware
@@ -29,6 +29,7 @@ from app.api.routes.jobs import router as jobs_router
 from app.api.routes.presets import router as presets_router
 from app.api.routes.system import router as system_router
 from app.api.routes.traces import router as traces_router
+from app.api.schemas import V1_ERRORS
 from app.api.settings import ApiSettings
 from app.dashboard.router import router as dashboard_router
 from core.db.engine import (
@@ -117,15 +118,12 @@ def create_app(
     app.state.metrics = metrics
     install_handlers(app)
     install_docs(app)
-    for router in (
-        jobs_router,
-        traces_router,
-        catalog_router,
-        presets_router,
-        openai_router,
-        system_router,
-    ):
-        app.include_router(router)
+    strict_query = [Depends(refuse_unknown_query)]
+    for router in (jobs_router, traces_router, catalog_router, presets_router):
+        app.include_router(router, responses=V1_ERRORS, dependencies=strict_query)
+    # OpenAI clients may add query parameters of their own (Azure's api-version): ignored.
+    app.include_router(openai_router, responses=V1_ERRORS)
+    app.include_router(system_router)
     app.include_router(dashboard_router)
     # Outermost last: metrics see every request, including those refused for size.
     app.add_middleware(BodyLimitMiddleware, limit=api.max_body_bytes)

@@ -268,3 +268,33 @@ class PresetOut(BaseModel):
     model: str = Field(description="Its model name on /v1/chat/completions.")
     created_at: datetime
     updated_at: datetime
+
+
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="allow")  # errors may add e.g. `valid` or `job_id`
+    code: str = Field(examples=["invalid_input"])
+    message: str
+    field: str | None = Field(default=None, description="The field to fix, dotted.")
+    request_id: str | None = Field(
+        default=None, description="Also in the X-Request-ID header; the server log has it."
+    )
+
+
+class ErrorOut(BaseModel):
+    """The one body of every failure."""
+
+    error: ErrorDetail
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorOut, "description": description}
+
+
+V1_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: _error("No, an unknown or a revoked API key."),
+    403: _error("The key's scope does not allow this."),
+    404: _error("No such job, preset or model for this tenant."),
+    422: _error("Bad input; `error.field` names the field."),
+    503: _error("Overloaded or the database is down; retry after `Retry-After` seconds."),
+}
+"""Failures any /v1 operation may answer (each operation adds its own)."""

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
 
 from app.api.deps import Session, State, Tenant
-from app.api.inputs import Id
+from app.api.inputs import Id, IsoDatetime
 from app.api.schemas import JobCreate, JobOut, JobPage, JobStatusName, ReplayCreate
 from app.api.services import jobs
 
@@ -48,7 +47,7 @@ async def list_jobs(
     tenant: Tenant,
     status: JobStatusName | None = None,
     strategy: str | None = None,
-    created_after: datetime | None = None,
+    created_after: IsoDatetime | None = None,
     cursor: str | None = None,
     limit: Annotated[int | None, Query(ge=1)] = None,
 ) -> JobPage:
