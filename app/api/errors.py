@@ -63,8 +63,14 @@ def error_body(exc: PonderError, request_id: str | None = None) -> dict[str, Any
     return {"error": json.loads(json.dumps(detail, default=str))}
 
 
+RETRY_AFTER_S = {EnqueueFailed.code: 2}
+"""Retry-After of 503s raised by the API itself (app.api.failures sets its own)."""
+
+
 def error_response(exc: PonderError, request_id: str | None = None) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else {}
+    if exc.code in RETRY_AFTER_S:
+        headers["Retry-After"] = str(RETRY_AFTER_S[exc.code])
     return JSONResponse(error_body(exc, request_id), status_code=exc.status, headers=headers)
 
 

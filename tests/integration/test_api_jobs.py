@@ -793,3 +793,36 @@ def test_a_body_without_json_content_type_is_told_which_header_to_send(
         assert error["field"] == "Content-Type"
         assert "Content-Type: application/json" in error["message"]
         assert "application/x-www-form-urlencoded" in error["message"]
+
+
+class FlakyExecutor(InProcessExecutor):
+    """Refuses the first publish, as a broker that is down for a moment does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.published: list[str] = []
+
+    async def submit(self, job_id: str, *, priority: str, max_seconds: float | None = None) -> None:
+        self.published.append(job_id)
+        if len(self.published) == 1:
+            raise ConnectionError("broker unreachable")
+        await super().submit(job_id, priority=priority, max_seconds=max_seconds)
+
+
+def test_an_idempotent_retry_publishes_a_job_whose_first_publish_failed(
+    simulator: Simulator, sqlite_database_url: str, tmp_path: Path
+) -> None:
+    simulator.set_config(script(Rule(replies=["The answer is 5."])))
+    settings = simulator_settings(simulator.url, sqlite_database_url, tmp_path)
+    executor = FlakyExecutor()
+    app = create_app(settings, executor=executor, api_settings=ApiSettings(_env_file=None))  # type: ignore[call-arg]
+    body = {"question": QUESTION, "strategy": "direct"}
+    with ApiServer(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+        first = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "once"})
+        assert first.status_code == 503 and first.json()["error"]["code"] == "enqueue_failed"
+        assert first.headers["retry-after"] == "2"
+        job_id = first.json()["error"]["job_id"]
+        retry = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "once"})
+        assert retry.status_code == 200 and retry.json()["id"] == job_id
+        assert executor.published == [job_id, job_id]
+        assert wait_done(client, job_id, timeout=10)["status"] == "succeeded"

@@ -82,6 +82,15 @@ async def _enqueue(state: ApiState, job: Job) -> None:
         ) from exc
 
 
+async def _republish_if_queued(state: ApiState, job: Job) -> None:
+    """A retry of a request whose job is still ``queued`` publishes it again: its first
+    publish may have failed (the client got a 503 ``enqueue_failed`` and retried). Two
+    messages for one job are harmless: the job's lease lets one run start, and a worker
+    skips a job that is running or finished."""
+    if job.status == "queued":
+        await _enqueue(state, job)
+
+
 async def _existing(state: ApiState, tenant: str, key: str, fingerprint: str) -> Job | None:
     async with state.sessions() as session:
         job = await repo.get_job_by_idempotency_key(session, tenant, key)
@@ -122,6 +131,7 @@ async def submit(
     if key is not None:
         earlier = await _existing(state, tenant, key, fingerprint)
         if earlier is not None:
+            await _republish_if_queued(state, earlier)
             return earlier, False
     seed = body.seed if body.seed is not None else random.SystemRandom().randrange(2**31)
     try:
