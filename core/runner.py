@@ -124,6 +124,27 @@ async def run_strategy(params: BaseModel, problem: str, ctx: JobContext) -> Stra
         return result
 
 
+@dataclass(frozen=True)
+class ReleasedLease:
+    """A lease whose run ended on an infrastructure failure: its holder and the job's
+    ``attempts`` then. If both still match, nobody has claimed the job since, and the
+    lease may be taken over without waiting for its heartbeat to go stale."""
+
+    worker: str
+    attempts: int
+
+
+class InfrastructureFailure(Exception):
+    """The database (or the network under it) failed under a running job; ``cause`` is
+    the original error, ``released`` the lease the run leaves behind (None without a
+    monitor)."""
+
+    def __init__(self, cause: BaseException, released: ReleasedLease | None) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.cause = cause
+        self.released = released
+
+
 class Runner:
     def __init__(
         self,
@@ -142,6 +163,7 @@ class Runner:
         listeners: list[SpanListener] | None = None,
         *,
         monitor: JobMonitor | None = None,
+        released: ReleasedLease | None = None,
     ) -> RunOutcome:
         """Run a job to a final state and save it.
 
@@ -155,15 +177,20 @@ class Runner:
                 only while this worker still holds the lease; and a database failure is
                 raised for the task to retry rather than recorded as the job's failure.
                 Without it (the CLI), any unfinished job runs.
+            released: the lease an earlier run of this job left behind when the
+                database failed under it (``InfrastructureFailure.released``): taken over
+                at once if nobody claimed the job since, instead of waiting for it to go
+                stale.
         """
         started = time.monotonic()
         async with self.sessions() as session, session.begin():
             if monitor is None:
                 job = await self._start(session, job_id)
             else:
-                job = await self._claim(session, job_id, monitor)
+                job = await self._claim(session, job_id, monitor, released)
             if isinstance(job, RunOutcome):
                 return job
+            lease = ReleasedLease(str(job.worker), job.attempts) if monitor else None
             await repo.delete_spans(session, job.id)
             entries = list(await repo.list_calls(session, job.id))
             question, spec, budget_spec = job.question, job.strategy, job.budget
@@ -223,8 +250,9 @@ class Runner:
             if monitor is not None and is_infrastructure_error(exc):
                 # Not the job's fault: leave it running under this lease; the task retries
                 # (or the reaper re-enqueues it) and the journal pays for nothing twice.
+                # The retry may take this lease over at once: it names it.
                 save = False
-                raise
+                raise InfrastructureFailure(exc, lease) from exc
             log.exception("job %s failed", job_id)
             error = {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
         finally:
@@ -271,11 +299,26 @@ class Runner:
         return job
 
     async def _claim(
-        self, session: AsyncSession, job_id: str, monitor: JobMonitor
+        self,
+        session: AsyncSession,
+        job_id: str,
+        monitor: JobMonitor,
+        released: ReleasedLease | None = None,
     ) -> Job | RunOutcome:
         if job_id in monitor.running:
             # A duplicate delivery to the process that is running the job right now.
             return _as_outcome(None, job_id, skipped="already running in this process")
+        if released is not None and await control.take_over_job(
+            session,
+            job_id,
+            worker=monitor.worker,
+            previous=released.worker,
+            attempts=released.attempts,
+        ):
+            job = await repo.get_job(session, job_id)
+            if job is None:
+                raise NotFound(f"job {job_id} not found")
+            return job
         claimed = await control.claim_job(
             session,
             job_id,

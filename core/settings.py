@@ -144,9 +144,11 @@ class WorkerSettings(BaseModel):
     """Runs of one job a worker may start; a job whose workers keep dying fails after this."""
     infra_retry_window_s: float = Field(default=900.0, gt=0)
     """How long a worker keeps retrying a job whose run failed on the infrastructure (the
-    database or the network under it), one try every ``stale_after_s`` + 1 s. An outage
-    shorter than this costs at most one retry interval after it ends; a longer one leaves
-    the job to the reaper."""
+    database or the network under it). An outage shorter than this costs at most one
+    retry interval after it ends; a longer one leaves the job to the reaper."""
+    infra_retry_max_interval_s: float = Field(default=5.0, gt=0)
+    """Longest wait between those retries (they start at 0.5 s and double). The retry
+    takes over the failed run's lease at once, fenced by the job's attempt count."""
     time_limit_s: float = Field(default=3600.0, gt=0)
     """Ceiling on one run of a job; also the limit of a job whose budget has no max_seconds."""
     time_limit_grace_s: float = Field(default=30.0, ge=0)

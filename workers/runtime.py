@@ -21,7 +21,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from core.cancel import JobMonitor, StopReason, worker_identity
-from core.runner import RunOutcome
+from core.runner import ReleasedLease, RunOutcome
 from core.runtime import Runtime
 from core.settings import Settings
 
@@ -93,13 +93,15 @@ class WorkerRuntime:
     def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         return self.submit(coro).result(timeout)
 
-    def run_job(self, job_id: str) -> concurrent.futures.Future[RunOutcome]:
+    def run_job(
+        self, job_id: str, released: ReleasedLease | None = None
+    ) -> concurrent.futures.Future[RunOutcome]:
         """Start running the job on the loop; the future resolves with its outcome."""
-        return self.submit(self._run(job_id))
+        return self.submit(self._run(job_id, released))
 
-    async def _run(self, job_id: str) -> RunOutcome:
+    async def _run(self, job_id: str, released: ReleasedLease | None) -> RunOutcome:
         assert self._runtime is not None and self.monitor is not None
-        return await self._runtime.runner.run(job_id, monitor=self.monitor)
+        return await self._runtime.runner.run(job_id, monitor=self.monitor, released=released)
 
     def stop_job(self, job_id: str, reason: StopReason, detail: str = "") -> None:
         """Ask the loop to stop a running job (thread-safe)."""

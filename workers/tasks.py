@@ -12,6 +12,7 @@ retried by the pool client alone.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from celery import Task
@@ -25,12 +26,11 @@ from celery.signals import (
 )
 
 from core.errors import NotFound
-from core.runner import RunOutcome, is_infrastructure_error
+from core.runner import InfrastructureFailure, ReleasedLease, RunOutcome, is_infrastructure_error
 from workers.celery_app import TASK_RUN_JOB, app, current_settings, ensure_broker_dir
 from workers.runtime import shutdown_worker_runtime, worker_runtime
 
 log = logging.getLogger(__name__)
-
 
 
 @after_setup_logger.connect
@@ -62,10 +62,20 @@ def _close_runtime_main(**_: Any) -> None:
 
 
 @app.task(name=TASK_RUN_JOB, bind=True, max_retries=None)
-def run_job(self: Task[Any, Any], job_id: str) -> str:
-    """Run one job to a final state; returns the job's status (Celery stores no result)."""
+def run_job(
+    self: Task[Any, Any],
+    job_id: str,
+    released: tuple[str, int] | list[Any] | None = None,
+    failing_since: float | None = None,
+) -> str:
+    """Run one job to a final state; returns the job's status (Celery stores no result).
+
+    ``released`` and ``failing_since`` are set by this task's own retries after an
+    infrastructure failure: the lease the failed run left (worker, attempts) and when
+    the failures began."""
     runtime = worker_runtime()
-    future = runtime.run_job(job_id)
+    lease = ReleasedLease(str(released[0]), int(released[1])) if released else None
+    future = runtime.run_job(job_id, released=lease)
     try:
         try:
             outcome: RunOutcome = future.result()
@@ -82,19 +92,27 @@ def run_job(self: Task[Any, Any], job_id: str) -> str:
     except Exception as exc:
         if not is_infrastructure_error(exc):
             raise
-        # By the time the retry runs, this run's lease has gone stale (nothing stamps
-        # its heartbeat any more), so whichever process gets the retry may claim it.
-        # Retries are bounded by time, not by count: a database outage lasts as long as
-        # it lasts, and a fixed five tries left jobs waiting minutes for the reaper.
+        # The retry names the lease this run left (if it had claimed the job), so any
+        # process may take it over at once instead of waiting for it to go stale; the
+        # job's attempts fence it against a claim made since. Retries are bounded by
+        # time, not by count: an outage lasts as long as it lasts, and the interval
+        # stays short so a job resumes within seconds of the database's return.
         worker = runtime.settings.worker
-        countdown = worker.stale_after_s + 1
-        if self.request.retries * countdown >= worker.infra_retry_window_s:
+        now = time.time()
+        since = failing_since if failing_since is not None else now
+        if now - since >= worker.infra_retry_window_s:
             log.error("job %s: infrastructure still failing (%s); left to the reaper", job_id, exc)
             raise
+        countdown = min(worker.infra_retry_max_interval_s, 0.5 * 2**self.request.retries)
+        left = exc.released if isinstance(exc, InfrastructureFailure) else lease
         log.warning(
-            "job %s: infrastructure failure (%s); retrying in %.0f s", job_id, exc, countdown
+            "job %s: infrastructure failure (%s); retrying in %.1f s", job_id, exc, countdown
         )
-        raise self.retry(exc=exc, countdown=countdown) from exc
+        kwargs = {
+            "released": [left.worker, left.attempts] if left else None,
+            "failing_since": since,
+        }
+        raise self.retry(exc=exc, countdown=countdown, kwargs=kwargs) from exc
     skipped = outcome.extra.get("skipped")
     if skipped:
         log.info("job %s skipped: %s (status %s)", job_id, skipped, outcome.status)

@@ -77,9 +77,19 @@ async def claim_job(
     return _count(result) == 1
 
 
-async def take_over_job(session: AsyncSession, job_id: str, *, worker: str, previous: str) -> bool:
-    """Take the lease from ``previous``, a holder known to be dead (see ``core.cancel``)."""
+async def take_over_job(
+    session: AsyncSession,
+    job_id: str,
+    *,
+    worker: str,
+    previous: str,
+    attempts: int | None = None,
+) -> bool:
+    """Take the lease from ``previous``, a holder known to be dead (see ``core.cancel``)
+    or a run known to have ended (``core.runner.ReleasedLease``). ``attempts`` fences the
+    take-over: it fails if anybody claimed the job since."""
     now = utcnow()
+    fence = [Job.attempts == attempts] if attempts is not None else []
     result = await session.execute(
         update(Job)
         .where(
@@ -87,6 +97,7 @@ async def take_over_job(session: AsyncSession, job_id: str, *, worker: str, prev
             Job.status == JobStatus.RUNNING,
             Job.worker == previous,
             Job.cancel_requested_at.is_(None),
+            *fence,
         )
         .values(
             worker=worker,
@@ -172,9 +183,7 @@ def heartbeat_sync(engine: Engine, job_ids: Collection[str], *, worker: str) -> 
     with engine.begin() as connection:
         rows = connection.execute(
             update(Job)
-            .where(
-                Job.id.in_(list(job_ids)), Job.worker == worker, Job.status == JobStatus.RUNNING
-            )
+            .where(Job.id.in_(list(job_ids)), Job.worker == worker, Job.status == JobStatus.RUNNING)
             .values(heartbeat_at=utcnow())
             .returning(Job.id)
         )
