@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from app.api.settings import ApiSettings
+from app.api.settings import ApiSettings, TenantLimits
 from core.settings import (
     DatabasePoolSettings,
     EmbeddedSettings,
@@ -61,6 +61,15 @@ SECTIONS: list[tuple[str, str, type[BaseModel], str]] = [
     ("Embedded models", "PONDER_EMBEDDED__", EmbeddedSettings, "The local CPU models."),
     ("Workers and the reaper", "PONDER_WORKER__", WorkerSettings, "See docs/deploy.md."),
     ("HTTP API", "PONDER_API_", ApiSettings, "Read by the API process only."),
+    (
+        "Tenant limits",
+        "PONDER_API_LIMITS__",
+        TenantLimits,
+        "Every tenant's budget defaults and caps, jobs in flight and request rate; "
+        "`PONDER_API_TENANT_LIMITS__<TENANT>__<FIELD>` overrides one field for one tenant "
+        "(e.g. `PONDER_API_TENANT_LIMITS__ACME__RATE=50/second`). Budgets are JSON, e.g. "
+        "`PONDER_API_LIMITS__MAX_BUDGET='{\"max_tokens\": 500000}'`. See docs/api.md.",
+    ),
 ]
 _NESTED = {"pools", "embedded", "worker", "db_pool"}
 
@@ -103,7 +112,9 @@ def render() -> str:
         lines += [f"## {title}", "", intro, "", "| variable | type | default | |"]
         lines.append("|---|---|---|---|")
         for name, info in model.model_fields.items():
-            if model is Settings and name in _NESTED:
+            if (model is Settings and name in _NESTED) or (
+                model is ApiSettings and name in ("limits", "tenant_limits")
+            ):
                 continue
             description = " ".join((info.description or "").split()).replace("|", "\\|")
             bounds = _bounds(info)

@@ -69,8 +69,9 @@ RETRY_AFTER_S = {EnqueueFailed.code: 2}
 
 def error_response(exc: PonderError, request_id: str | None = None) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else {}
-    if exc.code in RETRY_AFTER_S:
-        headers["Retry-After"] = str(RETRY_AFTER_S[exc.code])
+    retry_after = getattr(exc, "retry_after_s", None) or RETRY_AFTER_S.get(exc.code)
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
     return JSONResponse(error_body(exc, request_id), status_code=exc.status, headers=headers)
 
 

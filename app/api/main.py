@@ -22,6 +22,7 @@ from app.api.docs import install_docs
 from app.api.errors import BodyLimitMiddleware, install_handlers, refuse_unknown_query
 from app.api.executor import CeleryExecutor, ExecutorContext, InProcessExecutor, JobExecutor
 from app.api.failures import RequestContextMiddleware
+from app.api.limits import Limiter, enforce_rate
 from app.api.metrics import ApiMetrics, HttpMetricsMiddleware
 from app.api.openai_compat import router as openai_router
 from app.api.routes.catalog import router as catalog_router
@@ -99,9 +100,11 @@ def create_app(
             ExecutorContext(state.sessions, sync_engine, clients, core_settings.broker_url)
         )
         app.state.ponder = state
+        app.state.limiter = limiter = Limiter(api, core_settings.broker_url)
         try:
             yield
         finally:
+            await limiter.close()
             await chosen.close()
             await clients.aclose()
             await engine.dispose()
@@ -118,11 +121,12 @@ def create_app(
     app.state.metrics = metrics
     install_handlers(app)
     install_docs(app)
-    strict_query = [Depends(refuse_unknown_query)]
+    rate = Depends(enforce_rate)
+    strict_query = [Depends(refuse_unknown_query), rate]
     for router in (jobs_router, traces_router, catalog_router, presets_router):
         app.include_router(router, responses=V1_ERRORS, dependencies=strict_query)
     # OpenAI clients may add query parameters of their own (Azure's api-version): ignored.
-    app.include_router(openai_router, responses=V1_ERRORS)
+    app.include_router(openai_router, responses=V1_ERRORS, dependencies=[rate])
     app.include_router(system_router)
     app.include_router(dashboard_router)
     # Outermost last: metrics see every request, including those refused for size.

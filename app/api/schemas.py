@@ -295,6 +295,7 @@ V1_ERRORS: dict[int | str, dict[str, Any]] = {
     403: _error("The key's scope does not allow this."),
     404: _error("No such job, preset or model for this tenant."),
     422: _error("Bad input; `error.field` names the field."),
+    429: _error("Over the tenant's rate or jobs-in-flight limit; retry after `Retry-After`."),
     503: _error("Overloaded or the database is down; retry after `Retry-After` seconds."),
 }
 """Failures any /v1 operation may answer (each operation adds its own)."""

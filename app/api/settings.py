@@ -2,15 +2,98 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _rate(value: str | None) -> str | None:
+    if value is None:
+        return None
+    from limits import parse_many
+
+    try:
+        parse_many(value)
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not a rate such as '20/second' or '100/minute;5/second'"
+        ) from None
+    return value
+
+
+BUDGET_LIMITS = ("max_tokens", "max_calls", "max_seconds", "max_cost")
+
+
+def _budget_fields(value: dict[str, int | float] | None) -> dict[str, int | float] | None:
+    if value is not None:
+        unknown = sorted(set(value) - set(BUDGET_LIMITS))
+        if unknown:
+            raise ValueError(f"unknown budget fields {unknown}; valid: {list(BUDGET_LIMITS)}")
+    return value
+
+
+class TenantLimits(BaseModel):
+    """What one tenant may spend and ask for. ``PONDER_API_LIMITS__*`` sets every
+    tenant's; ``PONDER_API_TENANT_LIMITS__<TENANT>__*`` overrides single fields for one."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    default_budget: dict[str, int | float] = Field(
+        default_factory=lambda: {"max_tokens": 100_000, "max_seconds": 600.0}
+    )
+    """Budget limits a job gets for each one it does not set itself (JSON)."""
+    max_budget: dict[str, int | float] = Field(
+        default_factory=lambda: {"max_tokens": 2_000_000, "max_seconds": 3600.0}
+    )
+    """Largest limit a job may ask for, per budget field (JSON); a larger one is a 422
+    naming the field. With the default budget filling in what a job leaves out, no job
+    is ever unbounded in these fields, however its strategies are composed."""
+    max_jobs_in_flight: int | None = Field(default=10_000, ge=1)
+    """Jobs queued or running at once; the next submission is a 429 with Retry-After."""
+    rate: str | None = None
+    """Requests per tenant to /v1, in the notation of the `limits` library (`20/second`,
+    `1000/hour;50/second`); over it, a 429 with Retry-After. Default: no limit."""
+
+    @field_validator("rate")
+    @classmethod
+    def _check_rate(cls, value: str | None) -> str | None:
+        return _rate(value)
+
+    @field_validator("default_budget", "max_budget")
+    @classmethod
+    def _check_budget(cls, value: dict[str, int | float] | None) -> Any:
+        return _budget_fields(value)
+
+
+class TenantLimitsOverride(BaseModel):
+    """Fields set here replace the ``PONDER_API_LIMITS__*`` value for one tenant."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    default_budget: dict[str, int | float] | None = None
+    max_budget: dict[str, int | float] | None = None
+    max_jobs_in_flight: int | None = Field(default=None, ge=1)
+    rate: str | None = None
+
+    @field_validator("rate")
+    @classmethod
+    def _check_rate(cls, value: str | None) -> str | None:
+        return _rate(value)
+
+    @field_validator("default_budget", "max_budget")
+    @classmethod
+    def _check_budget(cls, value: dict[str, int | float] | None) -> Any:
+        return _budget_fields(value)
 
 
 class ApiSettings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="PONDER_API_", env_file=".env", extra="ignore", use_attribute_docstrings=True
+        env_prefix="PONDER_API_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+        use_attribute_docstrings=True,
     )
 
     executor: Literal["celery", "in-process"] = "celery"
@@ -34,3 +117,13 @@ class ApiSettings(BaseSettings):
     """Bound on the pool probes of ``/readyz`` and ``/v1/pools``."""
     metrics_cache_s: float = Field(default=2.0, ge=0)
     """``/metrics`` aggregates SQL tables; scrapes closer together than this share one."""
+    limits: TenantLimits = Field(default_factory=TenantLimits)
+    """Every tenant's budget defaults and caps, quota and rate (``PONDER_API_LIMITS__*``)."""
+    tenant_limits: dict[str, TenantLimitsOverride] = Field(default_factory=dict)
+    """Per-tenant overrides (``PONDER_API_TENANT_LIMITS__<TENANT>__*``)."""
+
+    def limits_for(self, tenant: str) -> TenantLimits:
+        override = self.tenant_limits.get(tenant)
+        if override is None:
+            return self.limits
+        return self.limits.model_copy(update=override.model_dump(exclude_none=True))

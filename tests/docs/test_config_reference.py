@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 from app import settings_reference
-from app.api.settings import ApiSettings
+from app.api.settings import ApiSettings, TenantLimits
 from core.settings import (
     DatabasePoolSettings,
     EmbeddedSettings,
@@ -30,10 +30,13 @@ def test_every_setting_is_documented_with_a_description() -> None:
         "PONDER_WORKER__": WorkerSettings,
         "PONDER_DB_POOL__": DatabasePoolSettings,
         "PONDER_API_": ApiSettings,
+        "PONDER_API_LIMITS__": TenantLimits,
     }
     for prefix, model in models.items():
         for name, field in model.model_fields.items():
             assert field.description, f"{model.__name__}.{name} has no docstring"
             if model is Settings and name in ("pools", "embedded", "worker", "db_pool"):
+                continue
+            if model is ApiSettings and name in ("limits", "tenant_limits"):
                 continue
             assert f"`{prefix}{name.upper()}`" in page, name

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.api.deps import ApiState
 from app.api.errors import EnqueueFailed, IdempotencyConflict
 from app.api.inputs import ID_PATTERN, bounded_datetime
+from app.api.limits import apply_budget, check_in_flight
 from app.api.schemas import JobCreate, JobStatusName, ReplayCreate
 from core.cancel import request_cancel
 from core.db import repo
@@ -112,7 +113,7 @@ async def submit(
     question = validate_question(body.question)
     spec = strategy_spec(body.strategy, state.settings.default_strategy)
     params = validate_spec(await resolve_strategy(state.sessions, tenant, spec))
-    budget = validate_budget(body.budget)
+    budget = apply_budget(state.api, tenant, validate_budget(body.budget))
     bound = resolve_roles(params, state.pools, body.roles)
     strategy = params.model_dump(mode="json")
     budget_json = budget.model_dump(mode="json", exclude_defaults=True)
@@ -136,6 +137,7 @@ async def submit(
     seed = body.seed if body.seed is not None else random.SystemRandom().randrange(2**31)
     try:
         async with state.sessions() as session, session.begin():
+            await check_in_flight(state.api, session, tenant)
             job = await repo.create_job(
                 session,
                 question=question,
