@@ -20,6 +20,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from core.breaker_reports import BreakerReporter
 from core.cancel import JobMonitor, StopReason, worker_identity
 from core.runner import ReleasedLease, RunOutcome
 from core.runtime import Runtime
@@ -52,6 +53,7 @@ class WorkerRuntime:
         self._thread = threading.Thread(target=self._serve, name="ponder-worker-loop", daemon=True)
         self._runtime: Runtime | None = None
         self.monitor: JobMonitor | None = None
+        self.breakers: BreakerReporter | None = None
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -74,6 +76,9 @@ class WorkerRuntime:
         runtime = Runtime(self.settings, roles=roles)
         await runtime.__aenter__()
         self._runtime = runtime
+        # Every breaker opening and closing goes to the database: /v1/pools shows it.
+        self.breakers = BreakerReporter(runtime.sessions, self.worker)
+        self.breakers.watch(runtime.pools)
         worker = self.settings.worker
         self.monitor = JobMonitor(
             runtime.sessions,
@@ -125,6 +130,8 @@ class WorkerRuntime:
     async def _close(self) -> None:
         if self.monitor is not None:
             await self.monitor.close()
+        if self.breakers is not None:
+            await self.breakers.flush()
         if self._runtime is not None:
             await self._runtime.__aexit__(None, None, None)
 

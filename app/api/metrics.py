@@ -11,6 +11,8 @@ scrapes closer together than ``ApiSettings.metrics_cache_s``).
     ponder_model_tokens_total{role,kind}           counter (kind: prompt | completion)
     ponder_model_cost_total{role}                  counter
     ponder_model_call_latency_seconds{role}        histogram
+    ponder_breaker_transitions_total{role,state}   counter (state: open | closed; every
+                                                   process's breakers, from breaker_events)
     ponder_http_requests_total{method,route,status}        counter (this process)
     ponder_http_request_duration_seconds{method,route}     histogram (this process)
 """
@@ -32,6 +34,7 @@ from prometheus_client.core import (
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from core.breaker_reports import transition_counts
 from core.db import repo
 
 CALL_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -44,6 +47,7 @@ class _Snapshot:
     at: float = 0.0
     jobs: dict[str, int] = field(default_factory=dict)
     calls: list[dict[str, Any]] = field(default_factory=list)
+    breakers: list[tuple[str, str, int]] = field(default_factory=list)
 
 
 class _DatabaseCollector:
@@ -81,6 +85,14 @@ class _DatabaseCollector:
             buckets.append(("+Inf", float(row["count"])))
             latency.add_metric([role], buckets, sum_value=row["latency_ms_sum"] / 1000.0)
         yield from (calls, tokens, cost, latency)
+        transitions = CounterMetricFamily(
+            "ponder_breaker_transitions",
+            "Circuit breaker openings and closings reported by workers.",
+            labels=["role", "state"],
+        )
+        for role, state, count in snap.breakers:
+            transitions.add_metric([role, state], count)
+        yield transitions
 
 
 def _le(bound: float) -> str:
@@ -114,7 +126,8 @@ class ApiMetrics:
             async with sessions() as session:
                 jobs = await repo.count_jobs_by_status(session)
                 calls = await repo.live_call_stats(session, [b * 1000.0 for b in CALL_BUCKETS_S])
-            self._db.snapshot = _Snapshot(time.monotonic(), jobs, calls)
+                breakers = list(await transition_counts(session))
+            self._db.snapshot = _Snapshot(time.monotonic(), jobs, calls, breakers)
         return generate_latest(self.registry)
 
 

@@ -223,9 +223,23 @@ class StrategyOut(BaseModel):
     model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
 
 
+class BreakerReportOut(BaseModel):
+    worker: str
+    state: str
+    reason: str
+    at: datetime
+
+
 class EndpointOut(BaseModel):
     url: str
-    breaker: str
+    breaker: str = Field(
+        description="The worst of this API process's own breaker and every worker's "
+        "reported one: open > half_open > closed."
+    )
+    reported_by_workers: list[BreakerReportOut] = Field(
+        default_factory=list,
+        description="Workers whose breaker for this endpoint is open or half-open now.",
+    )
     outstanding: int
     consecutive_failures: int
     total_requests: int

@@ -228,3 +228,20 @@ class Preset(Base):
     source: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class BreakerEvent(Base):
+    """A circuit breaker of some process opened or closed on a model endpoint. Workers
+    write them, so ``/v1/pools`` and ``/metrics`` show what workers see, not only the API
+    process's own breakers."""
+
+    __tablename__ = "breaker_events"
+    __table_args__ = (Index("ix_breaker_events_role_url_at", "role", "url", "at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    role: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str] = mapped_column(String(512))
+    worker: Mapped[str] = mapped_column(String(255))
+    state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=False)

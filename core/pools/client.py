@@ -24,7 +24,13 @@ from pydantic import BaseModel
 from core.errors import ModelError
 from core.pools import wire
 from core.pools.attempts import Attempt, Call, Dispatcher, Fault
-from core.pools.endpoint import Endpoint, EndpointHealth, EndpointState, probe_health
+from core.pools.endpoint import (
+    BreakerListener,
+    Endpoint,
+    EndpointHealth,
+    EndpointState,
+    probe_health,
+)
 from core.pools.streaming import PoolStream
 from core.settings import PoolSettings
 from strategies.protocol import Choice, ModelRequest, Usage
@@ -156,6 +162,12 @@ class PoolClient:
         timeout = httpx.Timeout(self.settings.connect_timeout_s)
         probes = (probe_health(self._http, ep, d.headers, timeout, d.clock) for ep in d.endpoints)
         return list(await asyncio.gather(*probes))
+
+    def add_breaker_listener(self, listener: BreakerListener) -> None:
+        """``listener(url, state, reason)`` on every opening and closing of this pool's
+        breakers (called on the event loop; it must not block)."""
+        for endpoint in self._dispatcher.endpoints:
+            endpoint.listeners.append(listener)
 
     def snapshot(self) -> list[EndpointState]:
         now = self._dispatcher.clock()

@@ -64,6 +64,10 @@ class EndpointHealth(BaseModel):
     breaker: BreakerState
 
 
+BreakerListener = Callable[[str, BreakerState, str], None]
+"""Called with (url, new state, reason) when a breaker opens or closes."""
+
+
 class Endpoint:
     """One server of a pool. Mutated only from the event loop, so no locks."""
 
@@ -73,6 +77,7 @@ class Endpoint:
         "_reset_s",
         "_server_fault_seen",
         "consecutive_failures",
+        "listeners",
         "opened_at",
         "outstanding",
         "probing",
@@ -99,6 +104,15 @@ class Endpoint:
         # fault said the server itself is unwell.
         self._failing_requests: set[int] = set()
         self._server_fault_seen = False
+        # Told of every opening and closing (workers report them: core.breaker_reports).
+        self.listeners: list[BreakerListener] = []
+
+    def _tell(self, state: BreakerState, reason: str) -> None:
+        for listener in self.listeners:
+            try:
+                listener(self.url, state, reason)
+            except Exception:  # a report must never break a model call
+                log.exception("breaker listener failed")
 
     def admits(self, now: float) -> bool:
         """Whether the breaker lets a request through at ``now`` (no state change)."""
@@ -128,6 +142,8 @@ class Endpoint:
         self._server_fault_seen = False
         if self.state != "closed":
             log.warning("endpoint %s: circuit closed (a request succeeded)", self.url)
+            self.state = "closed"
+            self._tell("closed", "a request succeeded")
         self.state = "closed"
         if probe:
             self.probing = False
@@ -157,16 +173,22 @@ class Endpoint:
         ):
             self.opened_at = now
             self.state = "open"
+            reason = (
+                f"{self.consecutive_failures} consecutive faults ("
+                + (
+                    "server unreachable or overloaded"
+                    if self._server_fault_seen
+                    else f"answered faults from {len(self._failing_requests)} requests"
+                )
+                + ")"
+            )
             log.warning(
-                "endpoint %s: circuit opened after %d consecutive faults (%s); "
-                "requests go elsewhere for %.0f s",
+                "endpoint %s: circuit opened after %s; requests go elsewhere for %.0f s",
                 self.url,
-                self.consecutive_failures,
-                "server unreachable or overloaded"
-                if self._server_fault_seen
-                else f"answered faults from {len(self._failing_requests)} requests",
+                reason,
                 self._reset_s,
             )
+            self._tell("open", reason)
 
     def abandoned(self, probe: bool) -> None:
         """The request was cancelled: no verdict on the endpoint; free the probe slot."""

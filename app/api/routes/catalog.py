@@ -19,6 +19,7 @@ async def list_strategies(tenant: Tenant) -> list[StrategyOut]:
 
 @router.get("/pools", response_model=list[PoolOut])
 async def list_pools(state: State, tenant: Tenant, probe: bool = True) -> list[PoolOut]:
-    """Each model role's pool; `probe=true` health-checks every endpoint now. Breaker
-    state and request counts are this API process's own view of the endpoints."""
+    """Each model role's pool; `probe=true` health-checks every endpoint now. `breaker` is
+    the worst of this process's breaker and every worker's reported one
+    (`reported_by_workers`); request counts are this API process's own."""
     return await system.pools(state, probe=probe)

@@ -7,7 +7,8 @@ import asyncio
 from sqlalchemy import text
 
 from app.api.deps import ApiState
-from app.api.schemas import Check, EndpointOut, PoolOut, Readiness, StrategyOut
+from app.api.schemas import BreakerReportOut, Check, EndpointOut, PoolOut, Readiness, StrategyOut
+from core.breaker_reports import Report, open_reports
 from core.pools.endpoint import EndpointHealth
 from strategies.registry import STRATEGIES
 
@@ -34,9 +35,19 @@ async def _probe(state: ApiState, role: str) -> list[EndpointHealth] | None:
         return None
 
 
+_SEVERITY = {"closed": 0, "half_open": 1, "open": 2}
+
+
+async def _worker_reports(state: ApiState) -> dict[tuple[str, str], list[Report]]:
+    reset_s = {role: state.pools[role].settings.breaker_reset_s for role in state.pools}
+    async with state.sessions() as session:
+        return await open_reports(session, reset_s)
+
+
 async def pools(state: ApiState, *, probe: bool) -> list[PoolOut]:
     roles = sorted(state.pools)
     health = await asyncio.gather(*(_probe(state, r) for r in roles)) if probe else []
+    reports = await _worker_reports(state)
     out = []
     for index, role in enumerate(roles):
         client = state.pools[role]
@@ -44,9 +55,15 @@ async def pools(state: ApiState, *, probe: bool) -> list[PoolOut]:
         endpoints = []
         for snap in client.snapshot():
             h = probes.get(snap.url)
+            reported = reports.get((role, snap.url), [])
+            breaker = max([snap.breaker, *(r.state for r in reported)], key=_SEVERITY.__getitem__)
             endpoints.append(
                 EndpointOut(
-                    **snap.model_dump(),
+                    **(snap.model_dump() | {"breaker": breaker}),
+                    reported_by_workers=[
+                        BreakerReportOut(worker=r.worker, state=r.state, reason=r.reason, at=r.at)
+                        for r in reported
+                    ],
                     healthy=h.ok if h else (False if probe else None),
                     health_status=h.status if h else None,
                     health_latency_ms=round(h.latency_ms, 3) if h else None,
