@@ -166,6 +166,7 @@ def measure(url: str, jobs: int, clients: int) -> dict[str, Any]:
         "p50_ms": round(percentile(lat, 0.5), 1),
         "p99_ms": round(percentile(lat, 0.99), 1),
         "submit_s": round(out["submit_s"], 2),
+        "accepted_per_s": round(len(out["accepted"]) / out["submit_s"], 1),
         "lost": lost,
     }
 
@@ -195,11 +196,12 @@ def run(
 
 def table_lines(result: dict[str, Any]) -> list[str]:
     lines = [f"{'database':<10}{'clients':>8}{'jobs':>6}{'errors':>8}{'p50 ms':>9}{'p99 ms':>9}"
-             f"{'lost':>6}  answers"]  # fmt: skip
+             f"{'jobs/s':>8}{'lost':>6}  answers"]  # fmt: skip
     for r in result["rows"]:
         lines.append(
             f"{r['database']:<10}{r['clients']:>8}{r['jobs']:>6}{r['errors']:>8}"
-            f"{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}{r['lost']:>6}  {r['statuses']}"
+            f"{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}{r['accepted_per_s']:>8.1f}{r['lost']:>6}"
+            f"  {r['statuses']}"
         )
     return lines
 

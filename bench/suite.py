@@ -9,6 +9,8 @@ reported with its baseline (a ratio or a difference), never alone:
   throughput  sustained jobs/s and jobs lost (must be 0)           (bench/worker_throughput.py)
   fanout      `self_consistency` n=16 vs one sample on a batching simulator (bench/fanout.py)
   sse         commit -> arrival delay of trace events over SSE     (bench/sse_delay.py)
+  load        1,000 submissions from 32 and 128 clients to `ponder serve` on SQLite and on
+              PostgreSQL + Redis: errors, p50/p99, jobs lost        (bench/api_load.py)
   peers       OptiLLM and its_hub next to Ponder, with --peers    (bench/peers/compare.py)
 
 The scripts need a checkout (they use tests/fixtures) and the services of the test suite:
@@ -31,7 +33,7 @@ from typing import Any
 from core.settings import Settings
 
 BENCH = Path(__file__).resolve().parent
-SECTIONS = ("call", "job", "throughput", "fanout", "sse", "peers")
+SECTIONS = ("call", "job", "throughput", "fanout", "sse", "load", "peers")
 
 # (quick, full) sizes of each section.
 SIZES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
@@ -40,6 +42,7 @@ SIZES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "throughput": ({"latency_jobs": 10, "jobs": 100}, {"latency_jobs": 50, "jobs": 500}),
     "fanout": ({"n": 16, "reps": 3}, {"n": 16, "reps": 7}),
     "sse": ({"events": 30}, {"events": 100}),
+    "load": ({"jobs": 200, "levels": (32,)}, {"jobs": 1000, "levels": (32, 128)}),
     "peers": ({"n": 8, "reps": 5}, {"n": 8, "reps": 10}),
 }
 
@@ -78,6 +81,7 @@ def _runners() -> dict[str, Callable[..., dict[str, Any]]]:
     for path in (str(BENCH), str(BENCH.parent)):
         if path not in sys.path:
             sys.path.insert(0, path)
+    import api_load
     import call_overhead
     import fanout
     import job_overhead
@@ -98,6 +102,7 @@ def _runners() -> dict[str, Callable[..., dict[str, Any]]]:
         "throughput": throughput,
         "fanout": fanout.run,
         "sse": sse_delay.run,
+        "load": api_load.run,
         "peers": compare.run,
     }
 
@@ -238,6 +243,11 @@ def table(report: dict[str, Any]) -> list[str]:
                 f" per empty poll up to {result['rows'][0]['poll_max_s']:g} s; first = after 0.5 s"
                 " quiet)"
             )
+        elif name == "load":
+            import api_load
+
+            lines.append(f"{name:<11}`ponder serve`, zero-latency sim, POST /v1/jobs back to back")
+            lines.extend(f"{'':<11}{line}" for line in api_load.table_lines(result))
         elif name == "peers":
             sys.path.insert(0, str(BENCH))
             from peers.compare import table_lines

@@ -9,7 +9,7 @@ tenant ``default`` (``ponder serve`` then binds 127.0.0.1 only); from then on ev
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -18,6 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.api.errors import Unauthorized
 from app.api.executor import JobExecutor
+from app.api.key_cache import KeyCache
+from app.api.quota import InFlight
 from app.api.settings import ApiSettings
 from core import keys
 from core.db import repo
@@ -39,6 +41,8 @@ class ApiState:
     sessions: async_sessionmaker[AsyncSession]
     pools: Pools
     executor: JobExecutor
+    key_cache: KeyCache[str] = field(default_factory=lambda: KeyCache(2.0))
+    in_flight: InFlight = field(default_factory=InFlight)
 
 
 def get_state(request: Request) -> ApiState:
@@ -73,18 +77,29 @@ def _bearer(request: Request) -> str | None:
 async def get_tenant(request: Request, state: State) -> str:
     # Its own session, returned before the route runs: a request never holds two pooled
     # connections at once, which deadlocked the pool under load (each request held one
-    # here and waited for a second in the route).
+    # here and waited for a second in the route). Usually it opens none: both facts
+    # come from the key cache (app.api.key_cache).
     token = _bearer(request)
+    cache = state.key_cache
     async with state.sessions() as session:
+
+        async def keys_exist() -> bool:
+            return await repo.any_api_key(session)
+
         if token is None:
-            if await repo.any_api_key(session):
+            if await cache.keys_exist(keys_exist):
                 raise Unauthorized("an API key is required: 'Authorization: Bearer <key>'")
             return DEFAULT_TENANT
-        tenant = await keys.tenant_for_key(session, token)
+        found = token
+
+        async def tenant_of_key() -> str | None:
+            return await keys.tenant_for_key(session, found)
+
+        tenant = await cache.lookup(token, tenant_of_key)
         if tenant is None:
             # With no key ever created the server is open: a token is ignored rather than
             # refused, because OpenAI clients cannot send a request without one.
-            if not await repo.any_api_key(session):
+            if not await cache.keys_exist(keys_exist):
                 return DEFAULT_TENANT
             raise Unauthorized("unknown or revoked API key")
         return tenant

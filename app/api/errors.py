@@ -4,6 +4,7 @@
     ├── Unauthorized            401       missing, unknown or revoked API key
     ├── IdempotencyConflict     409       an Idempotency-Key reused with another body
     ├── PayloadTooLarge         413       body over ApiSettings.max_body_bytes
+    ├── TooManyRequests         429       over a tenant's rate or jobs in flight (app.api.limits)
     └── EnqueueFailed           503       the job is saved but the broker refused it
 
 Request validation (FastAPI's) is turned into the same shape as ``InvalidInput``: a 422
@@ -42,6 +43,15 @@ class IdempotencyConflict(PonderError):
 class PayloadTooLarge(PonderError):
     code = "payload_too_large"
     status = 413
+
+
+class TooManyRequests(PonderError):
+    status = 429
+
+    def __init__(self, message: str, *, code: str, retry_after_s: int, **details: Any) -> None:
+        super().__init__(message, retry_after_s=retry_after_s, **details)
+        self.code = code
+        self.retry_after_s = retry_after_s
 
 
 class EnqueueFailed(PonderError):

@@ -25,25 +25,14 @@ from fastapi import Request
 from limits import RateLimitItem, parse_many
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.deps import Tenant
+from app.api.errors import TooManyRequests
 from app.api.settings import ApiSettings
 from core.budget import BudgetSpec
-from core.db.models import Job, JobStatus
-from core.errors import InvalidInput, PonderError
+from core.errors import InvalidInput
 
 log = logging.getLogger(__name__)
-
-
-class TooManyRequests(PonderError):
-    status = 429
-
-    def __init__(self, message: str, *, code: str, retry_after_s: int, **details: Any) -> None:
-        super().__init__(message, retry_after_s=retry_after_s, **details)
-        self.code = code
-        self.retry_after_s = retry_after_s
 
 
 class Limiter:
@@ -116,25 +105,6 @@ def apply_budget(api: ApiSettings, tenant: str, budget: BudgetSpec) -> BudgetSpe
                 limit=cap,
             )
     return merged
-
-
-async def check_in_flight(api: ApiSettings, session: AsyncSession, tenant: str) -> None:
-    cap = api.limits_for(tenant).max_jobs_in_flight
-    if cap is None:
-        return
-    in_flight = await session.scalar(
-        select(func.count())
-        .select_from(Job)
-        .where(Job.tenant == tenant, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
-    )
-    if (in_flight or 0) >= cap:
-        raise TooManyRequests(
-            f"this tenant has {in_flight} jobs queued or running, its limit; retry when "
-            "some have finished",
-            code="too_many_jobs",
-            retry_after_s=1,
-            limit=cap,
-        )
 
 
 async def enforce_rate(request: Request, tenant: Tenant) -> None:

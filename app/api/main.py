@@ -22,6 +22,7 @@ from app.api.docs import install_docs
 from app.api.errors import BodyLimitMiddleware, install_handlers, refuse_unknown_query
 from app.api.executor import CeleryExecutor, ExecutorContext, InProcessExecutor, JobExecutor
 from app.api.failures import RequestContextMiddleware
+from app.api.key_cache import KeyCache
 from app.api.limits import Limiter, enforce_rate
 from app.api.metrics import ApiMetrics, HttpMetricsMiddleware
 from app.api.openai_compat import router as openai_router
@@ -95,6 +96,7 @@ def create_app(
             sessions=make_sessionmaker(engine),
             pools=clients,
             executor=chosen,
+            key_cache=KeyCache(api.key_cache_s),
         )
         await chosen.start(
             ExecutorContext(state.sessions, sync_engine, clients, core_settings.broker_url)

@@ -115,6 +115,10 @@ class ApiSettings(BaseSettings):
     """How long ``/v1/chat/completions`` waits for its job before answering 504."""
     health_timeout_s: float = Field(default=2.0, gt=0)
     """Bound on the pool probes of ``/readyz`` and ``/v1/pools``."""
+    key_cache_s: float = Field(default=2.0, ge=0)
+    """How long an API key's tenant is remembered by one API process: a revoked key is
+    refused at most this long after ``ponder keys revoke`` (0: ask the database every
+    request)."""
     metrics_cache_s: float = Field(default=2.0, ge=0)
     """``/metrics`` aggregates SQL tables; scrapes closer together than this share one."""
     limits: TenantLimits = Field(default_factory=TenantLimits)

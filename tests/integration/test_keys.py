@@ -1,6 +1,7 @@
 """API keys as an operator manages them: ``ponder keys create / list / revoke`` against the
 database a real API server (uvicorn, in its own process) reads, with the simulator as the
-pool. A revoked key is refused on the very next request."""
+pool. With the key cache off (``PONDER_API_KEY_CACHE_S=0``) a revoked key is refused on the
+very next request; by default, within the cache's 2 s (tests/unit/test_key_cache.py)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ def env(simulator: Simulator, tmp_path: Path) -> dict[str, str]:
         "PONDER_POOLS__SMALL__MODEL": "sim-small",
         "PONDER_POOLS__SMALL__KIND": "simulator",
         "PONDER_API_EXECUTOR": "in-process",
+        "PONDER_API_KEY_CACHE_S": "0",
     }
 
 

@@ -31,6 +31,6 @@ def test_bad_input_is_rejected(argv: list[str], capsys: pytest.CaptureFixture[st
 def test_peers_only_when_asked() -> None:
     quick = parse_args(["bench", "--quick"])
     assert "peers" not in suite._sections(quick)
-    assert suite._sections(quick) == ["call", "job", "throughput", "fanout", "sse"]
+    assert suite._sections(quick) == ["call", "job", "throughput", "fanout", "sse", "load"]
     with_peers = parse_args(["bench", "--quick", "--peers", "--only", "sse"])
     assert suite._sections(with_peers) == ["sse", "peers"]

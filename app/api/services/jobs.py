@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.api.deps import ApiState
 from app.api.errors import EnqueueFailed, IdempotencyConflict
 from app.api.inputs import ID_PATTERN, bounded_datetime
-from app.api.limits import apply_budget, check_in_flight
+from app.api.limits import apply_budget
 from app.api.schemas import JobCreate, JobStatusName, ReplayCreate
 from core.cancel import request_cancel
 from core.db import repo
@@ -137,7 +137,7 @@ async def submit(
     seed = body.seed if body.seed is not None else random.SystemRandom().randrange(2**31)
     try:
         async with state.sessions() as session, session.begin():
-            await check_in_flight(state.api, session, tenant)
+            await state.in_flight.check(state.api, session, tenant)
             job = await repo.create_job(
                 session,
                 question=question,
