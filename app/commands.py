@@ -102,6 +102,11 @@ def keys_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="keys_command", required=True)
     create = sub.add_parser("create", help="create a key; it is printed once, never again")
     create.add_argument("--tenant", required=True, help="the tenant whose jobs the key sees")
+    create.add_argument(
+        "--admin",
+        action="store_true",
+        help="also the operator's views (/v1/pools: server URLs and load)",
+    )
     listed = sub.add_parser("list", help="key ids, tenants and dates (never the keys)")
     listed.add_argument("--tenant", default=None, help="only this tenant's keys")
     json_arguments(listed)
@@ -365,12 +370,13 @@ async def keys(args: argparse.Namespace, settings: Settings) -> int:
         validate_tenant(tenant)  # before touching the database
     async with Runtime(settings) as rt:
         if args.keys_command == "create":
-            key_id, key = await create_key_with_id(rt.sessions, args.tenant)
+            scope = "admin" if args.admin else "tenant"
+            key_id, key = await create_key_with_id(rt.sessions, args.tenant, scope=scope)
             # The only copy: the database keeps its hash. Notes go to stderr so that
             # `KEY=$(ponder keys create --tenant t)` captures the key alone.
             print(key)
             print(
-                f"ponder: API key {key_id} for tenant {args.tenant!r} created; "
+                f"ponder: {scope} API key {key_id} for tenant {args.tenant!r} created; "
                 "it is shown only this once.",
                 file=sys.stderr,
             )
@@ -381,7 +387,11 @@ async def keys(args: argparse.Namespace, settings: Settings) -> int:
             done = await revoke_key(rt.sessions, args.key_id)
             key_info = done.key
             when = f"already revoked at {key_info.revoked_at:%Y-%m-%d %H:%M:%S} UTC"
-            state = when if done.already else "revoked; the next request with it gets 401"
+            state = (
+                when
+                if done.already
+                else "revoked; requests with it get 401 within PONDER_API_KEY_CACHE_S (2 s)"
+            )
             print(f"ponder: key {key_info.id} of {key_info.tenant!r} {state}", file=sys.stderr)
             if not done.active_left:
                 print(

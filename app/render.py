@@ -263,6 +263,7 @@ def api_keys(keys: Sequence[KeyInfo], as_json: bool) -> None:
             "tenant": k.tenant,
             "created": k.created_at.isoformat(),
             "revoked": k.revoked_at.isoformat() if k.revoked_at else None,
+            "scope": k.scope,
         }
         for k in keys
     ]
@@ -273,8 +274,8 @@ def api_keys(keys: Sequence[KeyInfo], as_json: bool) -> None:
         err.print("no API keys (create one with `ponder keys create --tenant T`)")
         return
     table = Table(box=None, pad_edge=False)
-    for column in ("id", "tenant", "created", "revoked"):
+    for column in ("id", "tenant", "scope", "created", "revoked"):
         table.add_column(column, no_wrap=True)
     for row in rows:
-        table.add_row(row["id"], row["tenant"], row["created"], row["revoked"] or "-")
+        table.add_row(row["id"], row["tenant"], row["scope"], row["created"], row["revoked"] or "-")
     out.print(table, highlight=False)

@@ -55,10 +55,11 @@ class KeyInfo:
     tenant: str
     created_at: datetime
     revoked_at: datetime | None
+    scope: str = "tenant"
 
     @classmethod
     def of(cls, row: ApiKey) -> KeyInfo:
-        return cls(row.id, row.tenant, row.created_at, row.revoked_at)
+        return cls(row.id, row.tenant, row.created_at, row.revoked_at, row.scope or "tenant")
 
 
 @dataclass(frozen=True)
@@ -70,19 +71,28 @@ class Revoked:
     """Whether any active key remains (with none, the API accepts keyless requests)."""
 
 
-async def create_key(sessions: async_sessionmaker[AsyncSession], tenant: str) -> str:
+SCOPES = ("tenant", "admin")
+"""``tenant``: the tenant's own jobs, presets, strategies. ``admin``: that, plus the
+operator's views (``/v1/pools``: server URLs and load)."""
+
+
+async def create_key(
+    sessions: async_sessionmaker[AsyncSession], tenant: str, *, scope: str = "tenant"
+) -> str:
     """Store a new key for ``tenant`` and return it: the only time it is ever visible."""
-    return (await create_key_with_id(sessions, tenant))[1]
+    return (await create_key_with_id(sessions, tenant, scope=scope))[1]
 
 
 async def create_key_with_id(
-    sessions: async_sessionmaker[AsyncSession], tenant: str
+    sessions: async_sessionmaker[AsyncSession], tenant: str, *, scope: str = "tenant"
 ) -> tuple[str, str]:
     """``create_key``, also returning the key's id (what ``list`` and ``revoke`` use)."""
     validate_tenant(tenant)
+    if scope not in SCOPES:
+        raise InvalidInput(f"scope must be one of {', '.join(SCOPES)}", field="scope")
     key = new_key()
     async with sessions() as session, session.begin():
-        row = await repo.create_api_key(session, tenant=tenant, key_hash=hash_key(key))
+        row = await repo.create_api_key(session, tenant=tenant, key_hash=hash_key(key), scope=scope)
         key_id = row.id
     return key_id, key
 
@@ -113,6 +123,26 @@ async def revoke_key(sessions: async_sessionmaker[AsyncSession], key_id: str) ->
         info = KeyInfo.of(row)
         active_left = await repo.any_active_api_key(session)
     return Revoked(info, already, active_left)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a request is: its tenant, and its key's scope."""
+
+    tenant: str
+    scope: str = "tenant"
+
+    @property
+    def admin(self) -> bool:
+        return self.scope == "admin"
+
+
+async def principal_for_key(session: AsyncSession, key: str) -> Principal | None:
+    """The tenant and scope of an active key, or None for an unknown or revoked one."""
+    if not key.startswith(KEY_PREFIX) or len(key) > 200:
+        return None
+    found = await repo.principal_for_key_hash(session, hash_key(key))
+    return Principal(*found) if found is not None else None
 
 
 async def tenant_for_key(session: AsyncSession, key: str) -> str | None:

@@ -16,13 +16,14 @@ from fastapi import Depends, Request
 from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.api.errors import Unauthorized
+from app.api.errors import Forbidden, Unauthorized
 from app.api.executor import JobExecutor
 from app.api.key_cache import KeyCache
 from app.api.quota import InFlight
 from app.api.settings import ApiSettings
 from core import keys
 from core.db import repo
+from core.keys import Principal
 from core.pools.registry import Pools
 from core.settings import PoolSettings, Settings
 
@@ -41,7 +42,7 @@ class ApiState:
     sessions: async_sessionmaker[AsyncSession]
     pools: Pools
     executor: JobExecutor
-    key_cache: KeyCache[str] = field(default_factory=lambda: KeyCache(2.0))
+    key_cache: KeyCache[Principal] = field(default_factory=lambda: KeyCache(2.0))
     in_flight: InFlight = field(default_factory=InFlight)
 
 
@@ -74,7 +75,12 @@ def _bearer(request: Request) -> str | None:
     return token.strip()
 
 
-async def get_tenant(request: Request, state: State) -> str:
+OPEN = Principal(DEFAULT_TENANT, "admin")
+"""Who a request is while no key exists: the server then binds loopback only (``ponder
+serve``), so its one user is the operator."""
+
+
+async def get_principal(request: Request, state: State) -> Principal:
     # Its own session, returned before the route runs: a request never holds two pooled
     # connections at once, which deadlocked the pool under load (each request held one
     # here and waited for a second in the route). Usually it opens none: both facts
@@ -89,20 +95,35 @@ async def get_tenant(request: Request, state: State) -> str:
         if token is None:
             if await cache.keys_exist(keys_exist):
                 raise Unauthorized("an API key is required: 'Authorization: Bearer <key>'")
-            return DEFAULT_TENANT
+            return OPEN
         found = token
 
-        async def tenant_of_key() -> str | None:
-            return await keys.tenant_for_key(session, found)
+        async def principal_of_key() -> Principal | None:
+            return await keys.principal_for_key(session, found)
 
-        tenant = await cache.lookup(token, tenant_of_key)
-        if tenant is None:
+        principal = await cache.lookup(token, principal_of_key)
+        if principal is None:
             # With no key ever created the server is open: a token is ignored rather than
             # refused, because OpenAI clients cannot send a request without one.
             if not await cache.keys_exist(keys_exist):
-                return DEFAULT_TENANT
+                return OPEN
             raise Unauthorized("unknown or revoked API key")
-        return tenant
+        return principal
+
+
+async def get_tenant(principal: Annotated[Principal, Depends(get_principal)]) -> str:
+    return principal.tenant
+
+
+async def require_admin(principal: Annotated[Principal, Depends(get_principal)]) -> str:
+    if not principal.admin:
+        raise Forbidden(
+            "this needs an admin key (`ponder keys create --tenant T --admin`): it shows "
+            "the operator's servers"
+        )
+    return principal.tenant
 
 
 Tenant = Annotated[str, Depends(get_tenant)]
+Admin = Annotated[str, Depends(require_admin)]
+"""The tenant of an admin key (or of the open, keyless server)."""

@@ -2,6 +2,7 @@
 
     PonderError (core.errors)             {"error": {"code", "message", "field"?, ...}}
     ├── Unauthorized            401       missing, unknown or revoked API key
+    ├── Forbidden               403       a tenant key where an admin key is needed
     ├── IdempotencyConflict     409       an Idempotency-Key reused with another body
     ├── PayloadTooLarge         413       body over ApiSettings.max_body_bytes
     ├── TooManyRequests         429       over a tenant's rate or jobs in flight (app.api.limits)
@@ -33,6 +34,11 @@ log = logging.getLogger(__name__)
 class Unauthorized(PonderError):
     code = "unauthorized"
     status = 401
+
+
+class Forbidden(PonderError):
+    code = "forbidden"
+    status = 403
 
 
 class IdempotencyConflict(PonderError):

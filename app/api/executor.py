@@ -95,7 +95,8 @@ class CeleryExecutor:
             await client.ping()
             return Readiness(True, "redis answers PING")
         except Exception as exc:  # any failure to reach the broker means "not ready"
-            return Readiness(False, f"redis: {type(exc).__name__}: {exc}")
+            log.warning("readyz: broker check failed: %s: %s", type(exc).__name__, exc)
+            return Readiness(False, f"redis did not answer PING ({type(exc).__name__})")
         finally:
             await client.aclose()
 

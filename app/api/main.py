@@ -41,6 +41,7 @@ from core.db.engine import (
     trace_engine_options,
 )
 from core.db.migrate import ensure_schema
+from core.keys import Principal
 from core.pools.registry import Pools
 from core.settings import PoolSettings, Settings, get_settings
 
@@ -96,7 +97,7 @@ def create_app(
             sessions=make_sessionmaker(engine),
             pools=clients,
             executor=chosen,
-            key_cache=KeyCache(api.key_cache_s),
+            key_cache=KeyCache[Principal](api.key_cache_s),
         )
         await chosen.start(
             ExecutorContext(state.sessions, sync_engine, clients, core_settings.broker_url)

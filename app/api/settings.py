@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -119,6 +119,10 @@ class ApiSettings(BaseSettings):
     """How long an API key's tenant is remembered by one API process: a revoked key is
     refused at most this long after ``ponder keys revoke`` (0: ask the database every
     request)."""
+    metrics_token: SecretStr | None = None
+    """Bearer token a scraper sends to ``/metrics`` (which reports every tenant's jobs,
+    tokens and cost). Unset: ``/metrics`` is open only while no API key exists (the
+    loopback-only open mode); once keys exist it answers 401 until this is set."""
     metrics_cache_s: float = Field(default=2.0, ge=0)
     """``/metrics`` aggregates SQL tables; scrapes closer together than this share one."""
     limits: TenantLimits = Field(default_factory=TenantLimits)

@@ -210,6 +210,8 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(128), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    scope: Mapped[str] = mapped_column(String(16), default="tenant", server_default="tenant")
+    """``tenant``: the tenant's own jobs; ``admin``: also the operator's views (pools)."""
 
 
 class Preset(Base):

@@ -234,8 +234,10 @@ async def list_closed_spans(session: AsyncSession, span_ids: Sequence[str]) -> S
     return rows.scalars().all()
 
 
-async def create_api_key(session: AsyncSession, *, tenant: str, key_hash: str) -> ApiKey:
-    key = ApiKey(tenant=tenant, key_hash=key_hash)
+async def create_api_key(
+    session: AsyncSession, *, tenant: str, key_hash: str, scope: str = "tenant"
+) -> ApiKey:
+    key = ApiKey(tenant=tenant, key_hash=key_hash, scope=scope)
     session.add(key)
     await session.flush()
     return key
@@ -245,6 +247,18 @@ async def tenant_for_key_hash(session: AsyncSession, key_hash: str) -> str | Non
     return await session.scalar(
         select(ApiKey.tenant).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
     )
+
+
+async def principal_for_key_hash(session: AsyncSession, key_hash: str) -> tuple[str, str] | None:
+    """(tenant, scope) of an active key."""
+    row = (
+        await session.execute(
+            select(ApiKey.tenant, ApiKey.scope).where(
+                ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None)
+            )
+        )
+    ).first()
+    return (row[0], row[1]) if row is not None else None
 
 
 async def list_api_keys(session: AsyncSession, tenant: str | None = None) -> Sequence[ApiKey]:

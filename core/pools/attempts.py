@@ -180,9 +180,20 @@ class Dispatcher:
         # Full jitter (AWS architecture blog): spreads retries of concurrent calls.
         return self.rng.uniform(0.0, min(s.backoff_max_s, s.backoff_base_s * 2.0 ** min(retry, 60)))
 
+    def label(self, endpoint: Endpoint) -> str:
+        """How errors name an endpoint: by position, never by URL. Job errors reach
+        tenants, and the servers' addresses are the operator's (``/v1/pools`` is
+        admin-only; logs keep URLs)."""
+        return f"endpoint {self.endpoints.index(endpoint) + 1} of {len(self.endpoints)}"
+
+    def public_attempts(self, attempts: list[Attempt]) -> list[dict[str, object]]:
+        """Attempts as a job's error shows them: endpoints by label, not URL."""
+        labels = {ep.url: self.label(ep) for ep in self.endpoints}
+        return [a.model_dump() | {"endpoint": labels.get(a.endpoint, "endpoint")} for a in attempts]
+
     def all_open_error(self, last: str | None) -> PoolUnavailable:
         now = self.clock()
-        refusing = [ep.url for ep in self.endpoints if not ep.admits(now)]
+        refusing = [self.label(ep) for ep in self.endpoints if not ep.admits(now)]
         message = f"pool {self.name!r}: no endpoint available, circuit open for " + ", ".join(
             refusing
         )
@@ -255,7 +266,7 @@ class AttemptLoop:
 
     def _failed(self, endpoint: Endpoint, error: str, retry_after: float | None) -> None:
         self._faults[endpoint] = self._faults.get(endpoint, 0) + 1
-        self._last = f"{endpoint.url}: {error}"
+        self._last = f"{self._dispatcher.label(endpoint)}: {error}"
         self._retry_after = retry_after
 
 
@@ -303,10 +314,11 @@ class Try:
             wait = wire.retry_after(retry_after) if status in RETRY_AFTER_STATUS else None
             raise Fault(error, wait, server_fault=status in SERVER_STATE_STATUS)
         self.error = error
-        url = self.endpoint.url
+        dispatcher = self._loop._dispatcher
+        where = dispatcher.label(self.endpoint)
         raise ModelHTTPError(
-            f"pool {self._loop._dispatcher.name!r}: {url} rejected the request: {error}",
-            endpoint=url,
+            f"pool {dispatcher.name!r}: {where} rejected the request: {error}",
+            endpoint=where,
             upstream_status=status,
         )
 
@@ -334,7 +346,7 @@ class Try:
             verdict = _OK  # the server is up; the request was wrong
         elif isinstance(exc, (httpx.UnsupportedProtocol, httpx.LocalProtocolError)):
             self.error = wire.describe(exc)
-            fatal = ModelError(f"pool {d.name!r}: {endpoint.url}: {self.error}")
+            fatal = ModelError(f"pool {d.name!r}: {d.label(endpoint)}: {self.error}")
         elif isinstance(exc, httpx.RequestError):
             # Connect errors, timeouts, "Server disconnected", resets.
             verdict, self.error = _FAULT, wire.describe(exc)
@@ -353,7 +365,7 @@ class Try:
             # The caller already acted on part of this answer: a second attempt would
             # hand it the beginning again. Before that, nothing is lost by retrying.
             retry = False
-            fatal = ModelError(f"pool {d.name!r}: {endpoint.url}: stream broke: {self.error}")
+            fatal = ModelError(f"pool {d.name!r}: {d.label(endpoint)}: stream broke: {self.error}")
         if verdict == _OK:
             endpoint.succeeded(self._probe)
         elif verdict == _FAULT:

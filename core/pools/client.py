@@ -140,7 +140,7 @@ class PoolClient:
                     raise self._dispatcher.timeout_error(timeout_s) from exc
         except ModelError as exc:
             exc.details["pool"] = self.name
-            exc.details["attempts"] = [a.model_dump() for a in call.attempts]
+            exc.details["attempts"] = self._dispatcher.public_attempts(call.attempts)
             raise
         result.latency_ms = (time.perf_counter() - started) * 1000.0
         return result

@@ -56,6 +56,8 @@ def served(
         sim_url=simulator_server.url,
     )  # fmt: skip
     env = settings_env(settings)
+    # The docs scrape /metrics with the operator's token, as a deployment would.
+    env["PONDER_API_METRICS_TOKEN"] = "docs-metrics-token"
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     port = free_port()
     log = data / "serve.log"

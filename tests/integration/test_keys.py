@@ -99,7 +99,7 @@ def test_revoked_key_is_refused_on_the_next_request(server: str, env: dict[str, 
         ("acme", True),
         ("globex", False),
     ]
-    assert set(listed[0]) == {"id", "tenant", "created", "revoked"}
+    assert set(listed[0]) == {"id", "tenant", "created", "revoked", "scope"}
     assert acme_key not in json.dumps(listed) and globex_key not in json.dumps(listed)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.deps import State, Tenant
+from app.api.deps import Admin, State, Tenant
 from app.api.schemas import PoolOut, StrategyOut
 from app.api.services import system
 
@@ -18,8 +18,9 @@ async def list_strategies(tenant: Tenant) -> list[StrategyOut]:
 
 
 @router.get("/pools", response_model=list[PoolOut])
-async def list_pools(state: State, tenant: Tenant, probe: bool = True) -> list[PoolOut]:
-    """Each model role's pool; `probe=true` health-checks every endpoint now. `breaker` is
+async def list_pools(state: State, admin: Admin, probe: bool = True) -> list[PoolOut]:
+    """Admin keys only (server URLs and load are the operator's). Each model role's
+    pool; `probe=true` health-checks every endpoint now. `breaker` is
     the worst of this process's breaker and every worker's reported one
     (`reported_by_workers`); request counts are this API process's own."""
     return await system.pools(state, probe=probe)
