@@ -31,7 +31,7 @@ from app.api.main import create_app
 from app.api.settings import ApiSettings
 from core.db.migrate import upgrade
 from core.settings import PoolSettings, Settings
-from tests.integration.test_api_jobs import ApiServer
+from tests.fixtures.api import ApiServer
 
 
 class NoopExecutor:

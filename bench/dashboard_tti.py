@@ -36,7 +36,7 @@ from app.api.settings import ApiSettings
 from core.db.migrate import upgrade
 from core.settings import PoolSettings, Settings
 from tests.e2e.conftest import CHROMIUM_ARGS, DEFAULT_CHROMIUM, write_synthetic_trace
-from tests.integration.test_api_jobs import ApiServer
+from tests.fixtures.api import ApiServer
 
 PAGE_TIMES = """() => {
   const mark = (name) => performance.getEntriesByName(name)[0].startTime;

@@ -40,13 +40,13 @@ from app.api.executor import CeleryExecutor  # noqa: E402
 from app.api.main import create_app  # noqa: E402
 from app.api.settings import ApiSettings  # noqa: E402
 from core.db.migrate import upgrade  # noqa: E402
+from tests.fixtures.api import ApiServer  # noqa: E402
 from tests.fixtures.worker import (  # noqa: E402
     WorkerProcess,
     purge_redis_prefix,
     unique_prefix,
     worker_settings,
 )
-from tests.integration.test_api_jobs import ApiServer  # noqa: E402
 from workers.celery_app import configure  # noqa: E402
 
 QUESTION = "What is 2 + 3?"

@@ -39,7 +39,7 @@ from core.db import repo
 from core.runtime import Runtime
 from core.settings import PoolSettings, Settings
 from core.trace import Tracer, TraceWriter
-from tests.integration.test_api_jobs import ApiServer
+from tests.fixtures.api import ApiServer
 
 
 async def _read(client: httpx.AsyncClient, job_id: str, arrivals: dict[int, float]) -> None:

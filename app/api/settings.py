@@ -33,7 +33,21 @@ def _budget_fields(value: dict[str, int | float] | None) -> dict[str, int | floa
     return value
 
 
-class TenantLimits(BaseModel):
+class _CheckedLimits(BaseModel):
+    """The checks both the limits and a tenant's overrides of them pass."""
+
+    @field_validator("rate", check_fields=False)
+    @classmethod
+    def _check_rate(cls, value: str | None) -> str | None:
+        return _rate(value)
+
+    @field_validator("default_budget", "max_budget", check_fields=False)
+    @classmethod
+    def _check_budget(cls, value: dict[str, int | float] | None) -> Any:
+        return _budget_fields(value)
+
+
+class TenantLimits(_CheckedLimits):
     """What one tenant may spend and ask for. ``PONDER_API_LIMITS__*`` sets every
     tenant's; ``PONDER_API_TENANT_LIMITS__<TENANT>__*`` overrides single fields for one."""
 
@@ -55,18 +69,8 @@ class TenantLimits(BaseModel):
     """Requests per tenant to /v1, in the notation of the `limits` library (`20/second`,
     `1000/hour;50/second`); over it, a 429 with Retry-After. Default: no limit."""
 
-    @field_validator("rate")
-    @classmethod
-    def _check_rate(cls, value: str | None) -> str | None:
-        return _rate(value)
 
-    @field_validator("default_budget", "max_budget")
-    @classmethod
-    def _check_budget(cls, value: dict[str, int | float] | None) -> Any:
-        return _budget_fields(value)
-
-
-class TenantLimitsOverride(BaseModel):
+class TenantLimitsOverride(_CheckedLimits):
     """Fields set here replace the ``PONDER_API_LIMITS__*`` value for one tenant."""
 
     model_config = ConfigDict(extra="forbid")
@@ -75,16 +79,6 @@ class TenantLimitsOverride(BaseModel):
     max_budget: dict[str, int | float] | None = None
     max_jobs_in_flight: int | None = Field(default=None, ge=1)
     rate: str | None = None
-
-    @field_validator("rate")
-    @classmethod
-    def _check_rate(cls, value: str | None) -> str | None:
-        return _rate(value)
-
-    @field_validator("default_budget", "max_budget")
-    @classmethod
-    def _check_budget(cls, value: dict[str, int | float] | None) -> Any:
-        return _budget_fields(value)
 
 
 class ApiSettings(BaseSettings):

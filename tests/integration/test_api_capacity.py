@@ -20,18 +20,13 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from app.api.executor import InProcessExecutor
-from app.api.main import create_app
-from app.api.settings import ApiSettings
-from core.db.engine import make_async_engine, make_sessionmaker
-from core.keys import create_key
 from core.settings import DatabasePoolSettings
 from core.simulator.config import Rule
 from core.simulator.server import Simulator
+from tests.fixtures.api import make_key, serve_api
 from tests.fixtures.database import libpq_url
 from tests.fixtures.proxy import CuttableProxy
-from tests.fixtures.runtime import simulator_settings
-from tests.integration.test_api_jobs import ApiServer, script
+from tests.integration.test_api_jobs import script
 
 BODY = {"question": "What is 2 + 3?", "strategy": "direct"}
 
@@ -40,26 +35,8 @@ BODY = {"question": "What is 2 + 3?", "strategy": "direct"}
 def api(
     simulator: Simulator, database_url: str, tmp_path: Path, pool: DatabasePoolSettings
 ) -> Iterator[str]:
-    settings = simulator_settings(simulator.url, database_url, tmp_path)
-    settings = settings.model_copy(update={"db_pool": pool})
-    app = create_app(
-        settings,
-        executor=InProcessExecutor(),
-        api_settings=ApiSettings(_env_file=None),  # type: ignore[call-arg]
-    )
-    with ApiServer(app) as server:
-        yield server.url
-
-
-def _key(database_url: str) -> str:
-    async def create() -> str:
-        engine = make_async_engine(database_url)
-        try:
-            return await create_key(make_sessionmaker(engine), tenant="acme")
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(create())
+    with serve_api(simulator.url, database_url, tmp_path, db_pool=pool) as url:
+        yield url
 
 
 def _assert_json_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
@@ -78,7 +55,7 @@ def test_more_concurrent_requests_than_connections_all_succeed(
     # for a second in the route: 24 requests on 2 connections deadlocked until the pool
     # timeout and answered 500.
     simulator.set_config(script(Rule(replies=["The answer is 5."])))
-    key = _key(database_url)
+    key = make_key(database_url, "acme")
     pool = DatabasePoolSettings(size=2, max_overflow=0, timeout_s=5)
     with api(simulator, database_url, tmp_path, pool) as url:
 

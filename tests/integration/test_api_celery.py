@@ -25,6 +25,7 @@ from core.events import EVENT_ADAPTER, Event, JobFinishedEvent, ModelCallEvent
 from core.keys import create_key
 from core.simulator.config import Latency, Rule, SimulatorConfig
 from core.simulator.server import Simulator
+from tests.fixtures.api import ApiServer
 from tests.fixtures.worker import (  # noqa: F401 - redis_url is a fixture
     WorkerProcess,
     purge_redis_prefix,
@@ -33,7 +34,7 @@ from tests.fixtures.worker import (  # noqa: F401 - redis_url is a fixture
     wait_until,
     worker_settings,
 )
-from tests.integration.test_api_jobs import ApiServer, read_sse
+from tests.integration.test_api_jobs import read_sse
 from workers.celery_app import configure
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]

@@ -3,11 +3,8 @@ the model server, and jobs run by the in-process executor."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,58 +12,18 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from app.api.executor import InProcessExecutor
 from app.api.main import create_app
 from app.api.settings import ApiSettings
-from core.db.engine import make_async_engine, make_sessionmaker
 from core.events import EVENT_ADAPTER, Event, JobFinishedEvent, ModelCallEvent
-from core.keys import create_key
 from core.simulator.config import Latency, Rule, SimulatorConfig
 from core.simulator.server import Simulator
 from strategies.registry import STRATEGIES
+from tests.fixtures.api import ApiServer, make_key
 from tests.fixtures.runtime import simulator_settings
 
 QUESTION = "What is 2 + 3?"
-
-
-class ApiServer:
-    """uvicorn in a thread with its own event loop, on a free port (as httpx's tests do)."""
-
-    def __init__(self, app: Any) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(
-            app,
-            log_level="warning",
-            access_log=False,
-            ws="none",
-            lifespan="on",
-            timeout_graceful_shutdown=2,
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [sock]}, daemon=True
-        )
-        self._sock = sock
-
-    def __enter__(self) -> ApiServer:
-        self.thread.start()
-        deadline = time.monotonic() + 15
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("API server failed to start")
-            time.sleep(0.005)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=15)
-        self._sock.close()
 
 
 def script(*rules: Rule, latency: Latency | None = None) -> SimulatorConfig:
@@ -320,17 +277,6 @@ def test_cancel_stops_a_running_job_with_its_partial_trace(
 
 
 # -- tenants -----------------------------------------------------------------------
-
-
-def make_key(database_url: str, tenant: str) -> str:
-    async def create() -> str:
-        engine = make_async_engine(database_url)
-        try:
-            return await create_key(make_sessionmaker(engine), tenant)
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(create())
 
 
 def test_tenants_see_only_their_own_jobs(

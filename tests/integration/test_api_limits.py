@@ -4,7 +4,6 @@ server, real SQLite, the simulator; the rate limit also over real Redis."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,16 +13,11 @@ from typing import Any
 import httpx
 import pytest
 
-from app.api.executor import InProcessExecutor
-from app.api.main import create_app
-from app.api.settings import ApiSettings
-from core.db.engine import make_async_engine, make_sessionmaker
-from core.keys import create_key
 from core.simulator.config import Latency, Rule
 from core.simulator.server import Simulator
-from tests.fixtures.runtime import simulator_settings
+from tests.fixtures.api import make_key, serve_api
 from tests.fixtures.worker import redis_url  # noqa: F401 - a fixture
-from tests.integration.test_api_jobs import QUESTION, ApiServer, script, wait_done
+from tests.integration.test_api_jobs import QUESTION, script, wait_done
 
 
 @contextmanager
@@ -34,26 +28,12 @@ def server(
     broker_url: str | None = None,
     **api: Any,
 ) -> Iterator[str]:
-    settings = simulator_settings(simulator.url, database_url, tmp_path)
-    settings = settings.model_copy(update={"broker_url": broker_url})
-    app = create_app(
-        settings,
-        executor=InProcessExecutor(),
-        api_settings=ApiSettings(_env_file=None, **api),  # type: ignore[call-arg]
-    )
-    with ApiServer(app) as running:
-        yield running.url
+    with serve_api(simulator.url, database_url, tmp_path, broker_url=broker_url, **api) as url:
+        yield url
 
 
 def keyed_client(url: str, database_url: str, tenant: str) -> httpx.Client:
-    async def create() -> str:
-        engine = make_async_engine(database_url)
-        try:
-            return await create_key(make_sessionmaker(engine), tenant=tenant)
-        finally:
-            await engine.dispose()
-
-    key = asyncio.run(create())
+    key = make_key(database_url, tenant)
     return httpx.Client(base_url=url, timeout=30, headers={"Authorization": f"Bearer {key}"})
 
 

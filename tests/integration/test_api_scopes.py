@@ -5,7 +5,6 @@ uvicorn server, SQLite and PostgreSQL, the simulator."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,39 +14,21 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from app.api.executor import InProcessExecutor
-from app.api.main import create_app
-from app.api.settings import ApiSettings
-from core.db.engine import make_async_engine, make_sessionmaker
-from core.keys import create_key
 from core.simulator.config import Failure, Rule, SimulatorConfig
 from core.simulator.server import Simulator
+from tests.fixtures.api import make_key, serve_api
 from tests.fixtures.proxy import CuttableProxy
-from tests.fixtures.runtime import simulator_settings
-from tests.integration.test_api_jobs import QUESTION, ApiServer, wait_done
+from tests.integration.test_api_jobs import QUESTION, wait_done
 
 
 @contextmanager
 def server(simulator: Simulator, database_url: str, tmp_path: Path, **api: Any) -> Iterator[str]:
-    settings = simulator_settings(simulator.url, database_url, tmp_path)
-    app = create_app(
-        settings,
-        executor=InProcessExecutor(),
-        api_settings=ApiSettings(_env_file=None, **api),  # type: ignore[call-arg]
-    )
-    with ApiServer(app) as running:
-        yield running.url
+    with serve_api(simulator.url, database_url, tmp_path, **api) as url:
+        yield url
 
 
 def key(database_url: str, tenant: str, scope: str = "tenant") -> dict[str, str]:
-    async def make() -> str:
-        engine = make_async_engine(database_url)
-        try:
-            return await create_key(make_sessionmaker(engine), tenant, scope=scope)
-        finally:
-            await engine.dispose()
-
-    return {"Authorization": f"Bearer {asyncio.run(make())}"}
+    return {"Authorization": f"Bearer {make_key(database_url, tenant, scope)}"}
 
 
 def test_pools_need_an_admin_key_and_metrics_the_operator_token(

@@ -16,6 +16,7 @@ from app.api.settings import ApiSettings
 from core.runtime import Runtime
 from core.settings import PoolSettings
 from core.simulator.server import Simulator
+from tests.fixtures.api import ApiServer
 from tests.fixtures.processes import free_port
 from tests.fixtures.worker import (  # noqa: F401 - redis_url is a fixture
     WorkerProcess,
@@ -24,7 +25,6 @@ from tests.fixtures.worker import (  # noqa: F401 - redis_url is a fixture
     unique_prefix,
     worker_settings,
 )
-from tests.integration.test_api_jobs import ApiServer
 from tests.integration.test_worker import submit, wait_status
 from workers.celery_app import configure
 

@@ -18,8 +18,9 @@ from app.api.settings import ApiSettings
 from core.simulator.config import Rule
 from core.simulator.server import Simulator
 from strategies.registry import MAX_SPEC_DEPTH
+from tests.fixtures.api import ApiServer
 from tests.fixtures.runtime import simulator_settings
-from tests.integration.test_api_jobs import QUESTION, ApiServer, script, wait_done
+from tests.integration.test_api_jobs import QUESTION, script, wait_done
 
 NUL = "a\x00b"
 

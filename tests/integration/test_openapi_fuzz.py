@@ -5,7 +5,6 @@ content type, headers, body). Bounded: a fixed number of examples per operation.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,13 +16,12 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from app.api.executor import InProcessExecutor
 from app.api.main import create_app
 from app.api.settings import ApiSettings
-from core.db.engine import make_async_engine, make_sessionmaker
 from core.db.migrate import upgrade
-from core.keys import create_key
 from core.simulator.config import Rule
 from core.simulator.server import Simulator
+from tests.fixtures.api import ApiServer, make_key
 from tests.fixtures.runtime import simulator_settings
-from tests.integration.test_api_jobs import ApiServer, script
+from tests.integration.test_api_jobs import script
 
 EXAMPLES_PER_OPERATION = 40
 
@@ -34,21 +32,13 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     tmp = tmp_path_factory.mktemp("fuzz")
     url = f"sqlite:///{tmp / 'ponder.db'}"
     upgrade(url)
-    key = asyncio.run(_create_key(url))
+    key = make_key(url, "fuzz")
     with Simulator(script(Rule(replies=["The answer is 5."]))) as simulator:
         settings_ = simulator_settings(simulator.url, url, tmp)
         api = ApiSettings(_env_file=None, chat_timeout_s=5)  # type: ignore[call-arg]
         app = create_app(settings_, executor=InProcessExecutor(), api_settings=api)
         with ApiServer(app) as server:
             yield server.url, key
-
-
-async def _create_key(url: str) -> str:
-    engine = make_async_engine(url)
-    try:
-        return await create_key(make_sessionmaker(engine), tenant="fuzz")
-    finally:
-        await engine.dispose()
 
 
 # The schema as the app publishes it at /openapi.json (building the app opens nothing).

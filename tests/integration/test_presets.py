@@ -17,8 +17,9 @@ from core.db.engine import make_async_engine, make_sessionmaker
 from core.errors import InvalidInput
 from core.simulator.config import Rule
 from core.simulator.server import Simulator
+from tests.fixtures.api import ApiServer
 from tests.fixtures.runtime import simulator_settings
-from tests.integration.test_api_jobs import ApiServer, script, submit, wait_done
+from tests.integration.test_api_jobs import script, submit, wait_done
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from app.api.errors import install_handlers
 from app.api.failures import RequestContextMiddleware
 from core.errors import NotFound
-from tests.integration.test_api_jobs import ApiServer
+from tests.fixtures.api import ApiServer
 
 
 def _app() -> FastAPI:
