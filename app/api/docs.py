@@ -73,7 +73,8 @@ def install_docs(app: FastAPI) -> None:
                 }
             }
             for path, operations in schema.get("paths", {}).items():
-                if path.startswith(SECURED_PREFIX):
+                # /metrics takes the operator's token (PONDER_API_METRICS_TOKEN) the same way.
+                if path.startswith(SECURED_PREFIX) or path == "/metrics":
                     for operation in operations.values():
                         operation["security"] = [{SCHEME: []}]
             app.openapi_schema = schema

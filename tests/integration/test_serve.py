@@ -89,7 +89,9 @@ def test_with_a_key_and_pools_it_serves_on_all_interfaces_without_embedded_model
         SimulatorConfig(models=["sim-small"], rules=[Rule(replies=["The answer is 5."])])
     )
     env = pool_env(tmp_path, simulator.url)
-    made = run([sys.executable, "-m", "app.cli", "keys", "create", "--tenant", "acme"], env)
+    made = run(
+        [sys.executable, "-m", "app.cli", "keys", "create", "--tenant", "acme", "--admin"], env
+    )
     assert made.returncode == 0, made.stderr
     key = made.stdout.strip()
     port = free_port()
