@@ -4,6 +4,11 @@ Authentication: ``Authorization: Bearer <key>``; the key's tenant scopes everyth
 request can see. Until the first key is created, requests without a key are accepted as
 tenant ``default`` (``ponder serve`` then binds 127.0.0.1 only); from then on every
 ``/v1`` request needs an active one, even after every key has been revoked.
+
+Scopes: a ``tenant`` key (the default) sees its own jobs; an ``admin`` key also sees
+what is the operator's (``Admin``: ``GET /v1/pools``, and ``/metrics`` when no metrics
+token is set); any other key gets 403 ``forbidden``. The keyless open server's caller
+counts as admin: that server listens on loopback only, so its one user is the operator.
 """
 
 from __future__ import annotations

@@ -115,8 +115,9 @@ class ApiSettings(BaseSettings):
     request)."""
     metrics_token: SecretStr | None = None
     """Bearer token a scraper sends to ``/metrics`` (which reports every tenant's jobs,
-    tokens and cost). Unset: ``/metrics`` is open only while no API key exists (the
-    loopback-only open mode); once keys exist it answers 401 until this is set."""
+    tokens and cost). Set: ``/metrics`` needs exactly this token (401 otherwise, admin
+    keys included). Unset: ``/metrics`` needs an admin API key (403 for a tenant key),
+    or nothing while no API key exists (the loopback-only open mode)."""
     metrics_cache_s: float = Field(default=2.0, ge=0)
     """``/metrics`` aggregates SQL tables; scrapes closer together than this share one."""
     limits: TenantLimits = Field(default_factory=TenantLimits)

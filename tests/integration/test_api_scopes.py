@@ -50,15 +50,20 @@ def test_pools_need_an_admin_key_and_metrics_the_operator_token(
         assert scraped.status_code == 200 and "ponder_jobs" in scraped.text
 
 
-def test_metrics_without_a_token_close_once_keys_exist(
+def test_metrics_without_a_token_need_an_admin_key_once_keys_exist(
     simulator: Simulator, sqlite_database_url: str, tmp_path: Path
 ) -> None:
     with server(simulator, sqlite_database_url, tmp_path, key_cache_s=0) as url:
         assert httpx.get(f"{url}/metrics").status_code == 200  # open mode
-        key(sqlite_database_url, "acme")
+        tenant = key(sqlite_database_url, "acme")
         closed = httpx.get(f"{url}/metrics")
         assert closed.status_code == 401
-        assert "PONDER_API_METRICS_TOKEN" in closed.json()["error"]["message"]
+        refused = httpx.get(f"{url}/metrics", headers=tenant)
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden"
+        assert "PONDER_API_METRICS_TOKEN" in refused.json()["error"]["message"]
+        admin = key(sqlite_database_url, "ops", "admin")
+        scraped = httpx.get(f"{url}/metrics", headers=admin)
+        assert scraped.status_code == 200 and "ponder_jobs" in scraped.text
 
 
 def test_a_failed_job_names_its_pool_not_the_server_url(
