@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal, Protocol
 
@@ -138,6 +139,36 @@ EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 SpanEventTypes = JobSpanEvent | StrategyEvent | GroupEvent | ModelCallEvent | DecisionEvent
 
 
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s,;'\"()]+")
+
+
+def public_endpoint(value: object) -> str | None:
+    """An endpoint as a tenant may see it. Calls are recorded with the endpoint's
+    position (``"endpoint 2 of 3"``); a row written before that holds the server's URL,
+    which is the operator's (``/v1/pools``): it reads as ``"endpoint"``."""
+    if value is None:
+        return None
+    text = str(value)
+    return "endpoint" if "://" in text else text
+
+
+def without_urls(text: str) -> str:
+    """``text`` with every URL replaced by ``<endpoint>`` (errors of older rows)."""
+    return _URL.sub("<endpoint>", text)
+
+
+def public_attempts(attempts: list[Any]) -> list[Any]:
+    """A journal row's attempts with ``public_endpoint`` endpoints and URL-free errors."""
+    out: list[Any] = []
+    for attempt in attempts:
+        if isinstance(attempt, dict):
+            attempt = {**attempt, "endpoint": public_endpoint(attempt.get("endpoint"))}
+            if isinstance(attempt.get("error"), str):
+                attempt["error"] = without_urls(attempt["error"])
+        out.append(attempt)
+    return out
+
+
 def _duration_ms(start: datetime, end: datetime | None) -> float | None:
     return None if end is None else round((end - start).total_seconds() * 1000.0, 3)
 
@@ -145,6 +176,10 @@ def _duration_ms(start: datetime, end: datetime | None) -> float | None:
 def event_from_span(span: SpanRow) -> SpanEventTypes:
     """The typed event for one span row (open or closed)."""
     attrs = dict(span.attributes or {})
+    if "endpoint" in attrs:
+        attrs["endpoint"] = public_endpoint(attrs["endpoint"])
+    if isinstance(attrs.get("error"), str):
+        attrs["error"] = without_urls(attrs["error"])
     common: dict[str, Any] = {
         "job_id": span.job_id,
         "span_id": span.id,

@@ -149,6 +149,22 @@ class RoleModel:
             assert call.result is not None
             return call.result
 
+    def _name_role(self, exc: ModelError) -> None:
+        """Say whose call failed: the role, and the pool and model it ran on.
+
+        The pool's message names only the pool (``pool 'large': all 4 attempts failed;
+        last: endpoint 1 of 2: HTTP 500: …``), and a role may run on another role's pool
+        (``--role small=large``). Endpoints stay named by position: the message is the
+        job's error, which tenants read.
+        """
+        if "role" in exc.details:
+            return
+        pool = self.pool.name if self.pool is not None else exc.details.get("pool")
+        body = exc.message.removeprefix(f"pool {pool!r}: ")
+        exc.message = f"role {self.name!r} (pool {pool!r}, model {self.model!r}): {body}"
+        exc.args = (exc.message,)
+        exc.details["role"] = self.name
+
     def _fail(self, span: Any, exc: BaseException) -> None:
         """Close a call's span that an error (or a cancellation) ended early."""
         if span.end_ts is None:
@@ -315,6 +331,8 @@ class _JournaledCall:
                 out_of_time = model._out_of_time(exc)
                 model._fail(self.span, out_of_time)
                 raise out_of_time from exc
+            if isinstance(exc, ModelError):
+                model._name_role(exc)
             if exc is not None:
                 model._fail(self.span, exc)
         finally:
@@ -376,6 +394,10 @@ class _JournaledCall:
         model = self.model
         self.usage = usage
         cost = model.cost(usage)
+        # The journal and the span are the tenant's to read: endpoints by position, never
+        # by URL (the URL is the operator's: /v1/pools, the logs).
+        assert model.pool is not None  # a live call
+        endpoint = model.pool.public_endpoint(endpoint)
         entry = model.journal.new_entry(
             self.call,
             role=model.name,
@@ -383,7 +405,7 @@ class _JournaledCall:
             response=response,
             endpoint=endpoint,
             latency_ms=latency_ms,
-            attempts=[a.model_dump() for a in attempts],
+            attempts=model.pool.public_attempts(attempts),
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,
             cost=cost,

@@ -12,7 +12,7 @@ from app.dashboard import repository
 from app.dashboard.schemas import CallTextOut, ChoiceOut, SpansOut, TokenOut
 from core.db.models import Job, JobStatus, ModelCall
 from core.errors import NotFound
-from core.events import Event, SpanRow, event_from_span
+from core.events import Event, SpanRow, event_from_span, public_attempts, public_endpoint
 
 MAX_TOKENS_SHOWN = 4096
 """Per choice: enough to read any answer's logprobs, small enough for one response."""
@@ -86,9 +86,9 @@ async def call_text(session: AsyncSession, tenant: str, job_id: str, span_id: st
         journal_seq=entry.seq,
         fork_from=await repository.count_calls_before(session, job_id, entry.seq),
         copied_from=entry.source_job_id,
-        endpoint=entry.endpoint,
+        endpoint=public_endpoint(entry.endpoint),
         latency_ms=entry.latency_ms,
-        attempts=list(entry.attempts or []),
+        attempts=public_attempts(list(entry.attempts or [])),
         request=dict(entry.request or {}),
         choices=[_choice(c) for c in response.get("choices", []) if isinstance(c, dict)],
     )

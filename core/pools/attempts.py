@@ -186,8 +186,14 @@ class Dispatcher:
         admin-only; logs keep URLs)."""
         return f"endpoint {self.endpoints.index(endpoint) + 1} of {len(self.endpoints)}"
 
+    def label_url(self, url: str | None) -> str | None:
+        """``label`` of the endpoint at ``url`` ("endpoint" for a URL not in this pool)."""
+        if url is None:
+            return None
+        return next((self.label(ep) for ep in self.endpoints if ep.url == url), "endpoint")
+
     def public_attempts(self, attempts: list[Attempt]) -> list[dict[str, object]]:
-        """Attempts as a job's error shows them: endpoints by label, not URL."""
+        """Attempts as a job's error and journal show them: endpoints by label, not URL."""
         labels = {ep.url: self.label(ep) for ep in self.endpoints}
         return [a.model_dump() | {"endpoint": labels.get(a.endpoint, "endpoint")} for a in attempts]
 

@@ -169,6 +169,15 @@ class PoolClient:
         for endpoint in self._dispatcher.endpoints:
             endpoint.listeners.append(listener)
 
+    def public_endpoint(self, url: str | None) -> str | None:
+        """How records a tenant can read (journal, trace) name the endpoint at ``url``:
+        by position, ``"endpoint 2 of 3"``, never by URL (``/v1/pools`` is admin-only)."""
+        return self._dispatcher.label_url(url)
+
+    def public_attempts(self, attempts: list[Attempt]) -> list[dict[str, object]]:
+        """``attempts`` as records a tenant can read keep them: endpoints by position."""
+        return self._dispatcher.public_attempts(attempts)
+
     def snapshot(self) -> list[EndpointState]:
         now = self._dispatcher.clock()
         return [ep.snapshot(now) for ep in self._dispatcher.endpoints]

@@ -1,6 +1,7 @@
 """Nothing internal leaks to a tenant: the pools view (server URLs, load) needs an admin
-key, /metrics needs the operator's token, /readyz names the failed check without the
-exception's text, and a failed job names its pool and endpoint, never a URL. A real
+key, /metrics the operator's token (or, without one, an admin key), /readyz names the
+failed check without the exception's text, and a job's error, trace and calls name the
+role, pool and endpoint position, never a URL. A real
 uvicorn server, SQLite and PostgreSQL, the simulator."""
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def test_metrics_without_a_token_need_an_admin_key_once_keys_exist(
         assert scraped.status_code == 200 and "ponder_jobs" in scraped.text
 
 
-def test_a_failed_job_names_its_pool_not_the_server_url(
+def test_a_rejected_call_names_its_role_and_pool_not_the_server_url(
     simulator: Simulator, database_url: str, tmp_path: Path
 ) -> None:
     simulator.set_config(
@@ -82,8 +83,55 @@ def test_a_failed_job_names_its_pool_not_the_server_url(
         trace = c.get(f"/v1/jobs/{job['id']}/trace").text
     assert done["status"] == "failed", done
     message = done["error"]["message"]
-    assert "pool 'small'" in message and "endpoint 1 of 1" in message, message
-    assert "http://" not in str(done["error"]) and simulator.url not in trace
+    assert message.startswith("role 'small' (pool 'small', model 'sim-small'): "), message
+    assert "endpoint 1 of 1 rejected the request: HTTP 400" in message, message
+    assert "http://" not in str(done["error"]) and "http://" not in trace
+
+
+def test_failed_and_retried_calls_name_endpoints_by_position_never_by_url(
+    simulator: Simulator, database_url: str, tmp_path: Path
+) -> None:
+    """A call that succeeded after a 500, then one that got nothing but 500s: neither
+    the job, its trace, its live events nor the dashboard's call view shows a URL."""
+
+    def failing(times: int) -> SimulatorConfig:
+        return SimulatorConfig(
+            models=["sim-small", "sim-large"],
+            rules=[Rule(replies=["The answer is 5."])],
+            failures=[Failure(status=500, times=times)],
+        )
+
+    def everything(c: httpx.Client, job_id: str) -> tuple[dict[str, Any], str]:
+        done = wait_done(c, job_id)
+        trace = c.get(f"/v1/jobs/{job_id}/trace")
+        events = c.get(f"/v1/jobs/{job_id}/events")
+        spans = c.get(f"/dashboard/api/jobs/{job_id}/spans")
+        shown = [trace, events, spans]
+        for event in trace.json()["events"]:
+            if event["type"] == "model_call" and event["journal"]:  # failed: no entry
+                shown.append(c.get(f"/dashboard/api/jobs/{job_id}/calls/{event['span_id']}"))
+        assert all(r.status_code == 200 for r in shown), [(r.url, r.text) for r in shown]
+        return done, " ".join([str(done), *(r.text for r in shown)])
+
+    with server(simulator, database_url, tmp_path) as url, httpx.Client(base_url=url) as c:
+        simulator.set_config(failing(times=1))
+        retried = c.post("/v1/jobs", json={"question": QUESTION, "strategy": "direct"}).json()
+        done, seen = everything(c, retried["id"])
+        assert done["status"] == "succeeded", done
+        calls = c.get(f"/v1/jobs/{retried['id']}/trace").json()["journal"]["calls"]
+        assert [(e["endpoint"], e["attempts"]) for e in calls] == [("endpoint 1 of 1", 2)]
+        assert "http://" not in seen and simulator.url not in seen
+
+        simulator.set_config(failing(times=100))
+        failed = c.post("/v1/jobs", json={"question": QUESTION, "strategy": "direct"}).json()
+        done, seen = everything(c, failed["id"])
+    assert done["status"] == "failed", done
+    error = done["error"]
+    assert error["code"] == "pool_unavailable" and error["role"] == "small", error
+    assert error["message"].startswith("role 'small' (pool 'small', model 'sim-small'): ")
+    assert "endpoint 1 of 1: HTTP 500" in error["message"], error
+    assert {a["endpoint"] for a in error["attempts"]} == {"endpoint 1 of 1"}
+    assert "http://" not in seen and simulator.url not in seen
 
 
 @pytest.mark.postgres

@@ -23,7 +23,7 @@ from app.api.schemas import (
 from app.api.services.jobs import get_job
 from core.db import repo
 from core.db.models import Job, ModelCall, Span
-from core.events import ModelCallEvent, event_from_span
+from core.events import ModelCallEvent, event_from_span, public_endpoint
 
 
 def journal_summary(calls: Sequence[ModelCall]) -> JournalSummary:
@@ -33,7 +33,7 @@ def journal_summary(calls: Sequence[ModelCall]) -> JournalSummary:
             key=c.key,
             occurrence=c.occurrence,
             role=c.role,
-            endpoint=c.endpoint,
+            endpoint=public_endpoint(c.endpoint),
             latency_ms=c.latency_ms,
             attempts=len(c.attempts or []),
             prompt_tokens=c.prompt_tokens,
