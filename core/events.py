@@ -139,7 +139,8 @@ EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 SpanEventTypes = JobSpanEvent | StrategyEvent | GroupEvent | ModelCallEvent | DecisionEvent
 
 
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s,;'\"()]+")
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s,;'\"()]*[^\s,;'\"():.]")
+"""A URL, without the punctuation that may follow it ("last: http://h:8001/v1: HTTP 500")."""
 
 
 def public_endpoint(value: object) -> str | None:
