@@ -5,16 +5,23 @@ very next request; by default, within the cache's 2 s (tests/unit/test_key_cache
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import Column, MetaData, String, Table
 
+from core.db.engine import make_async_engine, make_engine, make_sessionmaker
+from core.db.migrate import upgrade
+from core.db.models import UTCDateTime
+from core.keys import Principal, hash_key, list_keys, new_key, principal_for_key
 from core.simulator.config import Rule, SimulatorConfig
 from core.simulator.server import Simulator
 from tests.fixtures.processes import free_port, wait_healthy
@@ -145,3 +152,46 @@ def test_revoking_the_last_key_does_not_reopen_the_api(server: str, env: dict[st
         assert with_revoked.status_code == 401
         sdk_style = anonymous.get("/v1/models", headers={"Authorization": "Bearer sk-anything"})
         assert sdk_style.status_code == 401
+
+
+def test_keys_created_before_scopes_become_tenant_keys(empty_database_url: str) -> None:
+    """Migration 0006 adds the scope: every key that existed is a ``tenant`` key."""
+    old_key = new_key()
+    upgrade(empty_database_url, "0005")
+    before = Table(  # api_keys as 0005 left it: no scope column
+        "api_keys",
+        MetaData(),
+        Column("id", String(32), primary_key=True),
+        Column("tenant", String(64)),
+        Column("key_hash", String(128)),
+        Column("created_at", UTCDateTime()),
+        Column("revoked_at", UTCDateTime(), nullable=True),
+    )
+    engine = make_engine(empty_database_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                before.insert().values(
+                    id="old",
+                    tenant="acme",
+                    key_hash=hash_key(old_key),
+                    created_at=datetime.now(UTC),
+                )
+            )
+    finally:
+        engine.dispose()
+    upgrade(empty_database_url)
+
+    async def read() -> tuple[Principal | None, list[str]]:
+        async_engine = make_async_engine(empty_database_url)
+        try:
+            sessions = make_sessionmaker(async_engine)
+            async with sessions() as session:
+                principal = await principal_for_key(session, old_key)
+            return principal, [k.scope for k in await list_keys(sessions)]
+        finally:
+            await async_engine.dispose()
+
+    principal, scopes = asyncio.run(read())
+    assert principal == Principal("acme", "tenant") and not principal.admin
+    assert scopes == ["tenant"]
