@@ -40,6 +40,7 @@ def role_field(*, default: str | None, description: str, **kwargs: Any) -> Any:
         default=default, description=description, json_schema_extra={ROLE_MARKER: True}, **kwargs
     )
 
+
 class ModelRequest(BaseModel):
     """One logical model call, independent of which server answers it.
 

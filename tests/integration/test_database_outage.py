@@ -87,9 +87,7 @@ async def test_jobs_finish_soon_after_a_database_outage_ends(
                 proxy.restore()
                 restored = time.monotonic()
                 for job_id in jobs:
-                    job = await wait_status(
-                        rt, job_id, {"succeeded", "failed"}, timeout=RECOVERY_S
-                    )
+                    job = await wait_status(rt, job_id, {"succeeded", "failed"}, timeout=RECOVERY_S)
                     assert job.status == "succeeded", job.error
                 recovered_s = time.monotonic() - restored
             assert "infrastructure failure" in worker.log()
