@@ -6,6 +6,7 @@ uvicorn server, SQLite and PostgreSQL, the simulator."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,9 +16,11 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
+from app.api.executor import CeleryExecutor
 from core.simulator.config import Failure, Rule, SimulatorConfig
 from core.simulator.server import Simulator
 from tests.fixtures.api import make_key, serve_api
+from tests.fixtures.processes import free_port
 from tests.fixtures.proxy import CuttableProxy
 from tests.integration.test_api_jobs import QUESTION, wait_done
 
@@ -136,8 +139,12 @@ def test_failed_and_retried_calls_name_endpoints_by_position_never_by_url(
 
 @pytest.mark.postgres
 def test_readyz_names_the_failed_check_without_its_text(
-    simulator: Simulator, clean_pg_database_url: str, tmp_path: Path
+    simulator: Simulator,
+    clean_pg_database_url: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="app.api.services.system")
     target = make_url(clean_pg_database_url)
     proxy = CuttableProxy((target.host or "127.0.0.1", target.port or 5432))
     proxy.start()
@@ -153,3 +160,27 @@ def test_readyz_names_the_failed_check_without_its_text(
     detail = ready.json()["checks"]["database"]["detail"]
     assert detail.startswith("database did not answer"), detail
     assert str(proxy.port) not in ready.text and "127.0.0.1" not in detail
+    logged = [r.getMessage() for r in caplog.records if r.name == "app.api.services.system"]
+    assert any(m.startswith("readyz: database check failed: ") for m in logged), logged
+
+
+def test_readyz_names_a_dead_broker_and_logs_why(
+    simulator: Simulator, sqlite_database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()  # nothing listens there
+    caplog.set_level(logging.WARNING, logger="app.api.executor")
+    with server(
+        simulator,
+        sqlite_database_url,
+        tmp_path,
+        executor=CeleryExecutor(),
+        broker_url=f"redis://127.0.0.1:{port}/0",
+    ) as url:
+        ready = httpx.get(f"{url}/readyz")
+    assert ready.status_code == 503
+    broker = ready.json()["checks"]["broker"]
+    assert broker == {"ok": False, "detail": "redis did not answer PING (ConnectionError)"}
+    assert str(port) not in ready.text
+    logged = [r for r in caplog.records if r.name == "app.api.executor"]
+    assert logged and logged[0].levelno == logging.WARNING
+    assert str(port) in logged[0].getMessage()  # the whole story is in the log
