@@ -261,6 +261,7 @@ class JobMonitor:
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         next_beat = loop.time() + self.heartbeat_s
+        failing = False
         while True:
             if not self._jobs:
                 self._wake.clear()
@@ -271,12 +272,18 @@ class JobMonitor:
                 if self._engine is None and loop.time() >= next_beat:
                     next_beat = loop.time() + self.heartbeat_s
                     await self._beat()
+                if failing:
+                    failing = False
+                    log.warning("job monitor poll works again")
             except asyncio.CancelledError:
                 raise
             except Exception:
                 # The database may be briefly away; the jobs' own writes will fail and be
-                # handled by their runs. Keep watching rather than die silently.
-                log.exception("job monitor poll failed; retrying")
+                # handled by their runs. Keep watching rather than die silently, and log
+                # the first failure of a streak only: the poll runs ten times a second.
+                if not failing:
+                    failing = True
+                    log.exception("job monitor poll failed; retrying quietly until it works")
             await asyncio.sleep(self.cancel_poll_s)
 
     async def _poll_cancels(self) -> None:
@@ -298,6 +305,7 @@ class JobMonitor:
 
     def _beat_thread(self) -> None:
         assert self._engine is not None and self._loop_ref is not None
+        failing = False
         while not self._thread_stop.wait(self.heartbeat_s):
             with self._beating_lock:
                 ids = set(self._beating)
@@ -306,8 +314,13 @@ class JobMonitor:
             try:
                 alive = control.heartbeat_sync(self._engine, ids, worker=self.worker)
             except Exception:
-                log.exception("heartbeat failed; retrying")
+                if not failing:  # the first of a streak; the rest would repeat it
+                    log.exception("heartbeat failed; retrying quietly until it works")
+                failing = True
                 continue
+            if failing:
+                failing = False
+                log.warning("heartbeat works again")
             if ids - alive:
                 with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                     self._loop_ref.call_soon_threadsafe(self._lost, ids - alive)

@@ -196,98 +196,111 @@ class Runner:
             question, spec, budget_spec = job.question, job.strategy, job.budget
             roles, seed, mode = job.roles, job.seed, job.replay_mode or "live"
 
-        writer = TraceWriter(self.engine)
-        writer.start()
-        tracer = Tracer(job_id, writer)
-        tracer.listeners.extend(listeners or [])
-        journal = Journal(job_id, entries, mode="strict" if mode == "strict" else "live")
-        budget = JobBudget(BudgetSpec.model_validate(budget_spec))
-        models: dict[str, RoleModel] = {}
-        for role, binding in roles.items():
-            pool = None if mode == "strict" else self.pools.get(binding["pool"])
-            settings = pool.settings if pool is not None else None
-            models[role] = RoleModel(
-                role,
-                pool,
-                binding["model"],
-                journal=journal,
-                budget=budget,
-                tracer=tracer,
-                price_in_per_1k=settings.price_input_per_1k if settings else 0.0,
-                price_out_per_1k=settings.price_output_per_1k if settings else 0.0,
-            )
-        ctx = JobContext(
-            models=models, budget=budget, tracer=tracer, seed=seed, run_child=run_strategy
-        )
-        status, result, error = JobStatus.FAILED, None, None
-        save, lease_lost = True, False
         try:
-            params = validate_spec(spec)
-            if monitor is not None and mode != "strict":
-                self._check_pools(roles)
-            task = asyncio.create_task(_run_job_span(params, question, ctx, mode))
-            outcome = await _wait(task, job_id, monitor, budget.spec.max_seconds)
-            result = outcome.model_dump(mode="json")
-            status = JobStatus.SUCCEEDED
-        except BudgetExhausted as exc:
-            # A strategy that does not catch exhaustion still ends cleanly: no answer.
-            result = StrategyResult(answer=None, budget_exhausted=True).model_dump(mode="json")
-            result["details"] = {"exhausted": exc.what}
-            status = JobStatus.SUCCEEDED
-        except JobStopped as exc:
-            if exc.reason == "cancelled":
-                status, error = JobStatus.CANCELLED, dict(CANCELLED_ERROR)
-            elif exc.reason == "time_limit":
-                error = {"code": "time_limit", "message": exc.detail}
-            else:  # lease_lost: the worker that holds the job now will save it
-                save, lease_lost = False, True
-        except PonderError as exc:
-            error = exc.to_dict()
-        except asyncio.CancelledError:
-            status, error = JobStatus.CANCELLED, {"code": "cancelled", "message": "cancelled"}
-            raise
-        except Exception as exc:  # a bug: keep the job's record honest, then surface it
-            if monitor is not None and is_infrastructure_error(exc):
-                # Not the job's fault: leave it running under this lease; the task retries
-                # (or the reaper re-enqueues it) and the journal pays for nothing twice.
-                # The retry may take this lease over at once: it names it.
-                save = False
-                raise InfrastructureFailure(exc, lease) from exc
-            log.exception("job %s failed", job_id)
-            error = {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
-        finally:
-            # The trace not yet committed (span closes, the last events) rides on the
-            # transaction that saves the outcome rather than costing one of its own.
-            trace = TraceRows()
+            writer = TraceWriter(self.engine)
+            writer.start()
+            tracer = Tracer(job_id, writer)
+            tracer.listeners.extend(listeners or [])
+            journal = Journal(job_id, entries, mode="strict" if mode == "strict" else "live")
+            budget = JobBudget(BudgetSpec.model_validate(budget_spec))
+            models: dict[str, RoleModel] = {}
+            for role, binding in roles.items():
+                pool = None if mode == "strict" else self.pools.get(binding["pool"])
+                settings = pool.settings if pool is not None else None
+                models[role] = RoleModel(
+                    role,
+                    pool,
+                    binding["model"],
+                    journal=journal,
+                    budget=budget,
+                    tracer=tracer,
+                    price_in_per_1k=settings.price_input_per_1k if settings else 0.0,
+                    price_out_per_1k=settings.price_output_per_1k if settings else 0.0,
+                )
+            ctx = JobContext(
+                models=models, budget=budget, tracer=tracer, seed=seed, run_child=run_strategy
+            )
+            status, result, error = JobStatus.FAILED, None, None
+            save, lease_lost = True, False
             try:
-                trace = await writer.close(commit=False)
+                params = validate_spec(spec)
+                if monitor is not None and mode != "strict":
+                    self._check_pools(roles)
+                task = asyncio.create_task(_run_job_span(params, question, ctx, mode))
+                outcome = await _wait(task, job_id, monitor, budget.spec.max_seconds)
+                result = outcome.model_dump(mode="json")
+                status = JobStatus.SUCCEEDED
+            except BudgetExhausted as exc:
+                # A strategy that does not catch exhaustion still ends cleanly: no answer.
+                result = StrategyResult(answer=None, budget_exhausted=True).model_dump(mode="json")
+                result["details"] = {"exhausted": exc.what}
+                status = JobStatus.SUCCEEDED
+            except JobStopped as exc:
+                if exc.reason == "cancelled":
+                    status, error = JobStatus.CANCELLED, dict(CANCELLED_ERROR)
+                elif exc.reason == "time_limit":
+                    error = {"code": "time_limit", "message": exc.detail}
+                else:  # lease_lost: the worker that holds the job now will save it
+                    save, lease_lost = False, True
+            except PonderError as exc:
+                error = exc.to_dict()
+            except asyncio.CancelledError:
+                status, error = JobStatus.CANCELLED, {"code": "cancelled", "message": "cancelled"}
+                raise
+            except Exception as exc:  # a bug: keep the job's record honest, then surface it
+                if monitor is not None and is_infrastructure_error(exc):
+                    # Not the job's fault: leave it running under this lease; the task retries
+                    # (or the reaper re-enqueues it) and the journal pays for nothing twice.
+                    # The retry may take this lease over at once: it names it.
+                    save = False
+                    raise InfrastructureFailure(exc, lease) from exc
+                log.exception("job %s failed", job_id)
+                error = {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
             finally:
-                usage = usage_summary(budget, journal, time.monotonic() - started)
-                if result is not None and budget.was_exhausted:
-                    result["budget_exhausted"] = True
-                if save:
-                    lease_lost = not await self._save(
-                        job_id,
-                        monitor,
-                        status=status,
-                        result=result,
-                        usage=usage,
-                        error=error,
-                        trace=trace,
-                    )
-        outcome_ = RunOutcome(
-            job_id,
-            status,
-            result,
-            usage,
-            error,
-            live_calls=journal.misses,
-            replayed_calls=journal.hits,
-            wall_s=time.monotonic() - started,
-        )
-        if lease_lost:
-            outcome_.extra["lease_lost"] = True
-        return outcome_
+                # The trace not yet committed (span closes, the last events) rides on the
+                # transaction that saves the outcome rather than costing one of its own.
+                trace = TraceRows()
+                try:
+                    trace = await writer.close(commit=False)
+                finally:
+                    usage = usage_summary(budget, journal, time.monotonic() - started)
+                    if result is not None and budget.was_exhausted:
+                        result["budget_exhausted"] = True
+                    if save:
+                        lease_lost = not await self._save(
+                            job_id,
+                            monitor,
+                            status=status,
+                            result=result,
+                            usage=usage,
+                            error=error,
+                            trace=trace,
+                        )
+            outcome_ = RunOutcome(
+                job_id,
+                status,
+                result,
+                usage,
+                error,
+                live_calls=journal.misses,
+                replayed_calls=journal.hits,
+                wall_s=time.monotonic() - started,
+            )
+            if lease_lost:
+                outcome_.extra["lease_lost"] = True
+            return outcome_
+        except Exception as exc:
+            # Whatever failed on the database after the claim (the trace writer, the
+            # save, a journal write) leaves this run's lease behind: name it, so the
+            # task's retry takes the job over at once instead of waiting for the lease
+            # to go stale (stale_after_s, 30 s in production) after the outage ends.
+            if (
+                lease is not None
+                and not isinstance(exc, InfrastructureFailure)
+                and is_infrastructure_error(exc)
+            ):
+                raise InfrastructureFailure(exc, lease) from exc
+            raise
 
     async def _start(self, session: AsyncSession, job_id: str) -> Job | RunOutcome:
         job = await repo.get_job(session, job_id)

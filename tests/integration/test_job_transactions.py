@@ -13,12 +13,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
 from sqlalchemy import Engine, event
 
 from core.cancel import JobMonitor
 from core.db import repo
+from core.db.engine import make_engine
 from core.jobs import submit_job
-from core.runner import RunOutcome
+from core.runner import InfrastructureFailure, ReleasedLease, Runner, RunOutcome
 from core.runtime import Runtime
 from core.simulator.config import Failure, Rule, SimulatorConfig
 from core.simulator.server import Simulator
@@ -147,3 +149,28 @@ async def test_a_failed_call_keeps_its_trace_on_the_finish_transaction(
     # The spans that were open when the error passed through were closed, with it.
     assert all(s.end_ts is not None for s in spans.values())
     assert spans["strategy"].attributes["status"] != "ok"
+
+
+async def test_a_trace_write_failure_names_the_lease_for_the_retry(
+    runtime: Runtime, simulator: Simulator
+) -> None:
+    """The database failing under the trace writer (not under the strategy) still hands
+    the task the run's lease: without it the retry waited for the lease to go stale
+    (30 s in production) after the outage ended."""
+    simulator.set_config(sim("The answer is 5."))
+    job_id = await submit_job(
+        runtime.sessions, runtime.pools, question="What is 2 + 3?", strategy={"kind": "direct"}
+    )
+    # The trace engine's database cannot be opened: every trace write fails.
+    dead = make_engine("sqlite:////nonexistent/ponder/trace.db")
+    monitor = JobMonitor(runtime.sessions, worker="w1", heartbeat_s=3600.0)
+    try:
+        with pytest.raises(InfrastructureFailure) as failure:
+            await Runner(runtime.sessions, runtime.pools, dead).run(job_id, monitor=monitor)
+    finally:
+        await monitor.close()
+        dead.dispose()
+    assert failure.value.released == ReleasedLease("w1", 1)
+    async with runtime.sessions() as session:
+        job = await repo.get_job(session, job_id)
+    assert job is not None and job.status == "running" and job.worker == "w1"
