@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.api.inputs import check_json
 from core.db.models import Job
-from core.events import Event
+from core.events import Event, without_urls
 from core.jobs import MAX_QUESTION_CHARS
 
 Priority = Literal["high", "default", "low"]
@@ -110,7 +110,7 @@ class JobOut(BaseModel):
             priority=job.priority or "default",
             result=job.result,
             usage=job.usage,
-            error=job.error,
+            error=_public_error(job.error),
             attempts=job.attempts,
             created_at=job.created_at,
             started_at=job.started_at,
@@ -313,3 +313,11 @@ V1_ERRORS: dict[int | str, dict[str, Any]] = {
     503: _error("Overloaded or the database is down; retry after `Retry-After` seconds."),
 }
 """Failures any /v1 operation may answer (each operation adds its own)."""
+
+
+def _public_error(error: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A job's error as a tenant may see it: rows saved before errors named endpoints by
+    position may still hold a model server's URL in their message."""
+    if error is None or not isinstance(error.get("message"), str):
+        return error
+    return {**error, "message": without_urls(error["message"])}
