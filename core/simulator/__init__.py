@@ -3,13 +3,21 @@
 See docs/simulator.md for the script format and the latency model.
 """
 
-from core.simulator.config import Failure, Latency, Rule, SimulatorConfig, load_config
+from core.simulator.config import (
+    Failure,
+    Latency,
+    Rule,
+    ScriptedToolCall,
+    SimulatorConfig,
+    load_config,
+)
 from core.simulator.server import Simulator, SimulatorStats, build_app, serve
 
 __all__ = [
     "Failure",
     "Latency",
     "Rule",
+    "ScriptedToolCall",
     "Simulator",
     "SimulatorConfig",
     "SimulatorStats",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -46,6 +46,15 @@ class Latency(_Strict):
     of the longest choice); False decodes them one after another (sum of choices)."""
 
 
+class ScriptedToolCall(_Strict):
+    """A function call a scripted reply makes (see ``Rule.tool_calls``)."""
+
+    name: str = Field(min_length=1)
+    arguments: dict[str, Any] | str = Field(default_factory=dict)
+    """An object is sent as its JSON text; a string is sent as it is, so a script can
+    play a model that writes arguments which are not valid JSON."""
+
+
 class Rule(_Strict):
     """A scripted reply for requests whose prompt text matches ``match``."""
 
@@ -70,6 +79,12 @@ class Rule(_Strict):
     """Reported when neither ``stop`` nor ``max_tokens`` cut the reply."""
     latency: Latency | None = None
     """Overrides the global latency for matching requests."""
+    tool_calls: list[list[ScriptedToolCall]] | None = None
+    """Per reply (same length as ``replies``): the function calls that reply makes when
+    the request offers ``tools`` (and ``tool_choice`` is not "none"); [] makes none. A
+    reply with calls answers with ``message.tool_calls``, the reply's text as content
+    (null when ""), and finish_reason "tool_calls". Without ``tools`` in the request
+    the reply is its text alone, as a real model cannot call what it was not given."""
 
     @field_validator("match")
     @classmethod
@@ -84,6 +99,8 @@ class Rule(_Strict):
                 raise ValueError("reply_logprobs must have one entry per reply")
             if any(lp > 0 for lp in self.reply_logprobs):
                 raise ValueError("reply_logprobs must be <= 0")
+        if self.tool_calls is not None and len(self.tool_calls) != len(self.replies):
+            raise ValueError("tool_calls must have one entry (a list of calls) per reply")
         return self
 
 

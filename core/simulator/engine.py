@@ -7,6 +7,7 @@ character with its leading whitespace, or trailing whitespace (``PIECE``).
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import threading
@@ -39,8 +40,19 @@ def content_text(content: Any) -> str:
 
 
 def chat_prompt_text(messages: Sequence[dict[str, Any]]) -> str:
-    """The text rules match for a chat request: one ``role: content`` line per message."""
-    return "\n".join(f"{m['role']}: {content_text(m.get('content'))}" for m in messages)
+    """The text rules match for a chat request: one ``role: content`` line per message,
+    an assistant's tool calls appended to its line as `` -> name(arguments)``."""
+    return "\n".join(_message_line(m) for m in messages)
+
+
+def _message_line(message: dict[str, Any]) -> str:
+    line = f"{message['role']}: {content_text(message.get('content'))}"
+    calls = message.get("tool_calls")
+    for call in calls if isinstance(calls, list) else []:
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict):
+            line += f" -> {function.get('name')}({function.get('arguments')})"
+    return line
 
 
 def stable_index(seed: int, choice: int, size: int) -> int:
@@ -61,6 +73,8 @@ class SampleParams:
     """Entries per token in ``top_logprobs``; None when logprobs were not requested."""
     prefill: str = ""
     """A trailing assistant message the reply continues (only the new part is returned)."""
+    tools: bool = False
+    """The request offers tools (and does not set ``tool_choice`` to "none")."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +85,18 @@ class TokenLogprob:
 
 
 @dataclass(frozen=True, slots=True)
+class CallOut:
+    """A function call as a choice makes it: the name and the arguments' text."""
+
+    name: str
+    arguments: str
+
+    @property
+    def tokens(self) -> int:
+        return len(tokenize(self.name)) + len(tokenize(self.arguments))
+
+
+@dataclass(frozen=True, slots=True)
 class Sample:
     """One generated choice."""
 
@@ -78,6 +104,11 @@ class Sample:
     tokens: list[str]
     finish_reason: str
     logprobs: list[TokenLogprob] | None
+    tool_calls: tuple[CallOut, ...] = ()
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.tokens) + sum(call.tokens for call in self.tool_calls)
 
 
 class Engine:
@@ -166,7 +197,24 @@ def _finish(reply: str, params: SampleParams, rule: Rule | None, pick: int = 0) 
             logprob = rule.reply_logprobs[pick]
         entropy = rule.first_token_entropy if rule is not None else None
         logprobs = token_logprobs(tokens, logprob, params.top, entropy)
-    return Sample(text, tokens, finish, logprobs)
+    calls = _calls(rule, pick) if params.tools else ()
+    if calls:
+        finish = "tool_calls"
+    return Sample(text, tokens, finish, logprobs, calls)
+
+
+def _calls(rule: Rule | None, pick: int) -> tuple[CallOut, ...]:
+    if rule is None or rule.tool_calls is None:
+        return ()
+    return tuple(
+        CallOut(
+            call.name,
+            call.arguments
+            if isinstance(call.arguments, str)
+            else json.dumps(call.arguments, separators=(",", ":")),
+        )
+        for call in rule.tool_calls[pick]
+    )
 
 
 def _log(p: float) -> float:

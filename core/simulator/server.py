@@ -211,7 +211,7 @@ def _handler(
             latency = engine.latency_for(req.prompts[0], req.model)
             layout = engine.config.completions_logprobs_layout
             job = wire.Job(req, samples, prompt_tokens, latency, state.next_id(), layout)
-            state.count(samples=len(samples), tokens=sum(job.counts))
+            state.count(samples=len(samples), tokens=sum(s.completion_tokens for s in samples))
             if req.stream:
                 handed_off = True  # the stream releases the ticket when it ends
                 return _Stream(job, ticket, start)

@@ -141,6 +141,7 @@ def parse_request(
         top_name = "logprobs"
     if top is not None and not 0 <= top <= MAX_TOP_LOGPROBS:
         raise BadRequest(f"'{top_name}' must be between 0 and {MAX_TOP_LOGPROBS}", top_name)
+    tools = _tools_offered(body) if kind == "chat" else False
     stream = bool(_opt(body, "stream", bool))
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
@@ -152,8 +153,53 @@ def parse_request(
         seed=seed,
         top=top,
         prefill=prefill,
+        tools=tools,
     )
     return GenRequest(kind, model, prompts, params, stream, bool(options.get("include_usage")))
+
+
+def _tools_offered(body: dict[str, Any]) -> bool:
+    """Whether a chat request lets the model call a function: ``tools`` holds at least
+    one ``{"type": "function", "function": {"name": ...}}`` and ``tool_choice`` is not
+    "none". A forced function (``tool_choice`` naming one) is not checked against the
+    script: the script says what the model calls."""
+    tools = body.get("tools")
+    if tools is None:
+        return False
+    if not isinstance(tools, list) or not all(
+        isinstance(t, dict)
+        and t.get("type") == "function"
+        and isinstance(t.get("function"), dict)
+        and isinstance(t["function"].get("name"), str)
+        for t in tools
+    ):
+        raise BadRequest(
+            '\'tools\' must be a list of {"type": "function", "function": {"name": ...}}',
+            "tools",
+        )
+    choice = body.get("tool_choice", "auto")
+    if choice not in ("none", "auto", "required") and not (
+        isinstance(choice, dict)
+        and choice.get("type") == "function"
+        and isinstance(choice.get("function"), dict)
+    ):
+        raise BadRequest(
+            '\'tool_choice\' must be "none", "auto", "required" or a function',
+            "tool_choice",
+        )
+    return bool(tools) and choice != "none"
+
+
+def tool_calls_json(sample: Sample, prefix: str, c: int) -> list[dict[str, Any]]:
+    """A choice's calls in the chat layout, with ids unique within the response."""
+    return [
+        {
+            "id": f"call_{prefix}_{c}_{k}",
+            "type": "function",
+            "function": {"name": call.name, "arguments": call.arguments},
+        }
+        for k, call in enumerate(sample.tool_calls)
+    ]
 
 
 def error_response(
@@ -214,13 +260,15 @@ class Job:
         self.req, self.samples = req, samples
         self.latency = latency
         self.prompt_tokens = prompt_tokens
-        self.counts = [len(s.tokens) for s in samples]
+        # Decode steps per choice: its text's tokens, then one step that emits its
+        # function calls whole (a stream sends them in one delta).
+        self.counts = [len(s.tokens) + (1 if s.tool_calls else 0) for s in samples]
         self.id = f"{'chatcmpl' if req.kind == 'chat' else 'cmpl'}-sim{number}"
         self.created = int(time.time())
         self.chat_layout = req.kind == "chat" or completions_layout == "chat"
 
     def usage(self) -> dict[str, int]:
-        done = sum(self.counts)
+        done = sum(s.completion_tokens for s in self.samples)
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": done,
@@ -238,6 +286,9 @@ class Job:
             choice: dict[str, Any] = {"index": i}
             if self.req.kind == "chat":
                 choice["message"] = {"role": "assistant", "content": s.text}
+                if s.tool_calls:
+                    choice["message"]["content"] = s.text or None
+                    choice["message"]["tool_calls"] = tool_calls_json(s, self.id, i)
             else:
                 choice["text"] = s.text
             choice["logprobs"] = self.logprobs(s.logprobs)
@@ -266,6 +317,10 @@ class Job:
 
     def token_chunk(self, c: int, t: int) -> bytes:
         s = self.samples[c]
+        if t == len(s.tokens):  # the step after the text: the function calls
+            calls = [{"index": k, **call} for k, call in enumerate(tool_calls_json(s, self.id, c))]
+            choice = {"index": c, "delta": {"tool_calls": calls}}
+            return self.chunk([{**choice, "logprobs": None, "finish_reason": None}])
         token = s.tokens[t]
         lps = None
         if s.logprobs is not None:
