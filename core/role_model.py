@@ -35,6 +35,7 @@ from strategies.protocol import (
     Generation,
     ModelRequest,
     TokenLogprob,
+    ToolCall,
     Usage,
 )
 
@@ -50,12 +51,14 @@ def _choices_from_json(raw: list[dict[str, Any]]) -> list[Choice]:
                 )
                 for t in c["tokens"]
             ]
+        calls = c.get("tool_calls")
         choices.append(
             Choice.model_construct(
                 index=c["index"],
                 text=c["text"],
                 finish_reason=c.get("finish_reason"),
                 tokens=tokens,
+                tool_calls=[ToolCall.model_validate(x) for x in calls] if calls else None,
             )
         )
     return choices
@@ -70,6 +73,8 @@ def _choices_to_json(choices: list[Choice]) -> list[dict[str, Any]]:
                 {"token": t.token, "logprob": t.logprob, "top": [list(x) for x in t.top]}
                 for t in c.tokens
             ]
+        if c.tool_calls:
+            item["tool_calls"] = [x.model_dump() for x in c.tool_calls]
         out.append(item)
     return out
 

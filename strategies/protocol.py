@@ -17,8 +17,9 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Message = dict[str, str]
-"""An OpenAI chat message: ``{"role": "user", "content": "..."}``."""
+Message = dict[str, Any]
+"""An OpenAI chat message: ``{"role": "user", "content": "..."}``; an assistant message
+may carry ``tool_calls`` and a ``tool`` message answers one by ``tool_call_id``."""
 
 
 ROLE_MARKER = "x-ponder-role"
@@ -65,11 +66,16 @@ class ModelRequest(BaseModel):
     # prefilled text is kept and generation resumes after it (vLLM's
     # ``continue_final_message``; emulated with a raw prompt elsewhere).
     continue_final_message: bool = False
+    # Chat only, passed through as OpenAI defines them: the functions the model may
+    # call, whether it must, and the shape of its answer (json_object / json_schema).
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
 
     def prompt_chars(self) -> int:
         if self.prompt is not None:
             return len(self.prompt)
-        return sum(len(m.get("content", "")) for m in self.messages or [])
+        return sum(len(str(m.get("content") or "")) for m in self.messages or [])
 
 
 class TokenLogprob(BaseModel):
@@ -80,11 +86,24 @@ class TokenLogprob(BaseModel):
     top: list[tuple[str, float]] = Field(default_factory=list)
 
 
+class ToolCall(BaseModel):
+    """A function call a model made: its name and its arguments as the JSON text the
+    model wrote (which may not parse: a vote or a caller checks)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str | None = None
+    name: str
+    arguments: str = "{}"
+
+
 class Choice(BaseModel):
     index: int
     text: str
     finish_reason: str | None = None
     tokens: list[TokenLogprob] | None = None
+    tool_calls: list[ToolCall] | None = None
+    """The calls this choice makes, when the request offered ``tools``."""
 
 
 class Usage(BaseModel):

@@ -32,6 +32,7 @@ from core.pools.endpoint import (
     probe_health,
 )
 from core.pools.streaming import PoolStream
+from core.pools.tool_text import with_calls_from_text
 from core.settings import PoolSettings
 from strategies.protocol import Choice, ModelRequest, Usage
 
@@ -211,7 +212,7 @@ class PoolClient:
             endpoint, model, choices, usage = await self._call(call, path, chat, body, 0)
             return PoolResult.model_construct(
                 model=model or self.settings.model,
-                choices=wire.without_echoed_prefill(choices, request, self.settings),
+                choices=_normalized(choices, request, self.settings),
                 usage=usage,
                 endpoint=endpoint.url,
                 attempts=call.attempts,
@@ -222,9 +223,7 @@ class PoolClient:
         first = answers[0]
         return PoolResult.model_construct(
             model=first[1] or self.settings.model,
-            choices=wire.without_echoed_prefill(
-                [c for a in answers for c in a[2]], request, self.settings
-            ),
+            choices=_normalized([c for a in answers for c in a[2]], request, self.settings),
             usage=Usage(
                 prompt_tokens=sum(a[3].prompt_tokens for a in answers),
                 completion_tokens=sum(a[3].completion_tokens for a in answers),
@@ -287,3 +286,11 @@ class PoolClient:
                     raise Fault(f"invalid response: {exc}") from exc
                 return endpoint, model, choices, usage
         raise AssertionError("the attempt loop ends by raising unless an attempt returned")
+
+
+def _normalized(
+    choices: list[Choice], request: ModelRequest, settings: PoolSettings
+) -> list[Choice]:
+    """The same choices from every server kind: without llama.cpp's echoed prefill,
+    and with calls left in the text read back as ``tool_calls``."""
+    return with_calls_from_text(wire.without_echoed_prefill(choices, request, settings), request)

@@ -72,6 +72,11 @@ def build_body(request: ModelRequest, settings: PoolSettings) -> tuple[str, dict
             # The legacy API takes the number of alternatives; llama.cpp reads 0 as
             # "no logprobs at all", so ask for at least one.
             body["logprobs"] = request.top_logprobs or 1
+    if chat:
+        for name in ("tools", "tool_choice", "response_format"):
+            value = getattr(request, name)
+            if value is not None:
+                body[name] = value
     if chat and request.continue_final_message and settings.kind != "llamacpp":
         # llama.cpp continues a trailing assistant message by itself (prefill);
         # vLLM and the simulator need to be told, and must not open a new turn.
@@ -185,14 +190,26 @@ def _server_index(choice: Any) -> int:
 
 
 def _choice_dict(c: dict[str, Any], chat: bool, index: int) -> dict[str, Any]:
-    text = ((c.get("message") or {}).get("content") if chat else c.get("text")) or ""
+    message = (c.get("message") or {}) if chat else {}
+    text = (message.get("content") if chat else c.get("text")) or ""
     logprobs = c.get("logprobs")
+    calls = message.get("tool_calls")
     return {
         "index": index,
         "text": text,
         "finish_reason": c.get("finish_reason"),
         "tokens": _tokens(logprobs) if logprobs else None,
+        "tool_calls": [_tool_call(call) for call in calls] if calls else None,
     }
+
+
+def _tool_call(call: dict[str, Any]) -> dict[str, Any]:
+    function = call["function"]
+    arguments = function.get("arguments")
+    if not isinstance(arguments, str):
+        # Some servers send the arguments as an object rather than its JSON text.
+        arguments = json.dumps(arguments if arguments is not None else {})
+    return {"id": call.get("id"), "name": function["name"], "arguments": arguments}
 
 
 def _tokens(logprobs: dict[str, Any]) -> list[dict[str, Any]] | None:

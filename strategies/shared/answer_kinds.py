@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import jsonschema
 
-from strategies.protocol import Message
+from strategies.protocol import Message, ToolCall
 from strategies.shared.answers import extract_answer
 
 KindName = Literal["number", "json", "tool_calls", "text"]
@@ -36,14 +36,6 @@ KINDS: tuple[KindName, ...] = ("number", "json", "tool_calls", "text")
 
 _FENCE = re.compile(r"^\s*```[a-zA-Z]*\s*\n(.*?)\n?```\s*$", re.S)
 _USC_CHOICE = re.compile(r"most consistent response is\s*\**\s*response\s*(\d+)", re.I)
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    """A function call as a model wrote it: the name and the arguments' JSON text."""
-
-    name: str
-    arguments: str
 
 
 @dataclass(frozen=True)
@@ -197,7 +189,7 @@ def vote_tool_calls(
     compared as a set: their order does not split a vote.
 
     Example:
-        >>> call = lambda a: Response("", (ToolCall("add", a),))
+        >>> call = lambda a: Response("", (ToolCall(name="add", arguments=a),))
         >>> vote_tool_calls([call('{"x": 1}'), call('{"x":1}'), Response("2")]).index
         0
     """

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from strategies.protocol import ToolCall
 from strategies.shared.answer_kinds import (
     JsonAnswers,
     Response,
-    ToolCall,
     number_key,
     parse_usc_choice,
     usc_messages,
@@ -29,7 +29,7 @@ def said(*texts: str) -> list[Response]:
 
 
 def calls(*pairs: tuple[str, str]) -> Response:
-    return Response("", tuple(ToolCall(name, args) for name, args in pairs))
+    return Response("", tuple(ToolCall(name=name, arguments=args) for name, args in pairs))
 
 
 def test_json_answers_vote_in_canonical_form_and_invalid_ones_do_not_vote() -> None:
