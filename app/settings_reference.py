@@ -19,6 +19,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from app.api.settings import ApiSettings, TenantLimits
+from core.logs import LogSettings
 from core.settings import (
     DatabasePoolSettings,
     EmbeddedSettings,
@@ -60,6 +61,13 @@ SECTIONS: list[tuple[str, str, type[BaseModel], str]] = [
     ),
     ("Embedded models", "PONDER_EMBEDDED__", EmbeddedSettings, "The local CPU models."),
     ("Workers and the reaper", "PONDER_WORKER__", WorkerSettings, "See docs/deploy.md."),
+    (
+        "Logs",
+        "PONDER_LOG_",
+        LogSettings,
+        "Every process: the API, the workers and the reaper. JSON lines carry `job_id`, "
+        "`tenant`, `request_id` and `trace_id` where known.",
+    ),
     ("HTTP API", "PONDER_API_", ApiSettings, "Read by the API process only."),
     (
         "Tenant limits",

@@ -41,6 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from core.db import control
 from core.db.control import CANCELLED_ERROR
 from core.db.models import JobStatus, utcnow
+from core.logs import configure_logging
 from core.runtime import Runtime
 from core.settings import Settings
 from workers.broker_inventory import held_job_ids
@@ -152,7 +153,7 @@ class Reaper:
                     self.publish, job_id, priority=priority, max_seconds=max_seconds
                 )
             except Exception:
-                log.exception("reaper: could not publish job %s", job_id)
+                log.exception("reaper: could not publish job %s", job_id, extra={"job_id": job_id})
         if report:
             log.warning(
                 "reaper: requeued %s, republished %s, cancelled %s, gave up on %s",
@@ -203,9 +204,7 @@ async def _main(settings: Settings) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="[%(asctime)s: %(levelname)s/reaper] %(message)s"
-    )
+    configure_logging()  # PONDER_LOG_FORMAT / PONDER_LOG_LEVEL, as the API and workers
     asyncio.run(_main(Settings()))
 
 

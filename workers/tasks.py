@@ -18,7 +18,9 @@ from typing import Any
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import (
-    after_setup_logger,
+    setup_logging,
+    task_postrun,
+    task_prerun,
     worker_init,
     worker_process_init,
     worker_process_shutdown,
@@ -26,6 +28,7 @@ from celery.signals import (
 )
 
 from core.errors import NotFound
+from core.logs import LogSettings, bind, configure_logging
 from core.runner import InfrastructureFailure, ReleasedLease, RunOutcome, is_infrastructure_error
 from workers.celery_app import TASK_RUN_JOB, app, current_settings, ensure_broker_dir
 from workers.runtime import shutdown_worker_runtime, worker_runtime
@@ -33,10 +36,31 @@ from workers.runtime import shutdown_worker_runtime, worker_runtime
 log = logging.getLogger(__name__)
 
 
-@after_setup_logger.connect
-def _quiet_http_client(**_: Any) -> None:
+@setup_logging.connect
+def _configure_logging(
+    loglevel: int | str | None = None, logfile: str | None = None, **_: Any
+) -> None:
+    # Connected, so Celery installs no handlers of its own: its lines and Ponder's share
+    # one format (PONDER_LOG_FORMAT) and name the job they belong to.
+    settings = LogSettings()
+    if loglevel is not None:
+        name = logging.getLevelName(loglevel) if isinstance(loglevel, int) else loglevel.upper()
+        settings = settings.model_copy(update={"level": name})
+    configure_logging(settings, stream=open(logfile, "a") if logfile else None)  # noqa: SIM115
     # httpx logs every request at INFO: one line per model call drowns the job lines.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+@task_prerun.connect
+def _bind_job(args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None, **_: Any) -> None:
+    # The task's own lines (retries, skips); the run on the runtime's loop binds its own.
+    job_id = (kwargs or {}).get("job_id") or (args[0] if args else None)
+    bind(job_id=str(job_id) if job_id is not None else None)
+
+
+@task_postrun.connect
+def _unbind_job(**_: Any) -> None:
+    bind(job_id=None)
 
 
 @worker_init.connect

@@ -29,6 +29,7 @@ from app.api.settings import ApiSettings
 from core import keys
 from core.db import repo
 from core.keys import Principal
+from core.logs import bind
 from core.pools.registry import Pools
 from core.settings import PoolSettings, Settings
 
@@ -113,6 +114,8 @@ async def get_principal(request: Request, state: State) -> Principal:
             if not await cache.keys_exist(keys_exist):
                 return OPEN
             raise Unauthorized("unknown or revoked API key")
+        # The route runs in this context: its log lines name the tenant.
+        bind(tenant=principal.tenant)
         return principal
 
 

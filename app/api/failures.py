@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import error_response
 from core.errors import PonderError
+from core.logs import bound
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +92,16 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            with bound(request_id=request_id):  # every log line of the request names it
+                await self.app(scope, receive, send_with_id)
         except Exception as exc:
             error, retry_after = classify(exc)
             where = f"{scope.get('method')} {scope.get('path')} [{request_id}]"
-            if error.status >= 500 and retry_after is None:
-                log.error("%s crashed", where, exc_info=exc)
-            else:
-                log.warning("%s -> %s: %s: %s", where, error.code, type(exc).__name__, exc)
+            with bound(request_id=request_id):
+                if error.status >= 500 and retry_after is None:
+                    log.error("%s crashed", where, exc_info=exc)
+                else:
+                    log.warning("%s -> %s: %s: %s", where, error.code, type(exc).__name__, exc)
             if started:
                 # Part of the answer is out (a stream): nothing valid can follow it.
                 raise
