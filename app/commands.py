@@ -12,15 +12,10 @@ import sys
 from typing import Any, Literal
 
 from app import render
+from core.budget import parse_budget
 from core.db import repo
 from core.errors import ConfigError, NotFound
-from core.jobs import (
-    create_replay,
-    resolve_job_id,
-    submit_job,
-    validate_budget,
-    validate_question,
-)
+from core.jobs import create_replay, resolve_job_id, submit_job, validate_question
 from core.runner import RunOutcome, validate_spec
 from core.runtime import Runtime
 from core.settings import Settings
@@ -180,7 +175,7 @@ async def solve(args: argparse.Namespace, settings: Settings) -> int:
     # Validate everything before starting any model: bad input fails in milliseconds.
     params = validate_spec(spec)
     validate_question(args.question)
-    validate_budget(_budget(args))
+    parse_budget(_budget(args))
     role_overrides = {str(k): str(v) for k, v in args.role}
     roles = roles_used(params) | {role_overrides.get(r, r) for r in roles_used(params)}
     async with Runtime(settings, roles=roles) as rt:

@@ -16,11 +16,13 @@ calls: a resumed or replayed job spends the same logical budget as the original.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from core.errors import InvalidInput
 from strategies.protocol import BudgetExhausted, Usage
 
 
@@ -39,6 +41,16 @@ class BudgetSpec(BaseModel):
     min_tokens: int = Field(
         default=16, ge=1, description="Smallest max_tokens per choice worth sending."
     )
+
+
+def parse_budget(budget: Mapping[str, Any] | None) -> BudgetSpec:
+    """A budget as a caller gave it (None: no limits); an error names ``budget.<field>``."""
+    try:
+        return BudgetSpec.model_validate(dict(budget or {}))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = "budget." + ".".join(str(p) for p in first["loc"])
+        raise InvalidInput(f"{field}: {first['msg']}", field=field) from None
 
 
 @dataclass

@@ -4,6 +4,8 @@
     ├── InvalidInput                 bad question, param, spec or budget     422
     │   └── UnknownStrategy          names the valid strategies              422
     ├── NotFound                     no such job (or not this tenant's)      404
+    ├── IdempotencyConflict          an idempotency key reused for another   409
+    │                                request
     ├── ConfigError                  settings that cannot work               500*
     ├── EmbeddedModelError           embedded package missing / bad hash     503
     ├── JournalMiss                  strict replay asked for an unrecorded   409
@@ -52,6 +54,11 @@ class UnknownStrategy(InvalidInput):
 class NotFound(PonderError):
     code = "not_found"
     status = 404
+
+
+class IdempotencyConflict(PonderError):
+    code = "idempotency_conflict"
+    status = 409
 
 
 class ConfigError(PonderError):

@@ -1,26 +1,37 @@
-"""Creating jobs and replays: validation first, then one transaction. Shared by CLI and API.
+"""Creating jobs and replays: validation first, then one transaction.
 
-Nothing is written unless every input validated, so bad input never leaves a
-half-written job behind.
+``submit`` is the one way a job is created: the REST API, the OpenAI-compatible
+endpoint, the CLI and the eval harness all call it (the last two through
+``submit_job``, which returns just the id). Nothing is written unless every input
+validated, so bad input never leaves a half-written job behind; errors name the field.
+
+What is the caller's to do around it: the API applies its tenant limits through the
+``limit_budget`` and ``admit`` hooks and enqueues after ``submit`` returns (the commit
+is done by then: a worker never receives the id of a row it cannot see yet).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from core.budget import BudgetSpec
+from core.budget import BudgetSpec, parse_budget
 from core.db import repo
-from core.errors import InvalidInput, NotFound
+from core.db.models import Job
+from core.errors import IdempotencyConflict, InvalidInput, NotFound
 from core.pools.client import PoolClient
 from core.presets import resolve_strategy
 from core.runner import resolve_roles, validate_spec
 
 MAX_QUESTION_CHARS = 100_000
+MAX_IDEMPOTENCY_KEY = 128
 PRIORITIES = ("high", "default", "low")
 """Queue classes, most urgent first; ``workers.celery_app`` maps each to a queue."""
 
@@ -46,13 +57,122 @@ def validate_priority(priority: str) -> str:
     return priority
 
 
-def validate_budget(budget: Mapping[str, Any] | None) -> BudgetSpec:
+def validate_idempotency_key(key: str | None, field: str = "idempotency_key") -> str | None:
+    """``field``: the caller's name for the key in errors (the API's header)."""
+    if key is None:
+        return None
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable():
+        raise InvalidInput(
+            f"{field} must be 1-{MAX_IDEMPOTENCY_KEY} printable characters", field=field
+        )
+    return key
+
+
+@dataclass(frozen=True)
+class Submitted:
+    job: Job
+    created: bool
+    """False: an earlier job with the same idempotency key and the same request."""
+    concurrent: bool = False
+    """That earlier job was written by a submission running at the same time, which
+    enqueues it itself."""
+
+
+async def submit(
+    sessions: async_sessionmaker[AsyncSession],
+    pools: Mapping[str, PoolClient],
+    *,
+    question: str,
+    strategy: dict[str, Any],
+    budget: Mapping[str, Any] | None = None,
+    roles: Mapping[str, str] | None = None,
+    seed: int | None = None,
+    tenant: str = "default",
+    idempotency_key: str | None = None,
+    priority: str = "default",
+    limit_budget: Callable[[BudgetSpec], BudgetSpec] | None = None,
+    admit: Callable[[AsyncSession], Awaitable[None]] | None = None,
+    key_field: str = "idempotency_key",
+) -> Submitted:
+    """Validate and write one queued job, in one transaction that has committed when
+    this returns. Enqueueing is the caller's next step (``workers.enqueue``).
+
+    Args:
+        strategy: a spec ``{"kind": ..., **params}`` or a tenant's preset with
+            overrides ``{"preset": name, **params}``.
+        budget: limits by ``BudgetSpec`` field; errors name ``budget.<field>``.
+        roles: strategy role -> configured pool name.
+        seed: the job's rng seed; None draws one.
+        idempotency_key: with a key this tenant used before for the same request, the
+            earlier job comes back (``created`` False); for another request,
+            ``IdempotencyConflict``. Concurrent submissions with one key write one job.
+        priority: the queue class, stored so that the reaper re-enqueues on it.
+        limit_budget: maps the validated budget to the one to store (the API: the
+            tenant's defaults and caps); it may raise ``InvalidInput``.
+        admit: runs in the transaction that writes the job, before the insert (the
+            API: the tenant's jobs-in-flight quota); it may raise to refuse the job.
+        key_field: the caller's name for the key in errors (``Idempotency-Key``).
+
+    Example::
+
+        submitted = await submit(sessions, pools, question="2+2?", strategy={"kind": "direct"})
+        await asyncio.to_thread(enqueue_job, submitted.job.id)  # after the commit
+    """
+    key = validate_idempotency_key(idempotency_key, key_field)
+    question = validate_question(question)
+    params = validate_spec(await resolve_strategy(sessions, tenant, strategy))
+    budget_spec = parse_budget(budget)
+    if limit_budget is not None:
+        budget_spec = limit_budget(budget_spec)
+    priority = validate_priority(priority)
+    bound = resolve_roles(params, pools, roles)
+    spec_json = params.model_dump(mode="json")
+    budget_json = budget_spec.model_dump(mode="json", exclude_defaults=True)
+    fingerprint: str | None = None
+    if key is not None:
+        # Of the request as validated: {"kind": "direct"} and "direct" are the same
+        # request; an omitted seed is part of it (it means "pick one").
+        fingerprint = _fingerprint(
+            {
+                "question": question,
+                "strategy": spec_json,
+                "budget": budget_json,
+                "roles": bound,
+                "seed": seed,
+                "priority": priority,
+            }
+        )
+        earlier = await _earlier(sessions, tenant, key, fingerprint, key_field)
+        if earlier is not None:
+            return Submitted(earlier, created=False)
     try:
-        return BudgetSpec.model_validate(dict(budget or {}))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = "budget." + ".".join(str(p) for p in first["loc"])
-        raise InvalidInput(f"{field}: {first['msg']}", field=field) from None
+        async with sessions() as session, session.begin():
+            if admit is not None:
+                await admit(session)
+            job = await repo.create_job(
+                session,
+                question=question,
+                strategy=spec_json,
+                budget=budget_json,
+                roles=bound,
+                seed=seed if seed is not None else random.SystemRandom().randrange(2**31),
+                tenant=tenant,
+                idempotency_key=key,
+            )
+            # Only where they differ from the columns' defaults: no extra UPDATE otherwise.
+            if fingerprint is not None:
+                job.request_hash = fingerprint
+            if priority != "default":
+                job.priority = priority
+    except IntegrityError:
+        if key is None or fingerprint is None:
+            raise
+        # A concurrent submission with the same key won the insert: answer as its retry.
+        earlier = await _earlier(sessions, tenant, key, fingerprint, key_field)
+        if earlier is None:
+            raise
+        return Submitted(earlier, created=False, concurrent=True)
+    return Submitted(job, created=True)
 
 
 async def submit_job(
@@ -68,31 +188,43 @@ async def submit_job(
     idempotency_key: str | None = None,
     priority: str = "default",
 ) -> str:
-    """Validate and write one queued job; returns its id. Commits.
+    """``submit`` for callers that need only the new job's id (the CLI, evals, tests)."""
+    submitted = await submit(
+        sessions,
+        pools,
+        question=question,
+        strategy=strategy,
+        budget=budget,
+        roles=roles,
+        seed=seed,
+        tenant=tenant,
+        idempotency_key=idempotency_key,
+        priority=priority,
+    )
+    return submitted.job.id
 
-    Enqueueing is the caller's next step, after this returns (``workers.enqueue``): a
-    worker must never receive the id of a row it cannot see yet. ``priority`` is stored
-    so that the reaper re-enqueues the job on the same queue.
-    """
-    question = validate_question(question)
-    params = validate_spec(await resolve_strategy(sessions, tenant, strategy))
-    budget_spec = validate_budget(budget)
-    priority = validate_priority(priority)
-    bound = resolve_roles(params, pools, roles)
-    async with sessions() as session, session.begin():
-        job = await repo.create_job(
-            session,
-            question=question,
-            strategy=params.model_dump(mode="json"),
-            budget=budget_spec.model_dump(mode="json", exclude_defaults=True),
-            roles=bound,
-            seed=seed if seed is not None else random.SystemRandom().randrange(2**31),
-            tenant=tenant,
-            idempotency_key=idempotency_key,
+
+def _fingerprint(payload: dict[str, Any]) -> str:
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+async def _earlier(
+    sessions: async_sessionmaker[AsyncSession],
+    tenant: str,
+    key: str,
+    fingerprint: str,
+    key_field: str,
+) -> Job | None:
+    async with sessions() as session:
+        job = await repo.get_job_by_idempotency_key(session, tenant, key)
+    if job is not None and job.request_hash != fingerprint:
+        raise IdempotencyConflict(
+            f"{key_field} {key!r} was used for a different request (job {job.id})",
+            field=key_field,
+            job_id=job.id,
         )
-        if priority != "default":  # the column's default otherwise: no extra UPDATE
-            job.priority = priority
-        return job.id
+    return job
 
 
 async def resolve_job_id(sessions: async_sessionmaker[AsyncSession], prefix: str) -> str:

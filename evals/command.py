@@ -17,8 +17,8 @@ from pathlib import Path
 
 import httpx
 
+from core.budget import parse_budget
 from core.errors import InvalidInput
-from core.jobs import validate_budget
 from core.runner import resolve_roles, validate_spec
 from core.runtime import Runtime
 from core.settings import Settings
@@ -40,7 +40,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
         if value is not None and value < 1:
             raise InvalidInput(f"--{flag} must be at least 1, got {value}", field=flag)
     if args.budget_tokens is not None:
-        validate_budget({"max_tokens": args.budget_tokens})
+        parse_budget({"max_tokens": args.budget_tokens})
 
 
 def _load(args: argparse.Namespace) -> Dataset | None:

@@ -3,7 +3,6 @@
     PonderError (core.errors)             {"error": {"code", "message", "field"?, ...}}
     ├── Unauthorized            401       missing, unknown or revoked API key
     ├── Forbidden               403       a tenant key where an admin key is needed
-    ├── IdempotencyConflict     409       an Idempotency-Key reused with another body
     ├── PayloadTooLarge         413       body over ApiSettings.max_body_bytes
     ├── TooManyRequests         429       over a tenant's rate or jobs in flight (app.api.limits)
     └── EnqueueFailed           503       the job is saved but the broker refused it
@@ -39,11 +38,6 @@ class Unauthorized(PonderError):
 class Forbidden(PonderError):
     code = "forbidden"
     status = 403
-
-
-class IdempotencyConflict(PonderError):
-    code = "idempotency_conflict"
-    status = 409
 
 
 class PayloadTooLarge(PonderError):

@@ -1,41 +1,37 @@
 """Submitting, listing, reading, replaying and cancelling a tenant's jobs.
 
-Every write is one transaction that commits before the executor hears of the job
-(enqueue after commit): a worker never looks for a row it cannot see.
+A job is created by ``core.jobs.submit``, as for the CLI and the evals; this module adds
+what is the API's: the tenant's budget limits and jobs-in-flight quota, the server's
+default strategy, and enqueueing after the commit (a worker never looks for a row it
+cannot see).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import json
 import logging
-import random
 import re
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.deps import ApiState
-from app.api.errors import EnqueueFailed, IdempotencyConflict
+from app.api.errors import EnqueueFailed
 from app.api.inputs import ID_PATTERN, bounded_datetime
 from app.api.limits import apply_budget
 from app.api.schemas import JobCreate, JobStatusName, ReplayCreate
+from core import jobs
+from core.budget import BudgetSpec
 from core.cancel import request_cancel
 from core.db import repo
 from core.db.models import Job
 from core.errors import InvalidInput, NotFound
-from core.jobs import create_replay, validate_budget, validate_question
-from core.presets import resolve_strategy
-from core.runner import resolve_roles, validate_spec
 from strategies.registry import STRATEGIES
 
 log = logging.getLogger(__name__)
 
-MAX_IDEMPOTENCY_KEY = 128
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 
@@ -45,22 +41,6 @@ def strategy_spec(strategy: dict[str, Any] | str | None, default: str) -> dict[s
     if isinstance(strategy, str):
         return {"kind": strategy}
     return dict(strategy)
-
-
-def _check_idempotency_key(key: str | None) -> str | None:
-    if key is None:
-        return None
-    if not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable():
-        raise InvalidInput(
-            f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable characters",
-            field="Idempotency-Key",
-        )
-    return key
-
-
-def _fingerprint(payload: dict[str, Any]) -> str:
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 async def get_job(session: AsyncSession, tenant: str, job_id: str) -> Job:
@@ -83,83 +63,43 @@ async def _enqueue(state: ApiState, job: Job) -> None:
         ) from exc
 
 
-async def _republish_if_queued(state: ApiState, job: Job) -> None:
-    """A retry of a request whose job is still ``queued`` publishes it again: its first
-    publish may have failed (the client got a 503 ``enqueue_failed`` and retried). Two
-    messages for one job are harmless: the job's lease lets one run start, and a worker
-    skips a job that is running or finished."""
-    if job.status == "queued":
-        await _enqueue(state, job)
-
-
-async def _existing(state: ApiState, tenant: str, key: str, fingerprint: str) -> Job | None:
-    async with state.sessions() as session:
-        job = await repo.get_job_by_idempotency_key(session, tenant, key)
-    if job is not None and job.request_hash != fingerprint:
-        raise IdempotencyConflict(
-            f"Idempotency-Key {key!r} was used for a different request (job {job.id})",
-            field="Idempotency-Key",
-            job_id=job.id,
-        )
-    return job
-
-
 async def submit(
     state: ApiState, tenant: str, body: JobCreate, idempotency_key: str | None
 ) -> tuple[Job, bool]:
     """Validate, store and enqueue a job. Returns ``(job, created)``: with a known
     ``Idempotency-Key`` and the same request, the earlier job and False."""
-    key = _check_idempotency_key(idempotency_key)
-    question = validate_question(body.question)
-    spec = strategy_spec(body.strategy, state.settings.default_strategy)
-    params = validate_spec(await resolve_strategy(state.sessions, tenant, spec))
-    budget = apply_budget(state.api, tenant, validate_budget(body.budget))
-    bound = resolve_roles(params, state.pools, body.roles)
-    strategy = params.model_dump(mode="json")
-    budget_json = budget.model_dump(mode="json", exclude_defaults=True)
-    # The fingerprint covers the request as validated: {"kind": "direct"} and "direct"
-    # are the same request; an omitted seed is part of it (it means "pick one").
-    fingerprint = _fingerprint(
-        {
-            "question": question,
-            "strategy": strategy,
-            "budget": budget_json,
-            "roles": bound,
-            "seed": body.seed,
-            "priority": body.priority,
-        }
+
+    def limit_budget(budget: BudgetSpec) -> BudgetSpec:
+        return apply_budget(state.api, tenant, budget)
+
+    async def admit(session: AsyncSession) -> None:
+        await state.in_flight.check(state.api, session, tenant)
+
+    submitted = await jobs.submit(
+        state.sessions,
+        state.pools,
+        question=body.question,
+        strategy=strategy_spec(body.strategy, state.settings.default_strategy),
+        budget=body.budget,
+        roles=body.roles,
+        seed=body.seed,
+        tenant=tenant,
+        idempotency_key=idempotency_key,
+        priority=body.priority,
+        limit_budget=limit_budget,
+        admit=admit,
+        key_field="Idempotency-Key",
     )
-    if key is not None:
-        earlier = await _existing(state, tenant, key, fingerprint)
-        if earlier is not None:
-            await _republish_if_queued(state, earlier)
-            return earlier, False
-    seed = body.seed if body.seed is not None else random.SystemRandom().randrange(2**31)
-    try:
-        async with state.sessions() as session, session.begin():
-            await state.in_flight.check(state.api, session, tenant)
-            job = await repo.create_job(
-                session,
-                question=question,
-                strategy=strategy,
-                budget=budget_json,
-                roles=bound,
-                seed=seed,
-                tenant=tenant,
-                idempotency_key=key,
-            )
-            job.request_hash = fingerprint
-            job.priority = body.priority  # the reaper re-enqueues on the same queue
-    except IntegrityError:
-        if key is None:
-            raise
-        # A concurrent request with the same key won the insert: answer as its retry.
-        earlier = await _existing(state, tenant, key, fingerprint)
-        if earlier is None:
-            raise
-        return earlier, False
-    await _enqueue(state, job)
-    return job, True
+    job = submitted.job
+    if submitted.created:
+        await _enqueue(state, job)
+    elif job.status == "queued" and not submitted.concurrent:
+        # A retry of a request whose job is still queued publishes it again: its first
+        # publish may have failed (the client got a 503 enqueue_failed and retried). Two
+        # messages for one job are harmless: the job's lease lets one run start, and a
+        # worker skips a job that is running or finished.
+        await _enqueue(state, job)
+    return job, submitted.created
 
 
 def encode_cursor(job: Job) -> str:
@@ -218,7 +158,7 @@ async def list_jobs(
 async def replay(state: ApiState, tenant: str, parent_id: str, body: ReplayCreate) -> Job:
     async with state.sessions() as session:
         await get_job(session, tenant, parent_id)
-    child_id = await create_replay(
+    child_id = await jobs.create_replay(
         state.sessions,
         state.pools,
         parent_id,
