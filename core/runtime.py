@@ -1,15 +1,24 @@
 """What a process needs to run jobs: database sessions, model pools, and the runner.
 
-``Runtime`` is an async context manager. Entering it migrates a SQLite database on first
-use, opens the engine, and — only when asked for roles — brings up pools: the
-configured ones, or, when none are configured, the embedded CPU models (started as a
-child process and stopped on exit).
+``Runtime`` is the one builder of them, for the API, the Celery worker and the CLI. It
+is an async context manager. Entering it migrates a SQLite database on first use and
+opens the engines: the async one for sessions and the synchronous one the trace writer
+and heartbeats use (``trace_engine_options``). Then the pool clients, sharing one HTTP
+client, in one of two ways:
+
+    Runtime(settings, roles={"small"})    the CLI: the configured pools, or, when none
+                                          are configured, the embedded CPU models for
+                                          these roles (a child process, stopped on exit)
+    Runtime(settings, pools=pools)        the API and the worker: exactly these pools
+                                          (every configured one, or the embedded models'
+                                          that `ponder serve` started); never starts a
+                                          model itself. Building clients opens no socket.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 
@@ -21,21 +30,37 @@ from core.db.engine import make_async_engine, make_engine, make_sessionmaker, tr
 from core.db.migrate import ensure_schema
 from core.embedded.manager import EmbeddedModels
 from core.errors import ConfigError, PoolUnavailable
+from core.pools.client import new_http_client
 from core.pools.registry import Pools
 from core.runner import Runner
 from core.settings import PoolSettings, Settings
 
 
 class Runtime:
-    def __init__(self, settings: Settings, roles: Iterable[str] | None = None) -> None:
-        """``roles``: the model roles this process will call (None: no models at all)."""
+    def __init__(
+        self,
+        settings: Settings,
+        roles: Iterable[str] | None = None,
+        *,
+        pools: Mapping[str, PoolSettings] | None = None,
+    ) -> None:
+        """
+        Args:
+            settings: database, pools, embedded models.
+            roles: the model roles this process will call (None: no models at all).
+            pools: role -> pool settings to build clients for, as given (``roles`` is
+                then ignored and no embedded model is started).
+        """
         self.settings = settings
         self.roles = set(roles) if roles is not None else None
+        self.given_pools = dict(pools) if pools is not None else None
         self.embedded: EmbeddedModels | None = None
         self.engine: AsyncEngine | None = None
         self.sync_engine: Engine | None = None
         self.sessions: async_sessionmaker[AsyncSession]
         self.pools: Pools = Pools({})
+        self.pool_settings: dict[str, PoolSettings] = {}
+        """The settings of the pools in ``pools``."""
         self.http: httpx.AsyncClient | None = None
 
     @property
@@ -53,8 +78,14 @@ class Runtime:
         self.engine = make_async_engine(url, **pool)
         self.sessions = make_sessionmaker(self.engine)
         self.sync_engine = make_engine(url, **pool, **trace_engine_options(url))
-        if self.roles:
-            await self._start_pools()
+        try:
+            if self.given_pools is not None:
+                self._build_pools(self.given_pools)
+            elif self.roles:
+                await self._start_pools()
+        except BaseException:
+            await self.__aexit__(None, None, None)  # `async with` would not call it
+            raise
         return self
 
     async def _start_pools(self) -> None:
@@ -73,10 +104,15 @@ class Runtime:
                 cache = self.settings.embedded.cache_dir or (self.settings.data_dir / "models")
                 self.embedded = EmbeddedModels(embedded, Path(cache))
                 configured = await asyncio.to_thread(self.embedded.start)
-        self.http = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
-            timeout=httpx.Timeout(600.0, connect=5.0),
-        )
+        self._build_pools(configured)
+
+    def _build_pools(self, configured: Mapping[str, PoolSettings]) -> None:
+        self.pool_settings = dict(configured)
+        if not configured:
+            return
+        # One connection pool for every role, sized so that only the per-endpoint
+        # concurrency limits ever queue.
+        self.http = new_http_client(configured.values())
         self.pools = Pools.from_settings(configured, self.http)
 
     async def check_pools(self, roles: Iterable[str]) -> None:

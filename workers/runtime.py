@@ -73,7 +73,7 @@ class WorkerRuntime:
                 "this worker has no model pools configured (PONDER_POOLS__<ROLE>__...); "
                 "jobs that need a model will fail with pool_unavailable"
             )
-        runtime = Runtime(self.settings, roles=roles)
+        runtime = Runtime(self.settings, pools=self.settings.pools)
         await runtime.__aenter__()
         self._runtime = runtime
         # Every breaker opening and closing goes to the database: /v1/pools shows it.

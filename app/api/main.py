@@ -5,13 +5,13 @@
 ``create_app`` is the factory: tests and ``ponder serve`` pass their own settings, the
 pools to validate against (``ponder serve`` passes the embedded models' pools) and an
 executor (``InProcessExecutor`` runs jobs in this process; the default enqueues to Celery
-after commit). Building the app opens nothing; the lifespan opens the database engines
-and the pool clients (no network until a request needs it).
+after commit). Building the app opens nothing; the lifespan opens a ``core.runtime.Runtime``
+(the database engines and the pool clients, as the worker and the CLI do; no network
+until a request needs it).
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
@@ -34,15 +34,8 @@ from app.api.routes.traces import router as traces_router
 from app.api.schemas import V1_ERRORS
 from app.api.settings import ApiSettings
 from app.dashboard.router import router as dashboard_router
-from core.db.engine import (
-    make_async_engine,
-    make_engine,
-    make_sessionmaker,
-    trace_engine_options,
-)
-from core.db.migrate import ensure_schema
 from core.keys import Principal
-from core.pools.registry import Pools
+from core.runtime import Runtime
 from core.settings import PoolSettings, Settings, get_settings
 
 DESCRIPTION = """Submit reasoning jobs, follow them live, replay, fork and diff them.
@@ -77,41 +70,35 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         core_settings = settings or get_settings()
-        url = core_settings.resolved_database_url()
-        if url.startswith("sqlite"):
-            # As the CLI does: a local file is ours to create; PostgreSQL is migrated on
-            # deploy (`ponder db upgrade`).
-            await asyncio.to_thread(ensure_schema, url)
-        pool = core_settings.db_pool.engine_options()
-        engine = make_async_engine(url, **pool)
-        sync_engine = make_engine(url, **pool, **trace_engine_options(url))
-        pool_settings = dict(pools if pools is not None else core_settings.pools)
-        clients = Pools.from_settings(pool_settings)
-        chosen = executor if executor is not None else _default_executor(api)
-        state = ApiState(
-            settings=core_settings,
-            api=api,
-            pool_settings=pool_settings,
-            engine=engine,
-            sync_engine=sync_engine,
-            sessions=make_sessionmaker(engine),
-            pools=clients,
-            executor=chosen,
-            key_cache=KeyCache[Principal](api.key_cache_s),
-        )
-        await chosen.start(
-            ExecutorContext(state.sessions, sync_engine, clients, core_settings.broker_url)
-        )
-        app.state.ponder = state
-        app.state.limiter = limiter = Limiter(api, core_settings.broker_url)
-        try:
-            yield
-        finally:
-            await limiter.close()
-            await chosen.close()
-            await clients.aclose()
-            await engine.dispose()
-            sync_engine.dispose()
+        # The runtime the worker and the CLI build too: engines, sessions, pool clients
+        # sharing one HTTP client (no network until a request needs a model).
+        given = pools if pools is not None else core_settings.pools
+        async with Runtime(core_settings, pools=given) as runtime:
+            assert runtime.engine is not None and runtime.sync_engine is not None
+            chosen = executor if executor is not None else _default_executor(api)
+            state = ApiState(
+                settings=core_settings,
+                api=api,
+                pool_settings=runtime.pool_settings,
+                engine=runtime.engine,
+                sync_engine=runtime.sync_engine,
+                sessions=runtime.sessions,
+                pools=runtime.pools,
+                executor=chosen,
+                key_cache=KeyCache[Principal](api.key_cache_s),
+            )
+            await chosen.start(
+                ExecutorContext(
+                    state.sessions, runtime.sync_engine, runtime.pools, core_settings.broker_url
+                )
+            )
+            app.state.ponder = state
+            app.state.limiter = limiter = Limiter(api, core_settings.broker_url)
+            try:
+                yield
+            finally:
+                await limiter.close()
+                await chosen.close()
 
     app = FastAPI(
         title="Ponder",
