@@ -158,12 +158,9 @@ async def submit(
                 seed=seed if seed is not None else random.SystemRandom().randrange(2**31),
                 tenant=tenant,
                 idempotency_key=key,
+                request_hash=fingerprint,
+                priority=priority,
             )
-            # Only where they differ from the columns' defaults: no extra UPDATE otherwise.
-            if fingerprint is not None:
-                job.request_hash = fingerprint
-            if priority != "default":
-                job.priority = priority
     except IntegrityError:
         if key is None or fingerprint is None:
             raise
@@ -247,12 +244,15 @@ async def create_replay(
     fork_from: int | None = None,
     strategy_overrides: Mapping[str, Any] | None = None,
     roles: Mapping[str, str] | None = None,
+    priority: str = "default",
 ) -> str:
     """A child job seeded with the parent's journal (its first ``fork_from`` entries).
 
     ``strict`` reproduces the parent with zero model calls or fails on the first call
-    that is not in the journal; ``live`` calls the model for anything new.
+    that is not in the journal; ``live`` calls the model for anything new. Commits;
+    enqueueing is the caller's next step, as after ``submit``.
     """
+    priority = validate_priority(priority)
     async with sessions() as session, session.begin():
         parent = await repo.get_job(session, parent_id)
         if parent is None:
@@ -290,6 +290,7 @@ async def create_replay(
             parent_job_id=parent.id,
             fork_point=fork_from,
             replay_mode=mode,
+            priority=priority,
         )
         await repo.copy_journal(
             session, source_job_id=parent.id, target_job_id=child.id, limit=fork_from

@@ -29,6 +29,8 @@ async def create_job(
     fork_point: int | None = None,
     replay_mode: str | None = None,
     idempotency_key: str | None = None,
+    request_hash: str | None = None,
+    priority: str = "default",
 ) -> Job:
     job = Job(
         question=question,
@@ -41,6 +43,8 @@ async def create_job(
         fork_point=fork_point,
         replay_mode=replay_mode,
         idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        priority=priority,
         status=JobStatus.QUEUED,
     )
     session.add(job)
@@ -203,10 +207,6 @@ async def list_jobs(
     query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
     rows = await session.execute(query)
     return rows.scalars().all()
-
-
-async def set_job_priority(session: AsyncSession, job_id: str, priority: str) -> None:
-    await session.execute(update(Job).where(Job.id == job_id).values(priority=priority))
 
 
 async def job_progress(session: AsyncSession, job_id: str) -> tuple[str, int] | None:

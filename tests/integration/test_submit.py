@@ -15,7 +15,7 @@ from core.budget import BudgetSpec
 from core.db import repo
 from core.db.models import Job
 from core.errors import IdempotencyConflict, InvalidInput
-from core.jobs import Submitted, submit, submit_job
+from core.jobs import Submitted, create_replay, submit, submit_job
 from core.runtime import Runtime
 from core.simulator.server import Simulator
 from tests.fixtures.runtime import simulator_settings
@@ -53,6 +53,17 @@ async def test_a_job_is_written_queued_with_what_was_asked(runtime: Runtime) -> 
     async with runtime.sessions() as session:
         plain = await repo.get_job(session, job_id)
     assert plain is not None and plain.priority == "default" and plain.request_hash is None
+    # A replay keeps its parent's tenant and budget, in the queue class it is given.
+    child_id = await create_replay(
+        runtime.sessions, runtime.pools, submitted.job.id, mode="live", priority="low"
+    )
+    async with runtime.sessions() as session:
+        child = await repo.get_job(session, child_id)
+    assert child is not None and child.parent_job_id == submitted.job.id
+    assert (child.priority, child.tenant, child.budget) == ("low", "acme", {"max_tokens": 500})
+    with pytest.raises(InvalidInput) as bad:
+        await create_replay(runtime.sessions, runtime.pools, job_id, priority="soon")
+    assert bad.value.field == "priority"
 
 
 async def test_an_idempotency_key_returns_the_earlier_job_or_refuses_another_request(

@@ -166,10 +166,8 @@ async def replay(state: ApiState, tenant: str, parent_id: str, body: ReplayCreat
         fork_from=body.fork_from,
         strategy_overrides=body.strategy,
         roles=body.roles,
+        priority=body.priority,
     )
-    if body.priority != "default":
-        async with state.sessions() as session, session.begin():
-            await repo.set_job_priority(session, child_id, body.priority)
     async with state.sessions() as session:
         child = await get_job(session, tenant, child_id)
     await _enqueue(state, child)
