@@ -11,7 +11,8 @@ reported with its baseline (a ratio or a difference), never alone:
   sse         commit -> arrival delay of trace events over SSE     (bench/sse_delay.py)
   load        1,000 submissions from 32 and 128 clients to `ponder serve` on SQLite and on
               PostgreSQL + Redis: errors, p50/p99, jobs lost        (bench/api_load.py)
-  peers       OptiLLM and its_hub next to Ponder, with --peers    (bench/peers/compare.py)
+  peers       OptiLLM and its_hub next to Ponder; LiteLLM's proxy beside Ponder's journaled
+              call and its OpenAI face, with --peers   (bench/peers/compare.py, openai_wire.py)
 
 The scripts need a checkout (they use tests/fixtures) and the services of the test suite:
 PostgreSQL at 127.0.0.1:5432 (db ``test``) and Redis at 127.0.0.1:6379.
@@ -43,7 +44,10 @@ SIZES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "fanout": ({"n": 16, "reps": 3}, {"n": 16, "reps": 7}),
     "sse": ({"events": 30}, {"events": 100}),
     "load": ({"jobs": 200, "levels": (32,)}, {"jobs": 1000, "levels": (32, 128)}),
-    "peers": ({"n": 8, "reps": 5}, {"n": 8, "reps": 10}),
+    "peers": (
+        {"n": 8, "reps": 5, "requests": 50, "calls": 300},
+        {"n": 8, "reps": 10, "requests": 200, "calls": 2000},
+    ),
 }
 
 
@@ -53,7 +57,9 @@ def add_arguments(bench: argparse.ArgumentParser) -> None:
     bench.add_argument("--quick", action="store_true", help="small sizes: about a minute")
     bench.add_argument("--json", action="store_true", help="print the JSON, not the table")
     bench.add_argument(
-        "--peers", action="store_true", help="also run OptiLLM and its_hub (.bench-peers venv)"
+        "--peers",
+        action="store_true",
+        help="also run OptiLLM, its_hub and LiteLLM (.bench-peers venv)",
     )
     bench.add_argument(
         "--only",

@@ -1,4 +1,4 @@
-"""Ponder next to peers (OptiLLM, its_hub) doing the same work against one simulator.
+"""Ponder next to peers (OptiLLM, its_hub, LiteLLM) doing the same work against one simulator.
 
 One zero-latency simulator (in this process, in a thread) serves everybody, one after
 another; its request counter says how many model calls each made. Ponder runs in-process
@@ -10,11 +10,14 @@ subprocess of the peers' own venv (``.bench-peers``, never a dependency of Ponde
     .bench-peers/bin/pip install --no-deps optillm   # its full deps pull torch and CUDA
     .bench-peers/bin/pip install flask openai numpy requests aiohttp cerebras_cloud_sdk \\
         networkx 'z3-solver<=4.15.4.0' sympy pyyaml math-verify
+    .bench-peers/bin/pip install 'litellm[proxy]'
 
 Overhead per call = (wall − calls × raw p50) / calls, where raw p50 is a plain httpx
 call to the same simulator: what each tool adds around the upstream requests it makes.
+Then the OpenAI wire (``openai_wire.py``): LiteLLM's proxy beside Ponder's journaled call
+and beside its OpenAI face (``ponder/direct`` on ``ponder serve``, SQLite and PostgreSQL).
 
-    python bench/peers/compare.py [--n 8] [--reps 10] [--json]
+    python bench/peers/compare.py [--n 8] [--reps 10] [--requests 200] [--calls 2000] [--json]
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Any
 
 import httpx
 
+from bench.peers import openai_wire
 from core.jobs import submit_job
 from core.runtime import Runtime
 from core.settings import PoolSettings, Settings
@@ -118,8 +122,12 @@ def _peer(name: str, sim_url: str, n: int, reps: int) -> dict[str, Any]:
     return result
 
 
-def run(n: int = 8, reps: int = 10, peers: bool = True) -> dict[str, Any]:
-    """Ponder's rows, then each peer's (or why it was skipped), with overhead per call."""
+def run(
+    n: int = 8, reps: int = 10, peers: bool = True, requests: int = 200, calls: int = 2000
+) -> dict[str, Any]:
+    """Ponder's rows, then each peer's (or why it was skipped), with overhead per call;
+    with ``peers``, the OpenAI wire rows too (``requests`` per target, ``calls`` for
+    Ponder's journaled call)."""
     config = SimulatorConfig(models=["sim"], rules=[Rule(replies=REPLIES)])
     with Simulator(config) as sim:
         raw = asyncio.run(_raw_p50(sim.url))
@@ -127,22 +135,27 @@ def run(n: int = 8, reps: int = 10, peers: bool = True) -> dict[str, Any]:
         results: list[dict[str, Any]] = [
             {"peer": "ponder", "version": "in-process", "rows": ponder}
         ]
+        wire = None
         if peers:
             results += [_peer(name, sim.url, n, reps) for name in PEERS]
+            wire = openai_wire.run(sim.url, requests, calls)
     for result in results:
         for row in result.get("rows", []):
-            calls = max(row["calls"], 1.0)
-            row["overhead_per_call_ms"] = round((row["wall_ms"] - calls * raw) / calls, 2)
-    return {"raw_call_p50_ms": round(raw, 3), "n": n, "reps": reps, "tools": results}
+            made = max(row["calls"], 1.0)
+            row["overhead_per_call_ms"] = round((row["wall_ms"] - made * raw) / made, 2)
+    report = {"raw_call_p50_ms": round(raw, 3), "n": n, "reps": reps, "tools": results}
+    return report | ({"openai_wire": wire} if wire else {})
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    results = run(args.n, args.reps)
+    results = run(args.n, args.reps, requests=args.requests, calls=args.calls)
     if args.json:
         json.dump(results, sys.stdout)
         return
@@ -165,6 +178,8 @@ def table_lines(results: dict[str, Any]) -> list[str]:
                 f"{tool['peer']:<9}{row['scenario']:<28}{row['n']:>3}{row['wall_ms']:>9.2f}"
                 f"{row['calls']:>7g}{row['tokens']:>8g}{row['overhead_per_call_ms']:>10.2f}"
             )
+    if "openai_wire" in results:
+        lines += ["", *openai_wire.table_lines(results["openai_wire"])]
     return lines
 
 
