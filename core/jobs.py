@@ -1,13 +1,14 @@
 """Creating jobs and replays: validation first, then one transaction.
 
-``submit`` is the one way a job is created: the REST API, the OpenAI-compatible
+``submit`` is the one way a new job is created: the REST API, the OpenAI-compatible
 endpoint, the CLI and the eval harness all call it (the last two through
-``submit_job``, which returns just the id). Nothing is written unless every input
-validated, so bad input never leaves a half-written job behind; errors name the field.
+``submit_job``, which returns just the id); ``create_replay`` makes a child of an
+existing job. Nothing is written unless every input validated, so bad input never
+leaves a half-written job behind; errors name the field.
 
-What is the caller's to do around it: the API applies its tenant limits through the
-``limit_budget`` and ``admit`` hooks and enqueues after ``submit`` returns (the commit
-is done by then: a worker never receives the id of a row it cannot see yet).
+Around it each caller adds only what is its own: the API applies its tenant limits
+through the ``limit_budget`` and ``admit`` hooks, and enqueues after ``submit`` returns
+(the commit is done by then: a worker never receives the id of a row it cannot see).
 """
 
 from __future__ import annotations
