@@ -8,9 +8,12 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.api.executor import InProcessExecutor
+from app.api.main import create_app
+from app.api.settings import ApiSettings
 from core.budget import BudgetSpec
 from core.db import repo
 from core.db.models import Job
@@ -193,3 +196,23 @@ async def test_the_runtime_builds_exactly_the_given_pools_on_one_http_client(
             await submit_job(bare.sessions, bare.pools, question=QUESTION, strategy=DIRECT)
         assert unbound.value.field == "roles.small"
         assert await count_jobs(bare) == 0
+
+
+@pytest.mark.postgres
+async def test_the_api_opens_the_same_runtime_as_the_worker_and_the_cli(
+    simulator: Simulator, clean_pg_database_url: str, tmp_path: Path
+) -> None:
+    # When the API built its own, its copy drifted: its trace engine waited for the WAL.
+    settings = simulator_settings(simulator.url, clean_pg_database_url, tmp_path)
+    api = ApiSettings(_env_file=None)  # type: ignore[call-arg]
+    app = create_app(settings, executor=InProcessExecutor(), api_settings=api)
+    async with app.router.lifespan_context(app):
+        state = app.state.ponder
+        assert sorted(state.pools) == ["large", "small"]
+        assert state.pool_settings == settings.pools
+        with state.sync_engine.connect() as connection:
+            assert connection.execute(text("SHOW synchronous_commit")).scalar() == "off"
+    async with Runtime(settings, pools=settings.pools) as rt:
+        assert rt.sync_engine is not None
+        with rt.sync_engine.connect() as connection:
+            assert connection.execute(text("SHOW synchronous_commit")).scalar() == "off"
