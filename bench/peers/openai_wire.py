@@ -41,7 +41,7 @@ import httpx
 BENCH = Path(__file__).resolve().parents[1]
 for _path in (str(BENCH), str(BENCH.parent)):
     if _path not in sys.path:
-        sys.path.insert(0, _path)
+        sys.path.append(_path)  # appended: shadows nothing already importable
 
 import api_load  # noqa: E402
 import call_overhead  # noqa: E402
@@ -82,20 +82,20 @@ def _wait(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) ->
     raise Skipped(f"{url} did not answer within {timeout:g} s")
 
 
-def _peer_version(package: str) -> str:
-    python = PEERS_VENV / "bin" / "python"
+def _peer_version(venv: Path, package: str) -> str:
+    python = venv / "bin" / "python"
     code = f"from importlib.metadata import version; print(version({package!r}))"
     done = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=60)
     return done.stdout.strip() or "?"
 
 
 @contextmanager
-def litellm_proxy(sim_url: str, workdir: Path) -> Iterator[Target]:
-    """LiteLLM's proxy (the peers' venv) on a free port, model ``sim`` = the simulator."""
-    exe = PEERS_VENV / "bin" / "litellm"
+def litellm_proxy(sim_url: str, workdir: Path, venv: Path = PEERS_VENV) -> Iterator[Target]:
+    """LiteLLM's proxy (from ``venv``) on a free port, model ``sim`` = the simulator."""
+    exe = venv / "bin" / "litellm"
     if not exe.exists():
-        raise Skipped(f"litellm not installed in {PEERS_VENV} (see bench/README.md)")
-    version = _peer_version("litellm")
+        raise Skipped(f"litellm not installed in {venv} (see bench/README.md)")
+    version = _peer_version(venv, "litellm")
     # JSON is YAML: the config needs no YAML writer in Ponder's venv.
     config = workdir / "litellm.yaml"
     model = {"model": "openai/sim", "api_base": f"{sim_url}/v1", "api_key": "sk-sim"}

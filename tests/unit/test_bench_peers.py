@@ -1,0 +1,46 @@
+"""``ponder bench --peers``' OpenAI-wire rows: how they read, without running a bench."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.peers import openai_wire
+
+
+def _row(name: str, p50: float) -> dict[str, object]:
+    return {
+        "name": name,
+        "label": name,
+        "p50_ms": p50,
+        "p99_ms": p50 * 2,
+        "p50_over_raw_ms": p50 - 1,
+        "p99_over_raw_ms": p50 * 2 - 2,
+    }
+
+
+def test_litellm_missing_is_a_skipped_peer(tmp_path: Path) -> None:
+    with (
+        pytest.raises(openai_wire.Skipped, match="litellm not installed in"),
+        openai_wire.litellm_proxy("http://127.0.0.1:9", tmp_path, venv=tmp_path / "none"),
+    ):
+        pass
+
+
+def test_rows_say_which_peer_was_skipped_and_keep_ponders() -> None:
+    result = {
+        "requests": 200,
+        "journaled_call": {"calls": 2000, "p50_over_raw_ms": 1.15, "p99_over_raw_ms": 1.73},
+        "rows": [
+            _row("raw", 1.0),
+            {"name": "litellm", "label": "LiteLLM", "skipped": "litellm not installed"},
+            _row("serve", 105.8),
+            {"name": "postgres", "label": "PG", "skipped": "OperationalError: refused"},
+        ],
+    }
+    text = "\n".join(openai_wire.table_lines(result))
+    assert text.count("peer skipped: litellm not installed") == 2
+    assert "+1.15 ms" in text and "+1.73 ms" in text
+    assert "105.80 (+104.80)" in text
+    assert "skipped: OperationalError: refused" in text
