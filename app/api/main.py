@@ -12,6 +12,7 @@ until a request needs it).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
@@ -35,6 +36,7 @@ from app.api.schemas import V1_ERRORS
 from app.api.settings import ApiSettings
 from app.dashboard.router import router as dashboard_router
 from core.keys import Principal
+from core.logs import configure_logging
 from core.runtime import Runtime
 from core.settings import PoolSettings, Settings, get_settings
 
@@ -140,6 +142,10 @@ def __getattr__(name: str) -> FastAPI:
         from core.settings_errors import settings_or_exit
 
         settings_or_exit("ponder api")  # bad PONDER_* settings: one sentence each, exit 2
+        # The process's logging (PONDER_LOG_*): uvicorn configured its own before loading
+        # the app; in JSON mode its lines are routed through Ponder's handler too.
+        configure_logging()
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per model call
         built = create_app()
         globals()["app"] = built
         return built
