@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from core.breaker_reports import BreakerReporter
 from core.cancel import JobMonitor, StopReason, worker_identity
+from core.logs import bound
 from core.runner import ReleasedLease, RunOutcome
 from core.runtime import Runtime
 from core.settings import Settings
@@ -106,7 +107,10 @@ class WorkerRuntime:
 
     async def _run(self, job_id: str, released: ReleasedLease | None) -> RunOutcome:
         assert self._runtime is not None and self.monitor is not None
-        return await self._runtime.runner.run(job_id, monitor=self.monitor, released=released)
+        # This loop's thread does not see the task's context: bind the job's id here, for
+        # the run's lines and the tasks it starts (which copy this context).
+        with bound(job_id=job_id):
+            return await self._runtime.runner.run(job_id, monitor=self.monitor, released=released)
 
     def stop_job(self, job_id: str, reason: StopReason, detail: str = "") -> None:
         """Ask the loop to stop a running job (thread-safe)."""

@@ -92,6 +92,11 @@ async def submit(
     )
     job = submitted.job
     if submitted.created:
+        # The one line per job on the API's side: with the request id and tenant bound,
+        # it ties the client's request to the job's lines in the workers.
+        kind = job.strategy.get("kind")
+        log.info("job %s accepted: %s, priority %s", job.id, kind, job.priority,
+                 extra={"job_id": job.id})  # fmt: skip
         await _enqueue(state, job)
     elif job.status == "queued" and not submitted.concurrent:
         # A retry of a request whose job is still queued publishes it again: its first
