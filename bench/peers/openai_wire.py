@@ -168,16 +168,27 @@ def _request(http: httpx.Client, target: Target) -> float:
     return elapsed
 
 
-def _interleaved(targets: list[Target], requests: int) -> dict[str, list[float]]:
+def interleaved(
+    http: httpx.Client, targets: list[Target], requests: int, warmup: int = WARMUP
+) -> tuple[dict[str, list[float]], dict[str, str]]:
+    """Samples per target, and why a target left the rotation (a failed request ends
+    its measurement, not the others'; the raw call's failure ends them all)."""
     samples: dict[str, list[float]] = {t.name: [] for t in targets}
-    with httpx.Client(timeout=60) as http:
-        for _ in range(WARMUP):
-            for target in targets:
-                _request(http, target)
-        for _ in range(requests):
-            for target in targets:
-                samples[target.name].append(_request(http, target))
-    return samples
+    failed: dict[str, str] = {}
+    for i in range(warmup + requests):
+        for target in targets:
+            if target.name in failed:
+                continue
+            try:
+                elapsed = _request(http, target)
+            except (httpx.HTTPError, LookupError, ValueError, RuntimeError) as exc:
+                if target.name == "raw":
+                    raise
+                failed[target.name] = f"failed at request {i + 1}: {exc}"[:200]
+                continue
+            if i >= warmup:
+                samples[target.name].append(elapsed)
+    return samples, failed
 
 
 def _summary(values: list[float], raw: list[float]) -> dict[str, float]:
@@ -224,9 +235,12 @@ def run(sim_url: str, requests: int = 200, calls: int = 2000) -> dict[str, Any]:
                 targets.append(stack.enter_context(start()))
             except Skipped as exc:
                 rows.append({"name": name, "label": label, "skipped": str(exc)})
-        samples = _interleaved(targets, requests)
+        with httpx.Client(timeout=60) as http:
+            samples, failed = interleaved(http, targets, requests)
     measured = [
-        {"name": t.name, "label": t.label, **_summary(samples[t.name], samples["raw"])}
+        {"name": t.name, "label": t.label, "skipped": failed[t.name]}
+        if t.name in failed
+        else {"name": t.name, "label": t.label, **_summary(samples[t.name], samples["raw"])}
         for t in targets
     ]
     order = ["raw", "litellm", "serve", "postgres"]

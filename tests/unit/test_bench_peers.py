@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 
 from bench.peers import openai_wire
@@ -44,3 +45,22 @@ def test_rows_say_which_peer_was_skipped_and_keep_ponders() -> None:
     assert "+1.15 ms" in text and "+1.73 ms" in text
     assert "105.80 (+104.80)" in text
     assert "skipped: OperationalError: refused" in text
+
+
+def test_a_failing_target_leaves_the_rotation_and_the_others_are_measured() -> None:
+    answer = {"choices": [{"message": {"role": "assistant", "content": "5"}}]}
+
+    def reply(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "broken":
+            return httpx.Response(504, json={"error": {"code": "job_timeout"}})
+        return httpx.Response(200, json=answer)
+
+    targets = [
+        openai_wire.Target("raw", "raw", "http://sim", "sim"),
+        openai_wire.Target("serve", "serve", "http://broken", "ponder/direct"),
+    ]
+    with httpx.Client(transport=httpx.MockTransport(reply)) as http:
+        samples, failed = openai_wire.interleaved(http, targets, requests=5, warmup=2)
+    assert len(samples["raw"]) == 5
+    assert samples["serve"] == []
+    assert failed["serve"].startswith("failed at request 1: Server error '504")
