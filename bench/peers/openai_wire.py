@@ -132,7 +132,10 @@ def litellm_proxy(sim_url: str, workdir: Path, venv: Path = PEERS_VENV) -> Itera
 
 @contextmanager
 def ponder_openai_face(sim_url: str, database: str, workdir: Path) -> Iterator[Target]:
-    """``ponder serve`` (``bench/api_load.py``'s) on SQLite or on PostgreSQL + Redis."""
+    """``ponder serve`` (``bench/api_load.py``'s) on SQLite or on PostgreSQL + Redis.
+
+    The only Ponder-specific start-up here: a shared OpenAI-face benchmark, should
+    ``bench/`` gain one, replaces this function and keeps the rest of the rotation."""
     data = workdir / database
     data.mkdir()
     with ExitStack() as stack:
