@@ -10,7 +10,8 @@ round-robin, so that machine noise hits them alike:
   serve     ``ponder serve`` on SQLite with the folder broker, model ``ponder/direct``
   postgres  ``ponder serve`` on PostgreSQL + Redis (its Celery worker), ``ponder/direct``
 
-Two comparisons come out of it. Per model call: LiteLLM's overhead (proxy − raw) beside
+Two comparisons come out of it. Per model call: LiteLLM's overhead (proxy − raw, and
+its SDK's ``acompletion`` − raw from ``litellm_peer.py`` in the peers' venv) beside
 Ponder's journaled call (``bench/call_overhead.py`` on PostgreSQL, same run): what each
 adds to one upstream call. Per request: the proxy's answer beside the OpenAI face's,
 what a client of a drop-in endpoint waits. A target that cannot start is reported as
@@ -47,6 +48,7 @@ import api_load  # noqa: E402
 import call_overhead  # noqa: E402
 from _shared import free_port, percentile, temp_database  # noqa: E402
 
+HERE = Path(__file__).resolve().parent
 PEERS_VENV = BENCH.parent / ".bench-peers"
 # LiteLLM's proxy refuses to start without one; clients send it as their bearer token.
 MASTER_KEY = "sk-bench-master"
@@ -219,9 +221,29 @@ def _journaled_call(calls: int) -> dict[str, Any]:
     }
 
 
+def _litellm_sdk(sim_url: str, calls: int, venv: Path = PEERS_VENV) -> dict[str, Any]:
+    """``litellm_peer.py`` in the peers' venv: LiteLLM's SDK call over a raw call."""
+    python = venv / "bin" / "python"
+    if not (venv / "bin" / "litellm").exists():
+        return {"skipped": f"litellm not installed in {venv} (see bench/README.md)"}
+    command = [str(python), "litellm_peer.py", "--sim", sim_url, "--calls", str(calls)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=HERE)
+    except subprocess.TimeoutExpired:
+        return {"skipped": "timed out after 600 s"}
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        why = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+        return {"skipped": why[:200]}
+    sdk: dict[str, Any] = json.loads(lines[-1])["sdk"]
+    return sdk
+
+
 def run(sim_url: str, requests: int = 200, calls: int = 2000) -> dict[str, Any]:
-    """Ponder's journaled call first (alone), then every target, round-robin."""
+    """Ponder's journaled call and LiteLLM's SDK call first (each alone), then every
+    target, round-robin."""
     journaled = _journaled_call(calls)
+    sdk = _litellm_sdk(sim_url, calls)
     raw = Target("raw", "raw call to the simulator", sim_url, "sim")
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
@@ -248,7 +270,13 @@ def run(sim_url: str, requests: int = 200, calls: int = 2000) -> dict[str, Any]:
     ]
     order = ["raw", "litellm", "serve", "postgres"]
     rows = sorted(measured + rows, key=lambda r: order.index(r["name"]))
-    return {"requests": requests, "warmup": WARMUP, "journaled_call": journaled, "rows": rows}
+    return {
+        "requests": requests,
+        "warmup": WARMUP,
+        "journaled_call": journaled,
+        "litellm_sdk_call": sdk,
+        "rows": rows,
+    }
 
 
 def table_lines(result: dict[str, Any]) -> list[str]:
@@ -277,6 +305,7 @@ def table_lines(result: dict[str, Any]) -> list[str]:
     Cells = Callable[[dict[str, Any]], tuple[str, str]]
     figures: list[tuple[str, dict[str, Any], Cells]] = [
         ("per call: LiteLLM proxy over raw", rows["litellm"], over),
+        ("per call: LiteLLM SDK (acompletion) over raw", result["litellm_sdk_call"], over),
         ("per call: Ponder journaled call over raw (PG)", journal, over),
         ("request: LiteLLM proxy (1 worker, no database)", rows["litellm"], request),
         ("request: Ponder ponder/direct, serve (SQLite)", rows["serve"], request),
@@ -284,13 +313,14 @@ def table_lines(result: dict[str, Any]) -> list[str]:
     ]
     for figure, row, cells in figures:
         if "skipped" in row:
-            prefix = "peer skipped" if row is rows["litellm"] else "skipped"
+            litellm = row is rows["litellm"] or row is result["litellm_sdk_call"]
+            prefix = "peer skipped" if litellm else "skipped"
             lines.append(f"{figure:<52}{prefix}: {row['skipped']}")
         else:
             line(figure, *cells(row))
     if "skipped" not in rows["litellm"]:
-        lines.append(f"({rows['litellm']['label']}; Ponder's call: {journal.get('calls')} "
-                     "calls, bench/call_overhead.py)")  # fmt: skip
+        lines.append(f"({rows['litellm']['label']}; SDK and Ponder's call: {journal.get('calls')}"
+                     " calls each, litellm_peer.py and bench/call_overhead.py)")  # fmt: skip
     return lines
 
 

@@ -33,6 +33,7 @@ def test_rows_say_which_peer_was_skipped_and_keep_ponders() -> None:
     result = {
         "requests": 200,
         "journaled_call": {"calls": 2000, "p50_over_raw_ms": 1.15, "p99_over_raw_ms": 1.73},
+        "litellm_sdk_call": {"skipped": "litellm not installed"},
         "rows": [
             _row("raw", 1.0),
             {"name": "litellm", "label": "LiteLLM", "skipped": "litellm not installed"},
@@ -41,7 +42,7 @@ def test_rows_say_which_peer_was_skipped_and_keep_ponders() -> None:
         ],
     }
     text = "\n".join(openai_wire.table_lines(result))
-    assert text.count("peer skipped: litellm not installed") == 2
+    assert text.count("peer skipped: litellm not installed") == 3
     assert "+1.15 ms" in text and "+1.73 ms" in text
     assert "105.80 (+104.80)" in text
     assert "skipped: OperationalError: refused" in text
