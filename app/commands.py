@@ -16,9 +16,10 @@ from core.budget import parse_budget
 from core.db import repo
 from core.errors import ConfigError, NotFound
 from core.jobs import create_replay, resolve_job_id, submit_job, validate_question
-from core.runner import RunOutcome, validate_spec
+from core.runner import RunOutcome
 from core.runtime import Runtime
 from core.settings import Settings
+from core.specs import validate_spec
 from strategies.registry import roles_used
 
 

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.db.models import Preset, utcnow
 from core.errors import InvalidInput, NotFound
-from core.runner import validate_spec
+from core.specs import validate_spec
 from strategies.registry import STRATEGIES
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")

@@ -37,13 +37,15 @@ from core.context import JobContext
 from core.db import control, repo
 from core.db.control import CANCELLED_ERROR
 from core.db.models import Job, JobStatus
-from core.errors import InvalidInput, NotFound, PonderError, PoolUnavailable
+from core.errors import NotFound, PonderError, PoolUnavailable
 from core.journal import Journal
 from core.pools.client import PoolClient
 from core.role_model import RoleModel
+from core.specs import resolve_roles as resolve_roles  # core/jobs.py imports it from here
+from core.specs import validate_spec as validate_spec
 from core.trace import SpanListener, Tracer, TraceRows, TraceWriter
 from strategies.protocol import BudgetExhausted, StrategyResult
-from strategies.registry import STRATEGIES, SpecError, parse_spec, roles_used
+from strategies.registry import STRATEGIES
 
 log = logging.getLogger(__name__)
 
@@ -59,37 +61,6 @@ class RunOutcome:
     replayed_calls: int = 0
     wall_s: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def validate_spec(spec: dict[str, Any]) -> BaseModel:
-    """Parse a strategy spec, turning a spec error into the API's ``InvalidInput``."""
-    try:
-        return parse_spec(spec)
-    except SpecError as exc:
-        raise InvalidInput(exc.message, field=exc.field, valid=exc.valid) from None
-
-
-def resolve_roles(
-    params: BaseModel, pools: Mapping[str, PoolClient], overrides: Mapping[str, str] | None = None
-) -> dict[str, dict[str, str]]:
-    """Bind each role the spec uses to a configured pool: ``{role: {pool, model}}``.
-
-    Overrides map a strategy role to another *configured* pool name — never a URL.
-    The model name is stored with the job so that strict replay needs no pool at all.
-    """
-    overrides = dict(overrides or {})
-    bound: dict[str, dict[str, str]] = {}
-    for role in sorted(roles_used(params) | set(overrides)):
-        pool_name = overrides.get(role, role)
-        if pool_name not in pools:
-            configured = ", ".join(sorted(pools)) or "none"
-            raise InvalidInput(
-                f"role '{role}' needs pool '{pool_name}', which is not configured "
-                f"(configured: {configured})",
-                field=f"roles.{role}",
-            )
-        bound[role] = {"pool": pool_name, "model": pools[pool_name].settings.model}
-    return bound
 
 
 def own_params(params: BaseModel) -> dict[str, Any]:

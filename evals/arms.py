@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.errors import InvalidInput
-from core.runner import validate_spec
+from core.specs import validate_spec
 from strategies.registry import STRATEGIES, roles_used
 
 

@@ -19,9 +19,9 @@ import httpx
 
 from core.budget import parse_budget
 from core.errors import InvalidInput
-from core.runner import resolve_roles, validate_spec
 from core.runtime import Runtime
 from core.settings import Settings
+from core.specs import resolve_roles, validate_spec
 from evals import console
 from evals.arms import Arm, parse_arms
 from evals.backends import Backend, LocalBackend, RestBackend

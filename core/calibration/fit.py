@@ -25,8 +25,8 @@ from typing import Any
 
 from core.calibration.replay import Replayed, Source, replay
 from core.errors import InvalidInput
-from core.runner import validate_spec
 from core.runtime import Runtime
+from core.specs import validate_spec
 from strategies.collaboration import difficulty_router, glimp_router
 
 MAX_CUTS = 41

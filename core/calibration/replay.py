@@ -26,8 +26,8 @@ from sqlalchemy import select
 from core.db import repo
 from core.db.models import Job, JobStatus, ModelCall
 from core.errors import InvalidInput
-from core.runner import resolve_roles, validate_spec
 from core.runtime import Runtime
+from core.specs import resolve_roles, validate_spec
 from strategies.registry import roles_used
 from strategies.shared.answers import answers_equal
 

@@ -32,11 +32,11 @@ from core import presets
 from core.calibration.fit import Objective, calibrate_difficulty, calibrate_glimp
 from core.calibration.replay import ProblemJobs, load_sources
 from core.errors import InvalidInput
-from core.runner import validate_spec
 from core.runtime import Runtime
 from core.settings import Settings
 from core.simulator.config import Rule, SimulatorConfig
 from core.simulator.server import Simulator
+from core.specs import validate_spec
 from strategies.collaboration import compute_optimal
 from tests.fixtures.runtime import simulator_settings
 from tests.strategies.helpers import solve
