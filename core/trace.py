@@ -34,6 +34,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Executable, insert, update
 
+from core import live
 from core.db.models import ModelCall, Span, new_id, utcnow
 
 log = logging.getLogger(__name__)
@@ -57,12 +58,15 @@ class TraceRows:
     calls: list[dict[str, Any]] = field(default_factory=list)
     spans: list[dict[str, Any]] = field(default_factory=list)
     updates: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    job_ids: set[str] = field(default_factory=set)
+    """The jobs whose live streams the commit of these rows wakes (``core.live``)."""
 
     def __bool__(self) -> bool:
         return bool(self.calls or self.spans or self.updates)
 
     def add(self, write: _Write) -> None:
         for row in write.rows:
+            self.job_ids.add(row.job_id)
             if isinstance(row, ModelCall):
                 self.calls.append(_call_row(row))
             else:
@@ -84,6 +88,7 @@ class TraceRows:
     def write(self, conn: Connection) -> None:
         for statement, params in self.statements():
             conn.execute(statement, params)
+        live.notify(conn, self.job_ids)
 
 
 class TraceWriter:
@@ -95,6 +100,8 @@ class TraceWriter:
         self._task: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
         self._pending = TraceRows()
+        self._job_ids: set[str] = set()
+        """Every job seen in a row: a batch of span closes alone names none."""
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="trace-writer")
@@ -158,6 +165,8 @@ class TraceWriter:
                     waiters.append(write.done)
             if waiters:
                 rows, self._pending = self._pending, TraceRows()
+                self._job_ids |= rows.job_ids
+                rows.job_ids = set(self._job_ids)
                 try:
                     if rows:
                         await asyncio.to_thread(self._write, rows)

@@ -29,6 +29,7 @@ from app.api.settings import ApiSettings
 from core import keys
 from core.db import repo
 from core.keys import Principal
+from core.live import LiveEvents
 from core.logs import bind
 from core.pools.registry import Pools
 from core.settings import PoolSettings, Settings
@@ -50,6 +51,8 @@ class ApiState:
     executor: JobExecutor
     key_cache: KeyCache[Principal] = field(default_factory=lambda: KeyCache(2.0))
     in_flight: InFlight = field(default_factory=InFlight)
+    live: LiveEvents | None = None
+    """The process's trace-commit listener, for live event streams (``core.live``)."""
 
 
 def get_state(request: Request) -> ApiState:

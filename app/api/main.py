@@ -36,6 +36,7 @@ from app.api.schemas import V1_ERRORS
 from app.api.settings import ApiSettings
 from app.dashboard.router import router as dashboard_router
 from core.keys import Principal
+from core.live import LiveEvents
 from core.logs import configure_logging
 from core.runtime import Runtime
 from core.settings import PoolSettings, Settings, get_settings
@@ -75,7 +76,11 @@ def create_app(
         # The runtime the worker and the CLI build too: engines, sessions, pool clients
         # sharing one HTTP client (no network until a request needs a model).
         given = pools if pools is not None else core_settings.pools
-        async with Runtime(core_settings, pools=given) as runtime:
+        # One LISTEN connection per process wakes live event streams (core.live).
+        async with (
+            Runtime(core_settings, pools=given) as runtime,
+            LiveEvents.for_engine(runtime.engine) as live,
+        ):
             assert runtime.engine is not None and runtime.sync_engine is not None
             chosen = executor if executor is not None else _default_executor(api)
             state = ApiState(
@@ -88,6 +93,7 @@ def create_app(
                 pools=runtime.pools,
                 executor=chosen,
                 key_cache=KeyCache[Principal](api.key_cache_s),
+                live=live,
             )
             await chosen.start(
                 ExecutorContext(

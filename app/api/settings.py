@@ -102,9 +102,11 @@ class ApiSettings(BaseSettings):
 
     """Largest ``limit`` a list request may ask for."""
     sse_poll_min_s: float = Field(default=0.05, gt=0)
-    """A live event stream polls the spans table this often while events keep coming..."""
+    """Without push (SQLite), a live event stream polls the spans table this often while
+    events keep coming..."""
     sse_poll_max_s: float = Field(default=0.5, gt=0)
-    """...and backs off to this while the job is quiet."""
+    """...and backs off to this while the job is quiet. With push (PostgreSQL ``NOTIFY``,
+    ``core.live``), the safety poll: the longest a lost notification can delay an event."""
     chat_timeout_s: float = Field(default=300.0, gt=0)
     """How long ``/v1/chat/completions`` waits for its job before answering 504."""
     health_timeout_s: float = Field(default=2.0, gt=0)

@@ -15,6 +15,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, Engine, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core import live
 from core.db.models import Job, JobStatus, utcnow
 
 CANCELLED_ERROR = {"code": "cancelled", "message": "cancelled on request"}
@@ -128,7 +129,7 @@ async def finish_owned_job(
         .values(status=status, result=result, usage=usage, error=error, finished_at=utcnow())
         .execution_options(synchronize_session=False)
     )
-    return _count(done) == 1
+    return await _finished(session, job_id, _count(done) == 1)
 
 
 async def cancel_queued_job(session: AsyncSession, job_id: str) -> bool:
@@ -145,7 +146,7 @@ async def cancel_queued_job(session: AsyncSession, job_id: str) -> bool:
         )
         .execution_options(synchronize_session=False)
     )
-    return _count(result) == 1
+    return await _finished(session, job_id, _count(result) == 1)
 
 
 async def request_cancel(session: AsyncSession, job_id: str) -> bool:
@@ -264,7 +265,7 @@ async def end_stale_job(
         .values(status=status, error=error, finished_at=utcnow())
         .execution_options(synchronize_session=False)
     )
-    return _count(result) == 1
+    return await _finished(session, job_id, _count(result) == 1)
 
 
 async def overdue_queued_jobs(
@@ -321,4 +322,11 @@ async def cancel_flagged_queued_jobs(session: AsyncSession, *, limit: int) -> li
     for (job_id,) in rows.all():
         if await cancel_queued_job(session, job_id):
             done.append(job_id)
+    return done
+
+
+async def _finished(session: AsyncSession, job_id: str, done: bool) -> bool:
+    """``done``; when the job was made final, its live streams learn it on commit."""
+    if done:
+        await live.notify_session(session, [job_id])
     return done

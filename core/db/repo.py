@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import and_, case, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core import live
 from core.db.models import ApiKey, Job, JobStatus, ModelCall, Span, utcnow
 
 
@@ -84,6 +85,7 @@ async def finish_job(
     job.usage = usage
     job.error = error
     job.finished_at = utcnow()
+    await live.notify_session(session, [job.id])  # its streams send job_finished
 
 
 async def delete_spans(session: AsyncSession, job_id: str) -> None:

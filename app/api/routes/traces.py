@@ -44,6 +44,7 @@ async def stream_events(
         after=parse_last_event_id(last_event_id),
         poll_min_s=state.api.sse_poll_min_s,
         poll_max_s=state.api.sse_poll_max_s,
+        live=state.live,
     )
     return StreamingResponse(events, media_type="text/event-stream", headers=HEADERS)
 
