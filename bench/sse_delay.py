@@ -4,12 +4,14 @@ A real uvicorn server (in a thread) on a fresh PostgreSQL database holds one run
 (created with ``POST /v1/jobs``; a no-op executor leaves it to us). This process writes
 decision events into the job's trace with the worker's own ``Tracer`` and ``TraceWriter``,
 one every ``--spacing-ms``, noting the instant each commit returns, while an SSE client
-on the same clock notes when each event's message (by its ``id``) arrives. The stream
-polls the spans table (``PONDER_API_SSE_POLL_MIN_S`` = 0.05 s while events flow, then
-backing off by x1.5 per empty poll up to ``_MAX_S`` = 0.5 s), so the delay is mostly where
-in the poll cycle an event lands. Two spacings: events in a burst (20 ms apart) and
-events as far apart as model calls (200 ms). The first event, after 0.5 s of quiet, is
-reported on its own: it waits for a backed-off poll.
+on the same clock notes when each event's message (by its ``id``) arrives. On PostgreSQL
+the stream is pushed (``core.live``: the writing transaction runs ``pg_notify``, the API's
+one ``LISTEN`` connection wakes the stream, which reads the new rows), so the delay is
+the notification's trip plus one read; ``pushed`` in the output says whether the
+listener was connected. Without it the stream would poll (``PONDER_API_SSE_POLL_MIN_S``
+= 0.05 s while events flow, backing off to ``_MAX_S`` = 0.5 s). Two spacings: events in
+a burst (20 ms apart) and events as far apart as model calls (200 ms). The first event,
+after 0.5 s of quiet, is reported on its own.
 
     python bench/sse_delay.py [--events 100] [--spacing-ms 20 --spacing-ms 200] [--json]
 """
@@ -64,6 +66,7 @@ async def measure(database_url: str, events: int, spacing_s: float) -> dict[str,
         app = create_app(settings, executor=NoopExecutor(), api_settings=api_settings)
         committed: dict[int, float] = {}
         arrivals: dict[int, float] = {}
+        pushed = False
         with ApiServer(app) as server:
             async with (
                 httpx.AsyncClient(base_url=server.url, timeout=60) as client,
@@ -82,7 +85,8 @@ async def measure(database_url: str, events: int, spacing_s: float) -> dict[str,
                 writer = TraceWriter(rt.sync_engine)
                 writer.start()
                 tracer = Tracer(job_id, writer)
-                await asyncio.sleep(0.5)  # the stream is open and polling
+                await asyncio.sleep(0.5)  # the stream is open (and the listener connected)
+                pushed = app.state.ponder.live is not None and app.state.ponder.live.pushing
                 for i in range(events):
                     tracer.event("tick", {"i": i})
                     await writer.flush()
@@ -100,6 +104,7 @@ async def measure(database_url: str, events: int, spacing_s: float) -> dict[str,
         "events": events,
         "spacing_ms": spacing_s * 1000,
         "received": len(arrivals),
+        "pushed": pushed,
         "poll_min_s": api_settings.sse_poll_min_s,
         "poll_max_s": api_settings.sse_poll_max_s,
         "first_ms": round(delays[0], 1),
@@ -135,7 +140,7 @@ def main() -> None:
         print(
             f"  {row['received']}/{row['events']} events, one every {row['spacing_ms']:g} ms: "
             f"first {row['first_ms']} ms, then p50 {row['p50_ms']} ms  p99 {row['p99_ms']} ms  "
-            f"max {row['max_ms']} ms"
+            f"max {row['max_ms']} ms" + ("" if row["pushed"] else "  (polled: no listener)")
         )
 
 

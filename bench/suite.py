@@ -244,11 +244,15 @@ def table(report: dict[str, Any]) -> list[str]:
                     _ms(r["p50_ms"]),
                     _ms(r["p99_ms"]),
                 )
-            lines.append(
-                f"{'':<11}  (spans table polled every {result['rows'][0]['poll_min_s']:g} s, x1.5"
-                f" per empty poll up to {result['rows'][0]['poll_max_s']:g} s; first = after 0.5 s"
-                " quiet)"
+            first = result["rows"][0]
+            how = (
+                f"pushed: pg_notify on commit wakes the stream; safety poll every "
+                f"{first['poll_max_s']:g} s"
+                if first.get("pushed")
+                else f"spans table polled every {first['poll_min_s']:g} s, x1.5 per empty poll"
+                f" up to {first['poll_max_s']:g} s"
             )
+            lines.append(f"{'':<11}  ({how}; first = after 0.5 s quiet)")
         elif name == "load":
             import api_load
 
