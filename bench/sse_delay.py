@@ -13,13 +13,15 @@ listener was connected. Without it the stream would poll (``PONDER_API_SSE_POLL_
 a burst (20 ms apart) and events as far apart as model calls (200 ms). The first event,
 after 0.5 s of quiet, is reported on its own.
 
-    python bench/sse_delay.py [--events 100] [--spacing-ms 20 --spacing-ms 200] [--json]
+    python bench/sse_delay.py [--events 100] [--spacing-ms 20 --spacing-ms 200]
+        [--database postgres|sqlite] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import sys
@@ -114,28 +116,36 @@ async def measure(database_url: str, events: int, spacing_s: float) -> dict[str,
     }
 
 
-def run(events: int = 100, spacings_ms: tuple[float, ...] = (20.0, 200.0)) -> dict[str, Any]:
+def run(
+    events: int = 100, spacings_ms: tuple[float, ...] = (20.0, 200.0), database: str = "postgres"
+) -> dict[str, Any]:
     """One fresh database and API; one job per spacing; the last spacing gets a quarter of
-    the events (it is ten times slower)."""
+    the events (it is ten times slower). ``database`` "sqlite": the polled path."""
     rows = []
-    with temp_database() as url:
+    with contextlib.ExitStack() as stack:
+        if database == "postgres":
+            url = stack.enter_context(temp_database())
+        else:
+            url = f"sqlite:///{stack.enter_context(tempfile.TemporaryDirectory())}/bench.db"
         for i, spacing in enumerate(spacings_ms):
             count = events if i == 0 else max(events // 4, 5)
             rows.append(asyncio.run(measure(url, count, spacing / 1000)))
-    return {"rows": rows}
+    return {"rows": rows, "database": database}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--events", type=int, default=100)
     parser.add_argument("--spacing-ms", type=float, action="append", default=None)
+    parser.add_argument("--database", choices=["postgres", "sqlite"], default="postgres")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    results = run(args.events, tuple(args.spacing_ms or (20.0, 200.0)))
+    results = run(args.events, tuple(args.spacing_ms or (20.0, 200.0)), args.database)
     if args.json:
         json.dump(results, sys.stdout)
         return
-    print("commit -> SSE arrival, PostgreSQL, one SSE client")
+    name = {"postgres": "PostgreSQL", "sqlite": "SQLite"}[results["database"]]
+    print(f"commit -> SSE arrival, {name}, one SSE client")
     for row in results["rows"]:
         print(
             f"  {row['received']}/{row['events']} events, one every {row['spacing_ms']:g} ms: "
