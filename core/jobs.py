@@ -29,7 +29,7 @@ from core.db.models import Job
 from core.errors import IdempotencyConflict, InvalidInput, NotFound
 from core.pools.client import PoolClient
 from core.presets import resolve_strategy
-from core.runner import resolve_roles, validate_spec
+from core.specs import resolve_roles, validate_spec
 
 MAX_QUESTION_CHARS = 100_000
 MAX_IDEMPOTENCY_KEY = 128

@@ -41,8 +41,7 @@ from core.errors import NotFound, PonderError, PoolUnavailable
 from core.journal import Journal
 from core.pools.client import PoolClient
 from core.role_model import RoleModel
-from core.specs import resolve_roles as resolve_roles  # core/jobs.py imports it from here
-from core.specs import validate_spec as validate_spec
+from core.specs import validate_spec
 from core.trace import SpanListener, Tracer, TraceRows, TraceWriter
 from strategies.protocol import BudgetExhausted, StrategyResult
 from strategies.registry import STRATEGIES
