@@ -127,9 +127,14 @@ class InProcessExecutor:
         )
 
     async def submit(self, job_id: str, *, priority: str, max_seconds: float | None = None) -> None:
+        self.launch(job_id)
+
+    def launch(self, job_id: str) -> asyncio.Task[None]:
+        """Start the job's run on this loop; the task ends when the run does."""
         task = asyncio.create_task(self._run(job_id), name=f"job:{job_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _run(self, job_id: str) -> None:
         assert self._runner is not None, "executor used before start()"

@@ -23,6 +23,7 @@ from app.api.docs import install_docs
 from app.api.errors import BodyLimitMiddleware, install_handlers, refuse_unknown_query
 from app.api.executor import CeleryExecutor, ExecutorContext, InProcessExecutor, JobExecutor
 from app.api.failures import RequestContextMiddleware
+from app.api.interactive import LaneExecutor
 from app.api.key_cache import KeyCache
 from app.api.limits import Limiter, enforce_rate
 from app.api.metrics import ApiMetrics, HttpMetricsMiddleware
@@ -138,6 +139,8 @@ def create_app(
 def _default_executor(api: ApiSettings) -> JobExecutor:
     if api.executor == "in-process":
         return InProcessExecutor()
+    if api.interactive:
+        return LaneExecutor(CeleryExecutor(), max_jobs=api.interactive_max_jobs)
     return CeleryExecutor()
 
 

@@ -20,6 +20,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from contextlib import nullcontext
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header
@@ -30,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from app.api.deps import ApiState, State, Tenant
 from app.api.errors import error_body
 from app.api.inputs import check_json
+from app.api.interactive import Claim, LaneExecutor
 from app.api.schemas import JobCreate
 from app.api.services import jobs
 from app.api.services.system import MODEL_PREFIX
@@ -130,9 +132,19 @@ def _question(messages: list[ChatMessage]) -> str:
     raise InvalidInput("messages must contain a user message with text", field="messages")
 
 
-async def _wait(state: ApiState, job_id: str, timeout_s: float) -> Job | None:
-    """The finished job, or None if it is still running when the time is up."""
+async def _wait(
+    state: ApiState, job_id: str, timeout_s: float, run: asyncio.Task[None] | None = None
+) -> Job | None:
+    """The finished job, or None if it is still running when the time is up.
+
+    ``run`` is the job's run in this process (the interactive lane): awaited, not polled.
+    The database stays the answer's source, so the poll below still finds a job that the
+    lane's run left unfinished (its lease lost, a worker took it over)."""
     deadline = time.monotonic() + timeout_s
+    if run is not None:
+        # asyncio.wait never cancels what it waits for: a request that times out or goes
+        # away leaves the run going, as a broker's job would (POST /v1/jobs/{id}/cancel).
+        await asyncio.wait({run}, timeout=timeout_s)
     delay = 0.02
     while True:
         async with state.sessions() as session:
@@ -244,13 +256,16 @@ async def chat_completions(
         first = exc.errors()[0]
         field = "messages" if first["loc"][:1] == ("question",) else "ponder"
         raise InvalidInput(f"{field}: {first['msg']}", field=field) from None
-    job, _ = await jobs.submit(state, tenant, request, idempotency_key)
+    lane = state.executor if isinstance(state.executor, LaneExecutor) else None
+    with lane.claim() if lane is not None else nullcontext(Claim()) as claim:
+        job, _ = await jobs.submit(state, tenant, request, idempotency_key)
     timeout_s = state.api.chat_timeout_s
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        stream = _stream(state, job.id, body.model, int(job.created_at.timestamp()), include_usage)
+        created = int(job.created_at.timestamp())
+        stream = _stream(state, job.id, body.model, created, include_usage, claim.task)
         return StreamingResponse(stream, media_type="text/event-stream", headers=HEADERS)
-    finished = await _wait(state, job.id, timeout_s)
+    finished = await _wait(state, job.id, timeout_s, claim.task)
     error = _outcome_error(finished, job.id, timeout_s)
     if error is not None:
         return JSONResponse(error_body(error), status_code=error.status)
@@ -289,7 +304,12 @@ def _chunk(job_id: str, model: str, created: int, choices: list[Any], **extra: A
 
 
 async def _stream(
-    state: ApiState, job_id: str, model: str, created: int, include_usage: bool
+    state: ApiState,
+    job_id: str,
+    model: str,
+    created: int,
+    include_usage: bool,
+    run: asyncio.Task[None] | None = None,
 ) -> AsyncIterator[bytes]:
     yield _chunk(
         job_id,
@@ -303,7 +323,7 @@ async def _stream(
     while True:
         # Waits in slices so a keep-alive comment goes out while a long job runs.
         left = deadline - time.monotonic()
-        finished = await _wait(state, job_id, max(min(KEEPALIVE_S, left), 0.0))
+        finished = await _wait(state, job_id, max(min(KEEPALIVE_S, left), 0.0), run)
         if finished is not None or time.monotonic() >= deadline:
             break
         yield KEEPALIVE_COMMENT

@@ -122,6 +122,14 @@ class ApiSettings(BaseSettings):
     or nothing while no API key exists (the loopback-only open mode)."""
     metrics_cache_s: float = Field(default=2.0, ge=0)
     """``/metrics`` aggregates SQL tables; scrapes closer together than this share one."""
+    interactive: bool = True
+    """``/v1/chat/completions`` runs its job in the API process that took the request
+    (``app.api.interactive``): under a lease with heartbeats like a worker's, answered when
+    the run ends, no broker hop and no polling. The job stays durable: if this process
+    dies, its heartbeats stop and a worker's reaper resumes the job from its journal."""
+    interactive_max_jobs: int = Field(default=8, ge=1)
+    """Interactive jobs one API process runs at once; past this, requests take the
+    broker as other jobs do."""
     limits: TenantLimits = Field(default_factory=TenantLimits)
     """Every tenant's budget defaults and caps, quota and rate (``PONDER_API_LIMITS__*``)."""
     tenant_limits: dict[str, TenantLimitsOverride] = Field(default_factory=dict)
