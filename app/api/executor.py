@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from core.cancel import JobMonitor, worker_identity
 from core.pools.client import PoolClient
 from core.runner import Runner
+from core.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,9 @@ class ExecutorContext:
     sync_engine: Engine
     pools: Mapping[str, PoolClient]
     broker_url: str | None = None
+    worker: WorkerSettings | None = None
+    """The workers' lease settings; jobs run here heartbeat as a worker's do, so the
+    reaper judges them alike (heartbeats, staleness, attempts, time limits)."""
 
 
 @dataclass(frozen=True)
@@ -122,8 +126,21 @@ class InProcessExecutor:
     async def start(self, context: ExecutorContext) -> None:
         self._runner = Runner(context.sessions, context.pools, context.sync_engine)
         # The same monitor a worker uses: cancel requests reach jobs run here too.
+        worker = context.worker
+        if worker is None:
+            self._monitor = JobMonitor(
+                context.sessions, worker=worker_identity(), cancel_poll_s=self._cancel_poll_s
+            )
+            return
         self._monitor = JobMonitor(
-            context.sessions, worker=worker_identity(), cancel_poll_s=self._cancel_poll_s
+            context.sessions,
+            worker=worker_identity(),
+            cancel_poll_s=min(self._cancel_poll_s, worker.cancel_poll_s),
+            heartbeat_s=worker.heartbeat_s,
+            stale_after_s=worker.stale_after_s,
+            max_attempts=worker.max_attempts,
+            time_limit=lambda max_seconds: worker.time_limits(max_seconds)[0],
+            heartbeat_engine=context.sync_engine,
         )
 
     async def submit(self, job_id: str, *, priority: str, max_seconds: float | None = None) -> None:

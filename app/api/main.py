@@ -98,7 +98,11 @@ def create_app(
             )
             await chosen.start(
                 ExecutorContext(
-                    state.sessions, runtime.sync_engine, runtime.pools, core_settings.broker_url
+                    state.sessions,
+                    runtime.sync_engine,
+                    runtime.pools,
+                    core_settings.broker_url,
+                    core_settings.worker,
                 )
             )
             app.state.ponder = state
