@@ -12,6 +12,10 @@ machine noise hits them alike:
   pg-lane       the same, lane on
 
     python bench/openai_face.py [--requests 200] [--json]
+
+Known problem: both runs on 2026-12-05 stalled after all four servers had started (the
+process idle, no line printed; the servers answered curl). Not diagnosed yet: do not
+trust a run of this script until that is understood.
 """
 
 from __future__ import annotations
