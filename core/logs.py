@@ -22,7 +22,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, Literal, TextIO
+from typing import Literal, TextIO
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pythonjsonlogger.json import JsonFormatter
@@ -123,22 +123,14 @@ def configure_logging(
     handler.setFormatter(formatter(chosen.format))
     root.addHandler(handler)
     root.setLevel(chosen.level)
+    # httpx logs every request at INFO: a line per model call would drown the job lines.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     if chosen.format == "json":
         for name in _OWN_HANDLERS:
             logger = logging.getLogger(name)
             logger.handlers.clear()
             logger.propagate = True
     return chosen
-
-
-def uvicorn_log_config(settings: LogSettings) -> dict[str, Any] | None:
-    """What to pass uvicorn as ``log_config``: None in JSON mode (it then installs no
-    handlers of its own and ours formats its lines), its default otherwise."""
-    if settings.format == "json":
-        return None
-    from uvicorn.config import LOGGING_CONFIG
-
-    return LOGGING_CONFIG
 
 
 # The LogRecord attributes python-json-logger leaves out of the JSON by default, minus

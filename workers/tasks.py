@@ -47,8 +47,6 @@ def _configure_logging(
         name = logging.getLevelName(loglevel) if isinstance(loglevel, int) else loglevel.upper()
         settings = settings.model_copy(update={"level": name})
     configure_logging(settings, stream=open(logfile, "a") if logfile else None)  # noqa: SIM115
-    # httpx logs every request at INFO: one line per model call drowns the job lines.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 @task_prerun.connect

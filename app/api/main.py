@@ -12,7 +12,6 @@ until a request needs it).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
@@ -158,7 +157,6 @@ def __getattr__(name: str) -> FastAPI:
         # The process's logging (PONDER_LOG_*): uvicorn configured its own before loading
         # the app; in JSON mode its lines are routed through Ponder's handler too.
         configure_logging()
-        logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per model call
         built = create_app()
         globals()["app"] = built
         return built

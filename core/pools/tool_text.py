@@ -20,9 +20,9 @@ import re
 from typing import Any
 
 from strategies.protocol import Choice, ModelRequest, ToolCall
+from strategies.shared.answers import parse_json_answer
 
 _TAGGED = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)
-_FENCE = re.compile(r"^\s*```[a-zA-Z]*\s*\n(.*?)\n?```\s*$", re.S)
 
 
 def offered_functions(request: ModelRequest) -> set[str]:
@@ -46,8 +46,10 @@ def calls_in_text(text: str, offered: set[str]) -> tuple[list[ToolCall], str] | 
         values = [_json(block) for block in tagged]
         rest = _TAGGED.sub("", text).strip()
     else:
-        fenced = _FENCE.match(text)
-        values = [_json(fenced.group(1) if fenced else text)]
+        try:
+            values = [parse_json_answer(text)]  # a bare or fenced JSON value
+        except ValueError:
+            return None
         rest = ""
     calls: list[ToolCall] = []
     for value in values:

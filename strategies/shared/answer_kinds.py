@@ -29,12 +29,11 @@ from typing import Any, Literal
 import jsonschema
 
 from strategies.protocol import Message, ToolCall
-from strategies.shared.answers import extract_answer
+from strategies.shared.answers import extract_answer, parse_json_answer
 
 KindName = Literal["number", "json", "tool_calls", "text"]
 KINDS: tuple[KindName, ...] = ("number", "json", "tool_calls", "text")
 
-_FENCE = re.compile(r"^\s*```[a-zA-Z]*\s*\n(.*?)\n?```\s*$", re.S)
 _USC_CHOICE = re.compile(r"most consistent response is\s*\**\s*response\s*(\d+)", re.I)
 
 
@@ -77,16 +76,6 @@ class Verdict:
 def canonical_json(value: Any) -> str:
     """One spelling per JSON value: sorted keys, no spaces, unicode kept."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def parse_json_answer(text: str) -> Any:
-    """The JSON value ``text`` holds (a whole-text fenced block is unwrapped).
-
-    Raises:
-        ValueError: the text is not one JSON value.
-    """
-    fenced = _FENCE.match(text)
-    return json.loads(fenced.group(1) if fenced else text)
 
 
 class JsonAnswers:

@@ -9,8 +9,10 @@ equivalent spellings to one key so that votes count them together: ``18``, ``18.
 
 from __future__ import annotations
 
+import json
 import re
 from fractions import Fraction
+from typing import Any
 
 _BOXED = re.compile(r"\\boxed\s*\{")
 _HASHES = re.compile(r"####\s*([^\n]+)")
@@ -19,6 +21,7 @@ _ANSWER_IS = re.compile(
     re.IGNORECASE,
 )
 _NUMBER = re.compile(r"-?\$?\s?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?")
+_FENCE = re.compile(r"^\s*```[a-zA-Z]*\s*\n(.*?)\n?```\s*$", re.S)
 _CHOICE = re.compile(r"^\(?([A-Ea-e])\)?[.)]?$")
 
 
@@ -110,3 +113,13 @@ def answers_equal(a: str | None, b: str | None) -> bool:
         return abs(float(na or "") - float(nb or "")) <= 1e-6 * max(1.0, abs(float(nb or "")))
     except ValueError:
         return False
+
+
+def parse_json_answer(text: str) -> Any:
+    """The JSON value ``text`` holds (a whole-text fenced block is unwrapped).
+
+    Raises:
+        ValueError: the text is not one JSON value.
+    """
+    fenced = _FENCE.match(text)
+    return json.loads(fenced.group(1) if fenced else text)
