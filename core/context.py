@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from core.budget import JobBudget
 from core.role_model import RoleModel
 from core.trace import Tracer
-from strategies.protocol import StrategyResult
+from strategies.protocol import Conversation, StrategyResult
 
 __all__ = ["ChildRunner", "JobContext", "RoleModel"]
 
@@ -32,8 +32,10 @@ class JobContext:
         tracer: Tracer,
         seed: int,
         run_child: ChildRunner,
+        conversation: Conversation,
     ) -> None:
         self.models = models
+        self.conversation = conversation
         self.budget = budget
         self.tracer = tracer
         self.rng = random.Random(seed)

@@ -24,12 +24,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.budget import BudgetSpec, parse_budget
+from core.conversations import build_conversation, check_answer_kind
 from core.db import repo
 from core.db.models import Job
 from core.errors import IdempotencyConflict, InvalidInput, NotFound
 from core.pools.client import PoolClient
 from core.presets import resolve_strategy
 from core.specs import resolve_roles, validate_spec
+from strategies.protocol import Conversation, message_text
 
 MAX_QUESTION_CHARS = 100_000
 MAX_IDEMPOTENCY_KEY = 128
@@ -83,7 +85,7 @@ async def submit(
     sessions: async_sessionmaker[AsyncSession],
     pools: Mapping[str, PoolClient],
     *,
-    question: str,
+    question: str | None = None,
     strategy: dict[str, Any],
     budget: Mapping[str, Any] | None = None,
     roles: Mapping[str, str] | None = None,
@@ -91,6 +93,11 @@ async def submit(
     tenant: str = "default",
     idempotency_key: str | None = None,
     priority: str = "default",
+    messages: Any = None,
+    tools: Any = None,
+    tool_choice: Any = None,
+    response_format: Any = None,
+    answer_kind: Any = None,
     limit_budget: Callable[[BudgetSpec], BudgetSpec] | None = None,
     admit: Callable[[AsyncSession], Awaitable[None]] | None = None,
     key_field: str = "idempotency_key",
@@ -99,6 +106,10 @@ async def submit(
     this returns. Enqueueing is the caller's next step (``workers.enqueue``).
 
     Args:
+        question: the problem as one text; or ``messages``, a whole conversation
+            (OpenAI chat messages), with optional ``tools``, ``tool_choice`` and
+            ``response_format``. ``answer_kind`` (number, json, tool_calls, text)
+            defaults from those; the strategy must support it (``core.conversations``).
         strategy: a spec ``{"kind": ..., **params}`` or a tenant's preset with
             overrides ``{"preset": name, **params}``.
         budget: limits by ``BudgetSpec`` field; errors name ``budget.<field>``.
@@ -120,8 +131,24 @@ async def submit(
         await asyncio.to_thread(enqueue_job, submitted.job.id)  # after the commit
     """
     key = validate_idempotency_key(idempotency_key, key_field)
-    question = validate_question(question)
+    if question is not None or messages is None:
+        question = validate_question(question or "")
+    conversation = build_conversation(
+        question=question,
+        messages=messages,
+        tools=tools,
+        tool_choice=tool_choice,
+        response_format=response_format,
+        answer_kind=answer_kind,
+    )
+    if conversation is not None:
+        question = _headline(conversation)
+    assert question is not None
+    conversation_json = conversation.model_dump(mode="json") if conversation else None
     params = validate_spec(await resolve_strategy(sessions, tenant, strategy))
+    check_answer_kind(
+        str(params.model_dump()["kind"]), conversation.answer_kind if conversation else "number"
+    )
     budget_spec = parse_budget(budget)
     if limit_budget is not None:
         budget_spec = limit_budget(budget_spec)
@@ -136,6 +163,7 @@ async def submit(
         fingerprint = _fingerprint(
             {
                 "question": question,
+                "conversation": conversation_json,
                 "strategy": spec_json,
                 "budget": budget_json,
                 "roles": bound,
@@ -153,6 +181,7 @@ async def submit(
             job = await repo.create_job(
                 session,
                 question=question,
+                conversation=conversation_json,
                 strategy=spec_json,
                 budget=budget_json,
                 roles=bound,
@@ -176,30 +205,19 @@ async def submit(
 async def submit_job(
     sessions: async_sessionmaker[AsyncSession],
     pools: Mapping[str, PoolClient],
-    *,
-    question: str,
-    strategy: dict[str, Any],
-    budget: Mapping[str, Any] | None = None,
-    roles: Mapping[str, str] | None = None,
-    seed: int | None = None,
-    tenant: str = "default",
-    idempotency_key: str | None = None,
-    priority: str = "default",
+    **request: Any,
 ) -> str:
     """``submit`` for callers that need only the new job's id (the CLI, evals, tests)."""
-    submitted = await submit(
-        sessions,
-        pools,
-        question=question,
-        strategy=strategy,
-        budget=budget,
-        roles=roles,
-        seed=seed,
-        tenant=tenant,
-        idempotency_key=idempotency_key,
-        priority=priority,
-    )
+    submitted = await submit(sessions, pools, **request)
     return submitted.job.id
+
+
+def _headline(conversation: Conversation) -> str:
+    """What lists show of a conversation: its last user turn (the question it asks)."""
+    for message in reversed(conversation.messages):
+        if message.get("role") == "user":
+            return message_text(message).strip()[:MAX_QUESTION_CHARS]
+    return ""
 
 
 def _fingerprint(payload: dict[str, Any]) -> str:
@@ -283,6 +301,7 @@ async def create_replay(
         child = await repo.create_job(
             session,
             question=parent.question,
+            conversation=parent.conversation,
             strategy=params.model_dump(mode="json"),
             budget=parent.budget,
             roles=bound,

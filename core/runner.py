@@ -43,7 +43,7 @@ from core.pools.client import PoolClient
 from core.role_model import RoleModel
 from core.specs import validate_spec
 from core.trace import SpanListener, Tracer, TraceRows, TraceWriter
-from strategies.protocol import BudgetExhausted, StrategyResult
+from strategies.protocol import BudgetExhausted, Conversation, StrategyResult
 from strategies.registry import STRATEGIES
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,12 @@ class Runner:
             lease = ReleasedLease(str(job.worker), job.attempts) if monitor else None
             await repo.delete_spans(session, job.id)
             entries = list(await repo.list_calls(session, job.id))
-            question, spec, budget_spec = job.question, job.strategy, job.budget
+            spec, budget_spec = job.strategy, job.budget
+            conversation = (
+                Conversation.model_validate(job.conversation)
+                if job.conversation
+                else Conversation.of_question(job.question)
+            )
             roles, seed, mode = job.roles, job.seed, job.replay_mode or "live"
 
         try:
@@ -188,7 +193,12 @@ class Runner:
                     price_out_per_1k=settings.price_output_per_1k if settings else 0.0,
                 )
             ctx = JobContext(
-                models=models, budget=budget, tracer=tracer, seed=seed, run_child=run_strategy
+                models=models,
+                budget=budget,
+                tracer=tracer,
+                seed=seed,
+                run_child=run_strategy,
+                conversation=conversation,
             )
             status, result, error = JobStatus.FAILED, None, None
             save, lease_lost = True, False
@@ -196,7 +206,7 @@ class Runner:
                 params = validate_spec(spec)
                 if monitor is not None and mode != "strict":
                     self._check_pools(roles)
-                task = asyncio.create_task(_run_job_span(params, question, ctx, mode))
+                task = asyncio.create_task(_run_job_span(params, conversation.problem(), ctx, mode))
                 outcome = await _wait(task, job_id, monitor, budget.spec.max_seconds)
                 result = outcome.model_dump(mode="json")
                 status = JobStatus.SUCCEEDED

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic.fields import FieldInfo
 
+from strategies.protocol import ANSWER_KINDS
 from strategies.registry import STRATEGIES
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "strategies.md"
@@ -33,6 +34,28 @@ or `large`. Strategies live in `strategies/<family>/<kind>.py`: `baselines`,
 `budgeted_thinking`, `verifier_loops` and `collaboration` (with the routers).
 
 """
+
+KINDS_INTRO = """## Answer kinds
+
+A job's answer has a kind, chosen from its request: `tool_calls` when it offers `tools`,
+`json` with a JSON `response_format`, otherwise `number`; or set with `answer_kind` (the
+only way to ask for `text`). A strategy votes on, scores and selects answers of the kinds
+it supports; any other kind is refused with a 422 naming `answer_kind`. How each kind is
+compared: `strategies/shared/answer_kinds.py` (JSON in canonical form and valid against
+the schema; tool calls by its_hub's hierarchical vote; free text by Universal
+Self-Consistency).
+
+"""
+
+
+def kinds_table() -> list[str]:
+    """Strategy x answer kind: ✓ where the strategy supports the kind."""
+    out = [KINDS_INTRO, "| Strategy | " + " | ".join(ANSWER_KINDS) + " |"]
+    out.append("|---|" + "---|" * len(ANSWER_KINDS))
+    for kind, strategy in sorted(STRATEGIES.items()):
+        marks = ["✓" if k in strategy.answer_kinds else "—" for k in ANSWER_KINDS]
+        out.append(f"| `{kind}` | " + " | ".join(marks) + " |")
+    return [*out, ""]
 
 
 def _type(info: FieldInfo) -> str:
@@ -71,6 +94,7 @@ def render() -> str:
         summary = re.sub(r"^``\w+``:\s*", "", summary)
         out.append(f"| [`{kind}`](#{kind}) | {summary} |")
     out.append("")
+    out += kinds_table()
     for kind, strategy in sorted(STRATEGIES.items()):
         out += [f"## {kind}", "", strategy.doc.strip(), ""]
         out += ["| Param | Type | Default | Bounds | Meaning |", "|---|---|---|---|---|"]

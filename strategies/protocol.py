@@ -22,6 +22,90 @@ Message = dict[str, Any]
 may carry ``tool_calls`` and a ``tool`` message answers one by ``tool_call_id``."""
 
 
+AnswerKind = Literal["number", "json", "tool_calls", "text"]
+"""What a strategy votes on, scores and selects (``strategies.shared.answer_kinds``)."""
+ANSWER_KINDS: tuple[AnswerKind, ...] = ("number", "json", "tool_calls", "text")
+
+
+class Conversation(BaseModel):
+    """A job's input: the caller's messages, the functions the model may call, the shape
+    of the answer, and the answer's kind. A bare question is the one-message case.
+
+    Strategies extend it: their own instructions join the caller's system prompt rather
+    than replace it (``strategies.shared.prompts.solve_messages``). Core validates it
+    before a job is written (``core.conversations``), so strategies may trust it.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    messages: list[Message] = Field(min_length=1)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    answer_kind: AnswerKind = "number"
+
+    @classmethod
+    def of_question(cls, question: str, answer_kind: AnswerKind = "number") -> Conversation:
+        return cls(messages=[{"role": "user", "content": question}], answer_kind=answer_kind)
+
+    @property
+    def plain(self) -> bool:
+        """One user message and nothing else: what every strategy was written for."""
+        return (
+            len(self.messages) == 1
+            and self.messages[0].get("role") == "user"
+            and not self.tools
+            and self.response_format is None
+        )
+
+    @property
+    def answer_schema(self) -> dict[str, Any] | None:
+        """The JSON schema the answer must satisfy (``response_format: json_schema``)."""
+        if not self.response_format or self.response_format.get("type") != "json_schema":
+            return None
+        schema = (self.response_format.get("json_schema") or {}).get("schema")
+        return schema if isinstance(schema, dict) else None
+
+    def request_fields(self) -> dict[str, Any]:
+        """The ``ModelRequest`` fields that carry tools and the answer's format."""
+        return {
+            "tools": self.tools,
+            "tool_choice": self.tool_choice if self.tools else None,
+            "response_format": self.response_format,
+        }
+
+    def problem(self) -> str:
+        """The conversation as one text, for prompts that quote the problem (a judge's,
+        a verifier's): the question itself, or the turns as a transcript."""
+        if len(self.messages) == 1:
+            return message_text(self.messages[0])
+        lines = []
+        for message in self.messages:
+            role = str(message.get("role", "user"))
+            text = message_text(message)
+            calls = message.get("tool_calls") or []
+            if calls:
+                names = ", ".join(
+                    f"{c.get('function', {}).get('name')}({c.get('function', {}).get('arguments')})"
+                    for c in calls
+                )
+                text = f"{text}\n[calls {names}]".strip()
+            lines.append(f"{role.capitalize()}: {text}")
+        return "\n\n".join(lines)
+
+
+def message_text(message: Message) -> str:
+    """A message's text: its string content, or its text parts joined."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            str(p.get("text")) for p in content if isinstance(p, dict) and p.get("text")
+        )
+    return ""
+
+
 ROLE_MARKER = "x-ponder-role"
 """JSON-schema key marking a params field whose value names a model role."""
 
@@ -184,6 +268,9 @@ class StrategyResult(BaseModel):
     votes: dict[str, int] = Field(default_factory=dict)
     budget_exhausted: bool = False
     details: dict[str, Any] = Field(default_factory=dict)
+    tool_calls: list[ToolCall] | None = None
+    """The calls the answer makes (answer kind ``tool_calls``); ``answer`` is then their
+    canonical form and ``text`` the content that came with them."""
 
 
 class Context(Protocol):
@@ -199,6 +286,11 @@ class Context(Protocol):
 
     @property
     def rng(self) -> random.Random: ...
+
+    @property
+    def conversation(self) -> Conversation:
+        """The job's input; ``problem`` is ``conversation.problem()``."""
+        ...
 
     def trace(self, name: str, **attributes: Any) -> None:
         """Record a decision (a vote, a score, a stop) as an event in the trace."""

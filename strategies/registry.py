@@ -3,7 +3,9 @@
 Adding a strategy: write ``strategies/<family>/<name>.py`` with ``Params`` (a pydantic
 model whose ``kind`` is ``Literal["<name>"]``, and whose model-role fields are declared
 with ``strategies.protocol.role_field``) and ``async def run(problem, ctx, params)``,
-then add ``"<family>.<name>"`` to ``_MODULES``. Families: ``baselines``,
+then add ``"<family>.<name>"`` to ``_MODULES``. A module that votes on, scores or
+selects more than numbers says so with ``ANSWER_KINDS`` (default: ``("number",)``);
+a job asking for another kind is refused with a 422 naming it. Families: ``baselines``,
 ``budgeted_thinking``, ``verifier_loops``, ``collaboration`` (with the routers); helpers
 they share live in ``strategies.shared``. The API, the CLI and composition pick it up from here.
 
@@ -21,7 +23,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from strategies.protocol import ROLE_MARKER, StrategyRun
+from strategies.protocol import ROLE_MARKER, AnswerKind, StrategyRun
 
 # One module per line, grouped by family (a subpackage each), so adding a strategy
 # touches one line. Kinds are the modules' own ``Params.kind``, not these paths.
@@ -53,11 +55,14 @@ class Strategy:
     params: type[BaseModel]
     run: StrategyRun
     doc: str
+    answer_kinds: tuple[AnswerKind, ...] = ("number",)
+    """The answer kinds it supports (``strategies.protocol.ANSWER_KINDS``)."""
 
 
 def _entry(module: Any) -> Strategy:
     kind = module.Params.model_fields["kind"].default
-    return Strategy(kind, module.Params, module.run, (module.__doc__ or "").strip())
+    kinds = tuple(getattr(module, "ANSWER_KINDS", ("number",)))
+    return Strategy(kind, module.Params, module.run, (module.__doc__ or "").strip(), kinds)
 
 
 STRATEGIES: dict[str, Strategy] = {}

@@ -2,10 +2,13 @@
 
 The model name picks a strategy, ``ponder/<kind>`` (``ponder/self_consistency``,
 ``ponder/direct``), or one of the tenant's presets, ``ponder/<preset>`` (see
-``core.presets``); the last user message is the question. The request submits an
-ordinary job, waits for it (at most ``ApiSettings.chat_timeout_s``) and answers in the
-chat.completion shape: ``id`` is the job id, ``usage`` counts every internal model call,
-and a ``ponder`` extension carries the answer, the votes and the trace's URL.
+``core.presets``). The whole conversation is the job's input, with its ``tools``,
+``tool_choice`` and ``response_format`` (``core.conversations``); the answer comes back
+as content, as ``tool_calls`` (``finish_reason: "tool_calls"``), or as JSON that
+parses and validates. The request submits an ordinary job, waits for it (at most
+``ApiSettings.chat_timeout_s``) and answers in the chat.completion shape: ``id`` is
+the job id, ``usage`` counts every internal model call, and a ``ponder`` extension
+carries the answer, the votes and the trace's URL.
 
 Sampling fields (``temperature``, ``max_tokens``...) are accepted and ignored: the
 strategy decides how its internal calls sample. An optional ``ponder`` object in the
@@ -40,6 +43,7 @@ from core import presets
 from core.db import repo
 from core.db.models import Job, JobStatus
 from core.errors import InvalidInput, NotFound, PonderError
+from strategies.protocol import AnswerKind
 from strategies.registry import STRATEGIES
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -59,18 +63,6 @@ class JobFailed(PonderError):
     status = 502
 
 
-class TextPart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    type: str
-    text: str | None = None
-
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    role: str
-    content: str | list[TextPart] | None = None
-
-
 class PonderOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     strategy: dict[str, Any] | None = Field(
@@ -78,6 +70,9 @@ class PonderOptions(BaseModel):
     )
     budget: dict[str, Any] | None = None
     roles: dict[str, str] | None = None
+    answer_kind: AnswerKind | None = Field(
+        default=None, description="number, json, tool_calls or text (see docs/strategies.md)."
+    )
 
 
 class StreamOptions(BaseModel):
@@ -96,7 +91,10 @@ class ChatCompletionRequest(BaseModel):
         return data
 
     model: str
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(default=1, ge=1, le=1)
@@ -119,17 +117,6 @@ async def _base_spec(state: ApiState, tenant: str, model: str) -> dict[str, Any]
         field="model",
         valid=valid,
     )
-
-
-def _question(messages: list[ChatMessage]) -> str:
-    for message in reversed(messages):
-        if message.role != "user":
-            continue
-        if isinstance(message.content, str):
-            return message.content
-        if message.content:
-            return "\n".join(p.text for p in message.content if p.type == "text" and p.text)
-    raise InvalidInput("messages must contain a user message with text", field="messages")
 
 
 async def _wait(
@@ -170,9 +157,35 @@ def _usage(job: Job) -> dict[str, int]:
     }
 
 
-def _content(job: Job) -> str:
+def _content(job: Job) -> str | None:
     result = job.result or {}
+    if result.get("tool_calls"):
+        return str(result.get("text") or "") or None
+    if (job.conversation or {}).get("answer_kind") == "json" and result.get("answer"):
+        # The canonical JSON that won the vote: it parses and validates, where the
+        # sample's own text may have wrapped it in a fenced block.
+        return str(result["answer"])
     return str(result.get("text") or result.get("answer") or "")
+
+
+def _tool_calls(job: Job) -> list[dict[str, Any]] | None:
+    calls = (job.result or {}).get("tool_calls") or []
+    return [
+        {
+            "id": call.get("id") or f"call_{job.id[:8]}_{i}",
+            "type": "function",
+            "function": {"name": call["name"], "arguments": call.get("arguments") or "{}"},
+        }
+        for i, call in enumerate(calls)
+    ] or None
+
+
+def _message(job: Job) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": _content(job)}
+    calls = _tool_calls(job)
+    if calls:
+        message["tool_calls"] = calls
+    return message
 
 
 def _extension(job: Job) -> dict[str, Any]:
@@ -189,7 +202,9 @@ def _extension(job: Job) -> dict[str, Any]:
     }
 
 
-def _finish_reason(job: Job) -> Literal["stop", "length"]:
+def _finish_reason(job: Job) -> Literal["stop", "length", "tool_calls"]:
+    if (job.result or {}).get("tool_calls"):
+        return "tool_calls"
     return "length" if (job.result or {}).get("budget_exhausted") else "stop"
 
 
@@ -246,7 +261,11 @@ async def chat_completions(
     overrides.pop("preset", None)
     try:
         request = JobCreate(
-            question=_question(body.messages),
+            messages=body.messages,
+            tools=body.tools,
+            tool_choice=body.tool_choice,
+            response_format=body.response_format,
+            answer_kind=options.answer_kind,
             strategy={**overrides, **base},
             budget=options.budget,
             roles=options.roles,
@@ -254,7 +273,7 @@ async def chat_completions(
         )
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = "messages" if first["loc"][:1] == ("question",) else "ponder"
+        field = str(first["loc"][0]) if first["loc"][:1] != ("strategy",) else "ponder"
         raise InvalidInput(f"{field}: {first['msg']}", field=field) from None
     lane = state.executor if isinstance(state.executor, LaneExecutor) else None
     with lane.claim() if lane is not None else nullcontext(Claim()) as claim:
@@ -279,7 +298,7 @@ async def chat_completions(
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": _content(finished)},
+                    "message": _message(finished),
                     "logprobs": None,
                     "finish_reason": _finish_reason(finished),
                 }
@@ -334,12 +353,11 @@ async def _stream(
         yield format_sse_event(data_str="[DONE]")
         return
     assert finished is not None
-    yield _chunk(
-        job_id,
-        model,
-        created,
-        [{"index": 0, "delta": {"content": _content(finished)}, "finish_reason": None}],
-    )
+    delta: dict[str, Any] = {"content": _content(finished)}
+    calls = _tool_calls(finished)
+    if calls:
+        delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(calls)]
+    yield _chunk(job_id, model, created, [{"index": 0, "delta": delta, "finish_reason": None}])
     yield _chunk(
         job_id,
         model,

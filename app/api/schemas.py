@@ -12,6 +12,7 @@ from app.api.inputs import check_json
 from core.db.models import Job
 from core.events import Event, without_urls
 from core.jobs import MAX_QUESTION_CHARS
+from strategies.protocol import AnswerKind
 
 Priority = Literal["high", "default", "low"]
 JobStatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -30,7 +31,32 @@ class _Strict(BaseModel):
 
 
 class JobCreate(_Strict):
-    question: str = Field(max_length=MAX_QUESTION_CHARS, examples=["What is 17 * 23?"])
+    question: str | None = Field(
+        default=None,
+        max_length=MAX_QUESTION_CHARS,
+        description="The problem as one text. Give this or `messages`.",
+        examples=["What is 17 * 23?"],
+    )
+    messages: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="A whole conversation, as OpenAI chat messages (system, user, "
+        "assistant with `tool_calls`, tool results). Give this or `question`.",
+        examples=[[{"role": "user", "content": "My number is 17."}]],
+    )
+    tools: list[dict[str, Any]] | None = Field(
+        default=None, description="Functions the model may call, as OpenAI defines them."
+    )
+    tool_choice: str | dict[str, Any] | None = Field(
+        default=None, description='"none", "auto", "required", or one function.'
+    )
+    response_format: dict[str, Any] | None = Field(
+        default=None, description="`json_object`, or `json_schema` with its schema."
+    )
+    answer_kind: AnswerKind | None = Field(
+        default=None,
+        description="What the strategy votes on: number, json, tool_calls or text. "
+        "Default: tool_calls with tools, json with a JSON response_format, else number.",
+    )
     strategy: dict[str, Any] | str | None = Field(
         default=None,
         description='A strategy spec `{"kind": ..., **params}` (see GET /v1/strategies), '
@@ -78,6 +104,7 @@ class JobOut(BaseModel):
     id: str
     status: str
     question: str
+    conversation: dict[str, Any] | None = None
     strategy: dict[str, Any]
     budget: dict[str, Any]
     roles: dict[str, Any]
@@ -103,6 +130,7 @@ class JobOut(BaseModel):
             id=job.id,
             status=job.status,
             question=job.question,
+            conversation=job.conversation,
             strategy=job.strategy,
             budget=job.budget or {},
             roles=job.roles or {},

@@ -99,6 +99,10 @@ class Job(Base):
     tenant: Mapped[str] = mapped_column(String(64), default="default", index=True)
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED, index=True)
     question: Mapped[str] = mapped_column(Text)
+    """The question, or the text of a conversation's last user turn (for lists)."""
+    conversation: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    """``strategies.protocol.Conversation`` as JSON: messages, tools, tool choice,
+    response format and answer kind. None for a bare question asking for a number."""
     strategy: Mapped[dict[str, Any]] = mapped_column(JSONType)
     """The validated strategy spec, ``{"kind": ..., **params}``."""
     budget: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)

@@ -24,6 +24,7 @@ async def create_job(
     strategy: dict[str, Any],
     budget: dict[str, Any],
     roles: dict[str, Any] | None = None,
+    conversation: dict[str, Any] | None = None,
     seed: int = 0,
     tenant: str = "default",
     parent_job_id: str | None = None,
@@ -35,6 +36,7 @@ async def create_job(
 ) -> Job:
     job = Job(
         question=question,
+        conversation=conversation,
         strategy=strategy,
         budget=budget,
         roles=roles or {},

@@ -6,9 +6,19 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from strategies.protocol import BudgetExhausted, Context, ModelRequest, StrategyResult, role_field
-from strategies.shared.answers import extract_answer
+from strategies.protocol import (
+    AnswerKind,
+    BudgetExhausted,
+    Context,
+    ModelRequest,
+    StrategyResult,
+    role_field,
+)
+from strategies.shared.answer_kinds import Answers, response_of
 from strategies.shared.prompts import solve_messages
+
+ANSWER_KINDS: tuple[AnswerKind, ...] = ("number", "json", "tool_calls", "text")
+"""One sample is its own answer, whatever its kind."""
 
 
 class Params(BaseModel):
@@ -26,18 +36,22 @@ class Params(BaseModel):
 
 async def run(problem: str, ctx: Context, params: Params) -> StrategyResult:
     request = ModelRequest(
-        messages=solve_messages(problem, params.system),
+        messages=solve_messages(problem, params.system, ctx.conversation),
         max_tokens=params.max_tokens,
         temperature=params.temperature,
         top_p=params.top_p,
         seed=ctx.rng.randrange(2**31),
+        **ctx.conversation.request_fields(),
     )
     try:
         generation = await ctx.models[params.role].generate(request)
     except BudgetExhausted:
         ctx.trace("budget_exhausted", best=None)
         return StrategyResult(answer=None, budget_exhausted=True)
-    text = generation.choices[0].text
-    answer = extract_answer(text)
-    ctx.trace("answer", answer=answer, finish_reason=generation.choices[0].finish_reason)
-    return StrategyResult(answer=answer, text=text)
+    choice = generation.choices[0]
+    answers, response = Answers.of(ctx.conversation), response_of(choice)
+    answer = answers.answer(response)
+    why_none = answers.problem(response) if answer is None else None
+    ctx.trace("answer", answer=answer, finish_reason=choice.finish_reason,
+              **({"problem": why_none} if why_none else {}))  # fmt: skip
+    return StrategyResult(answer=answer, text=choice.text, tool_calls=list(response.calls) or None)

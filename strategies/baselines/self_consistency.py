@@ -16,6 +16,13 @@ soon as either
 
 Samples whose answer cannot be extracted vote for nothing. Ties go to the answer that
 reached the tied count first (stable, deterministic).
+
+Answer kinds (``strategies.shared.answer_kinds``): numbers and JSON answers (canonical,
+schema-valid) are counted as they are. Tool calls go through its_hub's hierarchical
+vote: call or answer, then which functions, then their canonical arguments. Free text
+has no key to count beyond exact matches: when the samples differ, Universal
+Self-Consistency (Chen et al., 2023) asks the same role, greedily, which response is
+most consistent with the others, and the trace records its pick and its words.
 """
 
 from __future__ import annotations
@@ -26,9 +33,25 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from strategies.protocol import BudgetExhausted, Context, ModelRequest, StrategyResult, role_field
-from strategies.shared.answers import extract_answer
+from strategies.protocol import (
+    AnswerKind,
+    BudgetExhausted,
+    Context,
+    ModelRequest,
+    StrategyResult,
+    role_field,
+)
+from strategies.shared.answer_kinds import (
+    Answers,
+    Response,
+    parse_usc_choice,
+    response_of,
+    usc_messages,
+    vote_tool_calls,
+)
 from strategies.shared.prompts import solve_messages
+
+ANSWER_KINDS: tuple[AnswerKind, ...] = ("number", "json", "tool_calls", "text")
 
 
 class Params(BaseModel):
@@ -89,10 +112,11 @@ def stop_reason(
 
 async def run(problem: str, ctx: Context, params: Params) -> StrategyResult:
     model = ctx.models[params.role]
-    messages = solve_messages(problem, params.system)
+    messages = solve_messages(problem, params.system, ctx.conversation)
+    answers = Answers.of(ctx.conversation)
     votes: Counter[str] = Counter()
     first_seen: dict[str, int] = {}
-    best_text: dict[str, str] = {}
+    responses: list[Response] = []
     drawn = 0
     exhausted = False
     reason: str | None = None
@@ -107,6 +131,7 @@ async def run(problem: str, ctx: Context, params: Params) -> StrategyResult:
             temperature=params.temperature,
             top_p=params.top_p,
             seed=ctx.rng.randrange(2**31),
+            **ctx.conversation.request_fields(),
         )
         try:
             generation = await model.generate(request)
@@ -115,12 +140,15 @@ async def run(problem: str, ctx: Context, params: Params) -> StrategyResult:
             ctx.trace("budget_exhausted", what=exc.what, samples=drawn)
             break
         for choice in generation.choices:
-            answer = extract_answer(choice.text)
-            ctx.trace("sample", index=drawn, answer=answer, finish_reason=choice.finish_reason)
-            if answer is not None:
-                votes[answer] += 1
-                first_seen.setdefault(answer, drawn)
-                best_text.setdefault(answer, choice.text)
+            response = response_of(choice)
+            key = answers.key(response)
+            extra = {} if key is not None else {"problem": answers.problem(response)}
+            ctx.trace("sample", index=drawn, answer=key, finish_reason=choice.finish_reason,
+                      **extra)  # fmt: skip
+            responses.append(response)
+            if key is not None:
+                votes[key] += 1
+                first_seen.setdefault(key, drawn)
             drawn += 1
         if params.adaptive:
             reason = stop_reason(votes, first_seen, drawn, params)
@@ -128,18 +156,67 @@ async def run(problem: str, ctx: Context, params: Params) -> StrategyResult:
                 break
 
     order = ranked(votes, first_seen)
-    answer = order[0][0] if order else None
-    ctx.trace(
-        "vote",
-        votes=dict(order),
-        answer=answer,
-        samples=drawn,
-        stopped=reason or ("budget_exhausted" if exhausted else "n_reached"),
-    )
+    stopped = reason or ("budget_exhausted" if exhausted else "n_reached")
+    winner = await _winner(problem, ctx, params, answers, responses, order, exhausted)
+    chosen = responses[winner] if winner is not None else None
+    answer = answers.answer(chosen) if chosen is not None else None
+    ctx.trace("vote", votes=dict(order), answer=answer, samples=drawn, stopped=stopped)
     return StrategyResult(
         answer=answer,
-        text=best_text.get(answer, "") if answer else "",
+        text=chosen.text if chosen is not None else "",
         votes=dict(order),
         budget_exhausted=exhausted,
         details={"samples": drawn, "stopped": reason or ("budget" if exhausted else "n_reached")},
+        tool_calls=list(chosen.calls) or None if chosen is not None else None,
     )
+
+
+async def _winner(
+    problem: str,
+    ctx: Context,
+    params: Params,
+    answers: Answers,
+    responses: list[Response],
+    order: list[tuple[str, int]],
+    exhausted: bool,
+) -> int | None:
+    """The index of the response that wins, by the answer kind's rule."""
+    if not order:
+        return None
+    if answers.kind == "tool_calls":
+        verdict = vote_tool_calls(responses)
+        ctx.trace("tool_call_vote", **verdict.trace())
+        return verdict.index
+    keys = [answers.key(r) for r in responses]
+    leader = keys.index(order[0][0])
+    if answers.kind != "text" or len(order) == 1 or exhausted:
+        return leader
+    return await _usc_pick(problem, ctx, params, responses, keys, leader)
+
+
+async def _usc_pick(
+    problem: str,
+    ctx: Context,
+    params: Params,
+    responses: list[Response],
+    keys: list[str | None],
+    fallback: int,
+) -> int:
+    """Universal Self-Consistency: one greedy call names the most consistent response."""
+    voters = [i for i, k in enumerate(keys) if k is not None]
+    request = ModelRequest(
+        messages=usc_messages(problem, [responses[i].text for i in voters]),
+        max_tokens=64,
+        temperature=0.0,
+        seed=ctx.rng.randrange(2**31),
+    )
+    try:
+        generation = await ctx.models[params.role].generate(request)
+    except BudgetExhausted:
+        ctx.trace("usc_choice", index=fallback, reason="budget exhausted: the plurality wins")
+        return fallback
+    said = generation.choices[0].text
+    picked = parse_usc_choice(said, len(voters))
+    index = voters[picked] if picked is not None else fallback
+    ctx.trace("usc_choice", index=index, named=picked, said=said.strip()[:500])
+    return index

@@ -212,7 +212,7 @@ def choose(samples: list[Sample], params: Params) -> tuple[Sample | None, str]:
 
 
 async def run(problem: str, ctx: Context, params: Params) -> StrategyResult:
-    messages = solve_messages(problem, params.system)
+    messages = solve_messages(problem, params.system, ctx.conversation)
     # All seeds before the first await: the calls' keys do not depend on timing.
     requests = [
         ModelRequest(

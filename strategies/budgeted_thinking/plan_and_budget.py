@@ -345,7 +345,7 @@ async def _solve_directly(
         return StrategyResult(answer=None, budget_exhausted=True)
     try:
         text, tokens, finish = await _generate(
-            ctx, model, solve_messages(problem), max_tokens, params
+            ctx, model, solve_messages(problem, None, ctx.conversation), max_tokens, params
         )
     except BudgetExhausted as exc:
         ctx.trace("budget_exhausted", what=exc.what, phase="direct")

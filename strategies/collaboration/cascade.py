@@ -120,7 +120,7 @@ class SmallOutcome:
 async def sample_small(problem: str, ctx: Context, params: Params) -> SmallOutcome:
     """The built-in first stage: ``samples`` answers from the small role in one call."""
     request = ModelRequest(
-        messages=solve_messages(problem, params.system),
+        messages=solve_messages(problem, params.system, ctx.conversation),
         n=params.samples,
         max_tokens=params.max_tokens,
         temperature=params.temperature,
@@ -198,7 +198,7 @@ async def ask_large(problem: str, ctx: Context, params: Params) -> tuple[str | N
         result = await ctx.run(params.large, problem)
         return result.answer, result.text, result.budget_exhausted
     request = ModelRequest(
-        messages=solve_messages(problem, params.system),
+        messages=solve_messages(problem, params.system, ctx.conversation),
         max_tokens=params.max_tokens,
         temperature=0.0,
     )

@@ -142,7 +142,7 @@ class ProbeResult:
 async def probe_entropy(problem: str, ctx: Context, params: Params) -> ProbeResult:
     request = ModelRequest(
         messages=[
-            *solve_messages(problem, params.system),
+            *solve_messages(problem, params.system, ctx.conversation),
             {"role": "assistant", "content": ANSWER_PREFILL},
         ],
         max_tokens=1,
@@ -157,7 +157,7 @@ async def probe_entropy(problem: str, ctx: Context, params: Params) -> ProbeResu
 
 async def probe_attempt(problem: str, ctx: Context, params: Params) -> ProbeResult:
     request = ModelRequest(
-        messages=solve_messages(problem, params.system),
+        messages=solve_messages(problem, params.system, ctx.conversation),
         max_tokens=params.probe_tokens,
         temperature=0.0,
         logprobs=True,
@@ -172,7 +172,7 @@ async def probe_attempt(problem: str, ctx: Context, params: Params) -> ProbeResu
 
 async def probe_agreement(problem: str, ctx: Context, params: Params) -> ProbeResult:
     request = ModelRequest(
-        messages=solve_messages(problem, params.system),
+        messages=solve_messages(problem, params.system, ctx.conversation),
         n=params.probe_samples,
         max_tokens=params.probe_tokens,
         temperature=params.temperature,

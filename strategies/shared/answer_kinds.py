@@ -24,15 +24,22 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import jsonschema
 
-from strategies.protocol import Message, ToolCall
+from strategies.protocol import (
+    ANSWER_KINDS,
+    AnswerKind,
+    Choice,
+    Conversation,
+    Message,
+    ToolCall,
+)
 from strategies.shared.answers import extract_answer, parse_json_answer
 
-KindName = Literal["number", "json", "tool_calls", "text"]
-KINDS: tuple[KindName, ...] = ("number", "json", "tool_calls", "text")
+KindName = AnswerKind
+KINDS = ANSWER_KINDS
 
 _USC_CHOICE = re.compile(r"most consistent response is\s*\**\s*response\s*(\d+)", re.I)
 
@@ -233,3 +240,72 @@ def parse_usc_choice(text: str, count: int) -> int | None:
         return None
     index = int(found.group(1))
     return index if 0 <= index < count else None
+
+
+def response_of(choice: Choice) -> Response:
+    return Response(choice.text, tuple(choice.tool_calls or ()))
+
+
+def calls_key(calls: Sequence[ToolCall]) -> str | None:
+    """Calls made together in canonical form, as the hierarchical vote's last level
+    compares them: ``add({"x":1})+mul({"y":2})`` (sorted; None if one cannot run)."""
+    args = [call_arguments(c) for c in calls]
+    if any(a is None for a in args):
+        return None
+    return "+".join(sorted(f"{c.name}({a})" for c, a in zip(calls, args, strict=True)))
+
+
+@dataclass(frozen=True)
+class Answers:
+    """The answer kind a conversation asks for, as one object: the key a response
+    votes with, and the reason it has none.
+
+    Example:
+        >>> Answers.of(Conversation.of_question("2+2?")).key(Response("The answer is 4."))
+        '4'
+    """
+
+    kind: KindName
+    json: JsonAnswers | None = None
+
+    @classmethod
+    def of(cls, conversation: Conversation) -> Answers:
+        if conversation.answer_kind == "json":
+            return cls("json", JsonAnswers(conversation.answer_schema))
+        return cls(conversation.answer_kind)
+
+    def key(self, response: Response) -> str | None:
+        """What the response votes for; None when it has no answer of this kind. A
+        tool-call response votes ``call:<calls>``, a plain one ``answer:<text>``; the
+        hierarchical vote (``vote_tool_calls``) decides among them in levels."""
+        if self.kind == "tool_calls":
+            if response.calls:
+                calls = calls_key(response.calls)
+                return None if calls is None else f"call:{calls}"
+            text = text_key(response.text)
+            return None if text is None else f"answer:{text}"
+        if self.kind == "json":
+            assert self.json is not None
+            return self.json.key(response.text)
+        if self.kind == "text":
+            return text_key(response.text)
+        return number_key(response.text)
+
+    def answer(self, response: Response) -> str | None:
+        """The job's ``answer`` for a response: its number, its canonical JSON, its calls
+        in canonical form, or its whole text."""
+        if self.kind == "text":
+            return response.text.strip() or None
+        if self.kind == "tool_calls" and not response.calls:
+            return response.text.strip() or None
+        if self.kind == "tool_calls":
+            return calls_key(response.calls)
+        return self.key(response)
+
+    def problem(self, response: Response) -> str | None:
+        """Why a response has no answer of this kind (for the trace), or None."""
+        if self.kind == "json" and self.json is not None:
+            return self.json.problem(response.text)
+        if self.key(response) is None:
+            return f"no {self.kind} answer"
+        return None

@@ -183,7 +183,7 @@ async def run(problem: str, ctx: Context, params: Params) -> StrategyResult:
         n=params.n,
         role=params.role,
         generator=params.generator,
-        messages=solve_messages(problem, params.system),
+        messages=solve_messages(problem, params.system, ctx.conversation),
         max_tokens=params.max_tokens,
         temperature=params.temperature,
         top_p=params.top_p,

@@ -141,7 +141,7 @@ async def _initial(problem: str, ctx: Context, params: Params) -> tuple[str, str
         result = await ctx.run(params.initial, problem)
         text = result.text or (f"The answer is {result.answer}." if result.answer else "")
         return text, result.answer or extract_answer(text), result.budget_exhausted
-    messages = solve_messages(problem, params.system)
+    messages = solve_messages(problem, params.system, ctx.conversation)
     text, _ = await _sample(ctx, params.role, messages, params.max_tokens, params.temperature)
     return text, extract_answer(text), False
 

@@ -309,7 +309,7 @@ async def run(problem: str, ctx: Context, params: Params) -> StrategyResult:
     choices, exhausted = await sample(
         ctx,
         params.role,
-        solve_messages(problem, params.system),
+        solve_messages(problem, params.system, ctx.conversation),
         n=params.n,
         batch_size=params.batch_size,
         max_tokens=params.max_tokens,

@@ -290,7 +290,7 @@ class _Solver:
 
 async def run(problem: str, ctx: Context, params: Params) -> StrategyResult:
     solver = _Solver(problem, ctx, params)
-    messages = solve_messages(problem, params.system)
+    messages = solve_messages(problem, params.system, ctx.conversation)
     round_ = 0
     passed: Check | None = None
     reason = "max_rounds"

@@ -26,6 +26,7 @@ from core.simulator.server import Simulator
 from strategies.protocol import (
     Budget,
     Choice,
+    Conversation,
     Generation,
     ModelRequest,
     ModelRole,
@@ -216,6 +217,10 @@ class _Context:
     @property
     def rng(self) -> random.Random:
         return self._rng
+
+    @property
+    def conversation(self) -> Conversation:
+        return Conversation.of_question(QUESTION)
 
     def trace(self, name: str, **attributes: Any) -> None:
         self.events.append((name, attributes))
