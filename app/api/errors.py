@@ -1,6 +1,8 @@
 """HTTP-only errors and the one error body every failure uses.
 
     PonderError (core.errors)             {"error": {"code", "message", "field"?, ...}}
+                                          (the OpenAI face adds "type" and "param":
+                                          ``openai_error_body``)
     ├── Unauthorized            401       missing, unknown or revoked API key
     ├── Forbidden               403       a tenant key where an admin key is needed
     ├── PayloadTooLarge         413       body over ApiSettings.max_body_bytes
@@ -71,6 +73,36 @@ def error_body(exc: PonderError, request_id: str | None = None) -> dict[str, Any
         detail["request_id"] = request_id
     # Details may hold anything a core error attached; the body must stay JSON.
     return {"error": json.loads(json.dumps(detail, default=str))}
+
+
+OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+"""OpenAI's ``error.type`` by status; any 5xx is ``server_error``."""
+
+
+def openai_error_body(
+    exc: PonderError, request_id: str | None = None, *, status: int | None = None
+) -> dict[str, Any]:
+    """The body in OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``,
+    for the OpenAI face (``app.api.openai``); Ponder's keys (``field``, ``request_id``,
+    ``job_id``...) stay beside them. ``status``: the one the response is sent with, when
+    it is not ``exc.status``."""
+    body = error_body(exc, request_id)
+    detail = body["error"]
+    code = status or exc.status
+    detail["type"] = OPENAI_TYPES.get(
+        code, "server_error" if code >= 500 else "invalid_request_error"
+    )
+    detail["param"] = detail.get("field")
+    return body
 
 
 RETRY_AFTER_S = {EnqueueFailed.code: 2}
