@@ -7,6 +7,9 @@ Every top-level package has a layer and may import only its own layer or those b
                         lazily, for ``ponder bench``: never an import statement)
     3  evals            the eval harness, used by ``ponder eval`` / ``calibrate``
     2  workers          Celery face
+    2  ponder_client    the Python client of the jobs API (``ponder eval --url`` uses it);
+                        of Ponder it imports ``core.events`` only, the event schema
+                        (``test_the_client_imports_only_the_event_schema``)
     1  core, migrations what runs a job; migrations are core's Alembic scripts
                         (``core.db.migrate`` finds them, ``env.py`` reads core's settings)
     0  strategies       pure algorithms
@@ -15,6 +18,8 @@ Every top-level package has a layer and may import only its own layer or those b
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,6 +28,7 @@ LAYERS = {
     "core": 1,
     "migrations": 1,
     "workers": 2,
+    "ponder_client": 2,
     "evals": 3,
     "app": 4,
     "bench": 5,
@@ -87,3 +93,37 @@ def test_strategies_stay_pure() -> None:
                 names = [node.module.split(".")[0]]
             offenders += [f"{path.name}: {n}" for n in names if n in banned]
     assert offenders == []
+
+
+CLIENT_MAY_IMPORT = {"core.events"}
+"""Pure pydantic. ``app.api.schemas`` is not allowed: it loads FastAPI, SQLAlchemy, the
+pools and every strategy, and sits above ``evals``, which uses the client."""
+
+
+def ponder_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return {m for m in found if m.split(".")[0] in LAYERS}
+
+
+def test_the_client_imports_only_the_event_schema() -> None:
+    outside = {
+        f"{path.relative_to(ROOT)} imports {module}"
+        for path in sorted((ROOT / "ponder_client").rglob("*.py"))
+        for module in ponder_modules(path)
+        if module not in CLIENT_MAY_IMPORT and module.split(".")[0] != "ponder_client"
+    }
+    assert outside == set()
+    # And at run time: nothing of the server comes along (a fresh interpreter).
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, ponder_client; print(*sorted(sys.modules))"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    server = {"app", "workers", "evals", "strategies", "fastapi", "sqlalchemy", "celery"}
+    assert sorted(m for m in loaded if m.split(".")[0] in server) == []
+    assert sorted(m for m in loaded if m.startswith("core.")) == ["core.events"]

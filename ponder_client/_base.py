@@ -1,0 +1,128 @@
+"""What the sync and async clients share: the requests each method sends and how an
+answer is read. No I/O here; ``_sync`` and ``_async`` only move the bytes."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel, TypeAdapter
+
+from ponder_client.errors import PonderAPIError
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+"""Where ``ponder serve`` listens by default."""
+DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+STREAM_READ_TIMEOUT_S = 60.0
+"""An event stream sends a keep-alive comment after 15 s without a message: a read that
+waits four times that long means the connection is dead, and the stream reconnects."""
+MAX_RECONNECTS = 5
+"""Reconnections in a row, with no event in between, before ``events()`` gives up."""
+
+Mode = Literal["strict", "live"]
+Priority = Literal["high", "default", "low"]
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class Call:
+    method: str
+    path: str
+    json: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    params: dict[str, Any] | None = None
+
+
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    key = api_key if api_key is not None else os.environ.get("PONDER_API_KEY")
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def seg(value: str) -> str:
+    """One path segment: a job id or a preset name can never reach another route."""
+    return quote(value, safe="")
+
+
+def submit_call(
+    question: str | None,
+    *,
+    strategy: dict[str, Any] | str | None,
+    budget: dict[str, Any] | None,
+    roles: dict[str, str] | None,
+    seed: int | None,
+    priority: Priority | None,
+    idempotency_key: str | None,
+    fields: dict[str, Any],
+) -> Call:
+    named = {
+        "question": question,
+        "strategy": strategy,
+        "budget": budget,
+        "roles": roles,
+        "seed": seed,
+        "priority": priority,
+    }
+    # Unset fields are left out, so the server's defaults apply; ``fields`` go as given
+    # (``messages``, ``tools``, ``response_format``...): the server validates them.
+    body = {k: v for k, v in named.items() if v is not None} | fields
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else {}
+    return Call("POST", "/v1/jobs", body, headers)
+
+
+def replay_call(
+    job_id: str,
+    *,
+    mode: Mode,
+    fork_from: int | None,
+    strategy: dict[str, Any] | None,
+    roles: dict[str, str] | None,
+    priority: Priority | None,
+) -> Call:
+    named = {
+        "mode": mode,
+        "fork_from": fork_from,
+        "strategy": strategy,
+        "roles": roles,
+        "priority": priority,
+    }
+    body = {k: v for k, v in named.items() if v is not None}
+    return Call("POST", f"/v1/jobs/{seg(job_id)}/replay", body)
+
+
+def list_call(
+    status: str | None, strategy: str | None, created_after: str | None,
+    cursor: str | None, limit: int | None,
+) -> Call:  # fmt: skip
+    query = {"status": status, "strategy": strategy, "created_after": created_after,
+             "cursor": cursor, "limit": limit}  # fmt: skip
+    return Call("GET", "/v1/jobs", params={k: v for k, v in query.items() if v is not None})
+
+
+def check(response: httpx.Response) -> httpx.Response:
+    """``response`` if it succeeded; else the ``PonderAPIError`` its body describes."""
+    if response.status_code >= 400:
+        raise PonderAPIError.from_response(response)
+    return response
+
+
+def parse(model: type[M], response: httpx.Response) -> M:
+    return model.model_validate_json(check(response).content)
+
+
+def parse_list(model: type[M], response: httpx.Response) -> list[M]:
+    return TypeAdapter(list[model]).validate_json(check(response).content)  # type: ignore[valid-type]
+
+
+def reconnectable(exc: PonderAPIError) -> bool:
+    """Overload (429) or an outage (5xx) answered a reconnection: try again later. Any
+    other error (404: no such job for this key) is final."""
+    return exc.status == 429 or exc.status >= 500
+
+
+def stream_timeout(client_timeout: httpx.Timeout, remaining_s: float | None) -> httpx.Timeout:
+    read = STREAM_READ_TIMEOUT_S if remaining_s is None else min(STREAM_READ_TIMEOUT_S, remaining_s)
+    return httpx.Timeout(client_timeout.connect, read=max(read, 0.001),
+                         write=client_timeout.write, pool=client_timeout.pool)  # fmt: skip

@@ -1,0 +1,244 @@
+"""``PonderClient``: the jobs API over a blocking ``httpx.Client``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from core.events import Event
+from ponder_client import _base
+from ponder_client._base import DEFAULT_TIMEOUT, DEFAULT_URL, MAX_RECONNECTS, Call, Mode, Priority
+from ponder_client._sse import Decoder, Resumption
+from ponder_client.errors import PonderAPIError
+from ponder_client.models import DiffOut, JobOut, JobPage, PresetOut, StrategyOut, TraceOut
+
+
+class PonderClient:
+    """A Ponder server's jobs API: submit, wait, follow events, cancel, replay, fork,
+    diff, and the strategy and preset catalogues.
+
+    Args:
+        base_url: the server (``ponder serve``'s default: ``http://127.0.0.1:8000``).
+        api_key: sent as ``Authorization: Bearer``; default ``$PONDER_API_KEY``, and none
+            when that is unset (a server with no key yet).
+        http_client: an ``httpx.Client`` to use (proxies, TLS, a mock transport); it is
+            not closed by ``close()``. Default: one of the client's own.
+        timeout: for every request but event streams, when the client makes its own.
+        max_reconnects: an event stream gives up after this many failed reconnections
+            in a row.
+
+    Example:
+        >>> with PonderClient("http://127.0.0.1:8000", api_key=KEY) as ponder:
+        ...     job = ponder.submit("What is 17 * 3?", strategy={"kind": "self_consistency"})
+        ...     print(ponder.wait(job.id).answer)
+        51
+    """
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        api_key: str | None = None,
+        *,
+        http_client: httpx.Client | None = None,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        max_reconnects: int = MAX_RECONNECTS,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._headers = _base.auth_headers(api_key)
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.Client(timeout=timeout)
+        self.max_reconnects = max_reconnects
+
+    def close(self) -> None:
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> PonderClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:  # fmt: skip
+        self.close()
+
+    def _send(self, call: Call) -> httpx.Response:
+        return self._http.request(
+            call.method,
+            self.base_url + call.path,
+            json=call.json,
+            params=call.params,
+            headers=self._headers | call.headers,
+        )
+
+    # Jobs
+
+    def submit(
+        self,
+        question: str | None = None,
+        strategy: dict[str, Any] | str | None = None,
+        budget: dict[str, Any] | None = None,
+        roles: dict[str, str] | None = None,
+        seed: int | None = None,
+        priority: Priority | None = None,
+        idempotency_key: str | None = None,
+        **fields: Any,
+    ) -> JobOut:
+        """Queue a job (``POST /v1/jobs``). ``fields`` go into the body as given:
+        ``messages``, ``tools``, ``tool_choice``, ``response_format``, ``answer_kind``,
+        and whatever a newer server accepts. A retry with the same ``idempotency_key``
+        returns the same job."""
+        call = _base.submit_call(
+            question, strategy=strategy, budget=budget, roles=roles, seed=seed,
+            priority=priority, idempotency_key=idempotency_key, fields=fields,
+        )  # fmt: skip
+        return _base.parse(JobOut, self._send(call))
+
+    def get(self, job_id: str) -> JobOut:
+        return _base.parse(JobOut, self._send(Call("GET", f"/v1/jobs/{_base.seg(job_id)}")))
+
+    def list_jobs(
+        self, *, status: str | None = None, strategy: str | None = None,
+        created_after: str | None = None, cursor: str | None = None, limit: int | None = None,
+    ) -> JobPage:  # fmt: skip
+        """One page, newest first; pass ``next_cursor`` as ``cursor`` for the next."""
+        call = _base.list_call(status, strategy, created_after, cursor, limit)
+        return _base.parse(JobPage, self._send(call))
+
+    def cancel(self, job_id: str) -> JobOut:
+        """Ask a queued or running job to stop; ``wait`` then sees it ``cancelled``."""
+        call = Call("POST", f"/v1/jobs/{_base.seg(job_id)}/cancel")
+        return _base.parse(JobOut, self._send(call))
+
+    def replay(
+        self,
+        job_id: str,
+        mode: Mode = "strict",
+        strategy: dict[str, Any] | None = None,
+        *,
+        roles: dict[str, str] | None = None,
+        fork_from: int | None = None,
+        priority: Priority | None = None,
+    ) -> JobOut:
+        """A child job seeded with ``job_id``'s journal. ``strict``: the same trace with
+        zero model calls (a call not in the journal fails the job); ``live``: calls not
+        in the journal go to the models. ``strategy``: overrides merged into the
+        parent's spec."""
+        call = _base.replay_call(
+            job_id, mode=mode, fork_from=fork_from, strategy=strategy, roles=roles,
+            priority=priority,
+        )  # fmt: skip
+        return _base.parse(JobOut, self._send(call))
+
+    def fork(
+        self,
+        job_id: str,
+        at: int,
+        strategy: dict[str, Any] | None = None,
+        *,
+        roles: dict[str, str] | None = None,
+        priority: Priority | None = None,
+    ) -> JobOut:
+        """A live replay keeping only the parent's first ``at`` journal entries."""
+        return self.replay(job_id, "live", strategy, roles=roles, fork_from=at, priority=priority)
+
+    def wait(self, job_id: str, timeout: float | None = 600.0) -> JobOut:
+        """The job once it is final (succeeded, failed or cancelled), followed over its
+        event stream (no polling). Raises ``TimeoutError`` after ``timeout`` seconds
+        (None: no limit); the job itself keeps running."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        job = self.get(job_id)
+        if job.done:
+            return job
+        for _ in self._events(job_id, Resumption(), deadline):
+            pass
+        return self.get(job_id)
+
+    def events(self, job_id: str, last_event_id: str | None = None) -> Iterator[Event]:
+        """The job's trace as typed events, past ones first, then live until
+        ``job_finished`` (the last). A dropped connection is resumed with
+        ``Last-Event-ID``: no event is skipped, and no span state (open, closed) is
+        yielded twice. ``last_event_id``: start after it (an id from an earlier
+        stream)."""
+        return self._events(job_id, Resumption(last_event_id=last_event_id), None)
+
+    def _events(self, job_id: str, state: Resumption, deadline: float | None) -> Iterator[Event]:
+        url = f"{self.base_url}/v1/jobs/{_base.seg(job_id)}/events"
+        failures = 0
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"job {job_id} is not final after the wait's timeout")
+            headers = self._headers | state.headers() | {"Accept": "text/event-stream"}
+            timeout = _base.stream_timeout(self._http.timeout, remaining)
+            delay = state.retry_s
+            try:
+                with self._http.stream("GET", url, headers=headers, timeout=timeout) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        _base.check(response)
+                    decoder = Decoder()
+                    for line in response.iter_lines():
+                        message = decoder.feed(line)
+                        if message is None:
+                            continue
+                        failures = 0
+                        event = state.accept(message)
+                        if event is not None:
+                            yield event
+                        if state.finished:
+                            return
+                        if deadline is not None and time.monotonic() > deadline:
+                            break
+                error: Exception = httpx.RemoteProtocolError(
+                    "the event stream ended before job_finished"
+                )
+            except PonderAPIError as exc:
+                if not _base.reconnectable(exc):
+                    raise
+                error, delay = exc, exc.retry_after or delay
+            except httpx.TransportError as exc:
+                error = exc
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job_id} is not final after the wait's timeout")
+            failures += 1
+            if failures > self.max_reconnects:
+                raise error
+            if deadline is not None:
+                delay = max(0.0, min(delay, deadline - time.monotonic()))
+            time.sleep(delay)
+
+    def trace(self, job_id: str) -> TraceOut:
+        """Every span as a typed event, in seq order, and the journal's summary."""
+        call = Call("GET", f"/v1/jobs/{_base.seg(job_id)}/trace")
+        return _base.parse(TraceOut, self._send(call))
+
+    def diff(self, a: str, b: str) -> DiffOut:
+        """Call by call: the first divergent call and what differs; deltas are b - a."""
+        call = Call("GET", f"/v1/jobs/{_base.seg(a)}/diff/{_base.seg(b)}")
+        return _base.parse(DiffOut, self._send(call))
+
+    # Catalogue
+
+    def strategies(self) -> list[StrategyOut]:
+        return _base.parse_list(StrategyOut, self._send(Call("GET", "/v1/strategies")))
+
+    def presets(self) -> list[PresetOut]:
+        return _base.parse_list(PresetOut, self._send(Call("GET", "/v1/presets")))
+
+    def preset(self, name: str) -> PresetOut:
+        call = Call("GET", f"/v1/presets/{_base.seg(name)}")
+        return _base.parse(PresetOut, self._send(call))
+
+    def put_preset(self, name: str, spec: dict[str, Any], description: str = "") -> PresetOut:
+        """Create or replace a preset; the spec is validated like a job's."""
+        body = {"spec": spec, "description": description}
+        call = Call("PUT", f"/v1/presets/{_base.seg(name)}", body)
+        return _base.parse(PresetOut, self._send(call))
+
+    def delete_preset(self, name: str) -> None:
+        _base.check(self._send(Call("DELETE", f"/v1/presets/{_base.seg(name)}")))
