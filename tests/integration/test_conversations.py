@@ -313,7 +313,8 @@ class Distance(BaseModel):
 
 
 def sdk(client: httpx.Client) -> OpenAI:
-    return OpenAI(base_url=f"{str(client.base_url).rstrip('/')}/v1", api_key="unused", max_retries=0)
+    base_url = str(client.base_url).rstrip("/") + "/v1"
+    return OpenAI(base_url=base_url, api_key="unused", max_retries=0)
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -322,10 +323,10 @@ def test_openai_sdk_gets_forced_tool_calls_with_arguments_that_parse(
 ) -> None:
     paris = ScriptedToolCall(name="get_weather", arguments={"city": "Paris"})
     simulator.set_config(script(Rule(match="weather", replies=[""], tool_calls=[[paris]])))
-    completion = sdk(client).chat.completions.create(
+    completion = sdk(client).chat.completions.create(  # type: ignore[call-overload]
         model="ponder/direct",
         messages=[{"role": "user", "content": "What is the weather in Paris?"}],
-        tools=[WEATHER],  # type: ignore[list-item]
+        tools=[WEATHER],
         tool_choice={"type": "function", "function": {"name": "get_weather"}},
     )
     (choice,) = completion.choices
@@ -342,7 +343,7 @@ def test_openai_sdk_gets_forced_tool_calls_with_arguments_that_parse(
         model="ponder/direct",
         messages=[
             {"role": "user", "content": "What is the weather in Paris?"},
-            choice.message.model_dump(exclude_none=True),  # type: ignore[list-item]
+            choice.message.model_dump(exclude_none=True),
             {"role": "tool", "tool_call_id": call.id, "content": "18 degrees, sunny"},
         ],
         tools=[WEATHER],  # type: ignore[list-item]
