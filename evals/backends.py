@@ -1,4 +1,5 @@
-"""Where an eval's jobs run: in this process (a ``Runtime``) or on a Ponder server (REST).
+"""Where an eval's jobs run: in this process (a ``Runtime``) or on a Ponder server (REST,
+through ``ponder_client``).
 
 Both backends make ordinary jobs — each row of an eval keeps its job id, so ``ponder
 trace <id>`` (or ``GET /v1/jobs/{id}/trace``) opens it — and read back the same
@@ -10,7 +11,6 @@ reports the original cost instead of zero.
 
 from __future__ import annotations
 
-import asyncio
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -19,10 +19,10 @@ import httpx
 
 from core.db import repo
 from core.errors import InvalidInput, NotFound, PonderError
+from core.events import ModelCallEvent
 from core.jobs import create_replay, submit_job
 from core.runtime import Runtime
-
-FINAL = ("succeeded", "failed", "cancelled")
+from ponder_client import AsyncPonderClient, PonderAPIError
 
 
 @dataclass
@@ -116,85 +116,73 @@ class LocalBackend:
 
 
 class RestBackend:
-    """Jobs on a running Ponder server (``POST /v1/jobs``, polled until final).
+    """Jobs on a running Ponder server, through ``ponder_client``: submitted, followed
+    over their event streams until final, and read back with their traces.
 
     The client is injected: tests pass one bound to an in-process server.
     """
 
-    def __init__(
-        self, client: httpx.AsyncClient, *, poll_s: float = 0.05, max_poll_s: float = 1.0
-    ) -> None:
+    def __init__(self, client: AsyncPonderClient) -> None:
         self.client = client
-        self.poll_s = poll_s
-        self.max_poll_s = max_poll_s
-
-    async def _call(self, method: str, path: str, body: Any = None) -> Any:
-        response = await self.client.request(method, path, json=body)
-        if response.status_code >= 400:
-            raise _api_error(response)
-        return response.json()
 
     async def check(self) -> list[str]:
         """The server's strategy kinds; fails early on a bad URL or key."""
         try:
-            catalog = await self._call("GET", "/v1/strategies")
+            catalog = await self.client.strategies()
         except httpx.HTTPError as exc:
             raise InvalidInput(
                 f"cannot reach the Ponder server at {self.client.base_url}: {exc}",
                 field="url",
             ) from None
-        return [str(item["kind"]) for item in catalog]
+        except PonderAPIError as exc:
+            raise _api_error(exc, "GET /v1/strategies") from None
+        return [item.kind for item in catalog]
 
     async def submit(
         self, question: str, spec: dict[str, Any], budget: dict[str, Any], seed: int
     ) -> str:
-        body = {"question": question, "strategy": spec, "budget": budget, "seed": seed}
-        job = await self._call("POST", "/v1/jobs", body)
-        return str(job["id"])
+        try:
+            job = await self.client.submit(question, strategy=spec, budget=budget, seed=seed)
+        except PonderAPIError as exc:
+            raise _api_error(exc, "POST /v1/jobs") from None
+        return job.id
 
     async def replay(
         self, parent_id: str, mode: Literal["strict", "live"], overrides: dict[str, Any]
     ) -> str:
-        body: dict[str, Any] = {"mode": mode}
-        if overrides:
-            body["strategy"] = overrides
-        job = await self._call("POST", f"/v1/jobs/{parent_id}/replay", body)
-        return str(job["id"])
+        try:
+            job = await self.client.replay(parent_id, mode, overrides or None)
+        except PonderAPIError as exc:
+            raise _api_error(exc, f"POST /v1/jobs/{parent_id}/replay") from None
+        return job.id
 
     async def run(self, job_id: str) -> JobRecord:
-        delay = self.poll_s
-        while True:
-            job = await self._call("GET", f"/v1/jobs/{job_id}")
-            if job["status"] in FINAL:
-                break
-            await asyncio.sleep(delay)
-            delay = min(delay * 1.5, self.max_poll_s)
-        trace = await self._call("GET", f"/v1/jobs/{job_id}/trace")
+        try:
+            job = await self.client.wait(job_id, timeout=None)
+            trace = await self.client.trace(job_id)
+        except PonderAPIError as exc:
+            raise _api_error(exc, f"GET /v1/jobs/{job_id}") from None
         cost: dict[str, float] = defaultdict(float)
-        for event in trace["events"]:
-            if event.get("type") == "model_call":
-                cost[str(event.get("role"))] += float(event.get("cost") or 0.0)
-        return _record(job_id, job["status"], job["result"], job["usage"], job["error"], dict(cost))
+        for event in trace.events:
+            if isinstance(event, ModelCallEvent):
+                cost[str(event.role)] += event.cost
+        return _record(job_id, job.status, job.result, job.usage, job.error, dict(cost))
 
     async def missing(self, job_ids: list[str]) -> list[str]:
         absent = []
         for job_id in job_ids:
             try:
-                await self._call("GET", f"/v1/jobs/{job_id}")
-            except NotFound:
+                await self.client.get(job_id)
+            except PonderAPIError as exc:
+                if exc.status != 404:
+                    raise _api_error(exc, f"GET /v1/jobs/{job_id}") from None
                 absent.append(job_id)
         return absent
 
 
-def _api_error(response: httpx.Response) -> PonderError:
-    try:
-        error = response.json()["error"]
-        message, field_ = str(error["message"]), error.get("field")
-    except (ValueError, KeyError, TypeError):
-        message, field_ = response.text[:200], None
-    where = f"{response.request.method} {response.request.url.path}"
-    if response.status_code == 404:
-        return NotFound(f"{where}: {message}")
-    if response.status_code in (401, 403, 409, 413, 422):
-        return InvalidInput(f"{where}: {message}", field=field_)
-    return PonderError(f"{where}: HTTP {response.status_code}: {message}")
+def _api_error(exc: PonderAPIError, where: str) -> PonderError:
+    if exc.status == 404:
+        return NotFound(f"{where}: {exc.message}")
+    if exc.status in (401, 403, 409, 413, 422):
+        return InvalidInput(f"{where}: {exc.message}", field=exc.field)
+    return PonderError(f"{where}: HTTP {exc.status}: {exc.message}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -28,6 +27,7 @@ from evals.backends import Backend, LocalBackend, RestBackend
 from evals.dataset import Dataset, load_dataset
 from evals.results import EvalRun, load_results
 from evals.runs import Options, evaluate, replay, replay_plan
+from ponder_client import AsyncPonderClient
 
 
 def _stamp() -> str:
@@ -70,11 +70,10 @@ async def _backend(
 ) -> AsyncIterator[tuple[Backend, str]]:
     """The backend, checked: pools answer (in-process) or the server does (``--url``)."""
     if args.url:
-        key = args.api_key or os.environ.get("PONDER_API_KEY")
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
         timeout = httpx.Timeout(60.0, connect=5.0)
-        async with httpx.AsyncClient(base_url=args.url, headers=headers, timeout=timeout) as c:
-            rest = RestBackend(c)
+        # No --api-key: the client reads PONDER_API_KEY.
+        async with AsyncPonderClient(args.url, args.api_key or None, timeout=timeout) as client:
+            rest = RestBackend(client)
             kinds = await rest.check()
             unknown = sorted({str(a.params["kind"]) for a in arms} - set(kinds))
             if unknown:

@@ -8,7 +8,6 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import uvicorn
 
@@ -22,6 +21,7 @@ from evals.backends import RestBackend
 from evals.dataset import load_dataset
 from evals.results import load_results
 from evals.runs import Options, evaluate, replay
+from ponder_client import AsyncPonderClient
 from tests.evals.conftest import ARMS, priced_settings
 
 
@@ -49,8 +49,8 @@ def api_url(sim: Simulator, sqlite_database_url: str, tmp_path: Path) -> Iterato
 
 @pytest.fixture
 async def backend(api_url: str) -> AsyncIterator[RestBackend]:
-    async with httpx.AsyncClient(base_url=api_url, timeout=30) as client:
-        yield RestBackend(client, poll_s=0.02)
+    async with AsyncPonderClient(api_url, timeout=30) as client:
+        yield RestBackend(client)
 
 
 async def test_eval_and_strict_replay_over_rest(
@@ -82,5 +82,5 @@ async def test_eval_and_strict_replay_over_rest(
 async def test_unknown_jobs_cannot_be_replayed(backend: RestBackend, tmp_path: Path) -> None:
     assert await backend.missing(["0" * 32]) == ["0" * 32]
     with pytest.raises(InvalidInput, match="cannot reach the Ponder server"):
-        async with httpx.AsyncClient(base_url="http://127.0.0.1:9") as client:
+        async with AsyncPonderClient("http://127.0.0.1:9") as client:
             await RestBackend(client).check()

@@ -27,7 +27,8 @@ import pytest
 from tests.fixtures.processes import free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
-TOP_LEVEL = {"app", "bench", "core", "evals", "migrations", "strategies", "workers"}
+TOP_LEVEL = {"app", "bench", "core", "evals", "migrations", "ponder_client", "strategies",
+             "workers"}  # fmt: skip
 
 pytestmark = pytest.mark.slow
 

@@ -50,5 +50,5 @@ def test_every_response_model_of_the_jobs_api_is_mirrored() -> None:
 
 
 def test_a_field_the_server_adds_later_is_ignored() -> None:
-    page = {"items": [], "next_cursor": None, "total": 3}
+    page: dict[str, object] = {"items": [], "next_cursor": None, "total": 3}
     assert models.JobPage.model_validate(page).next_cursor is None
