@@ -130,10 +130,10 @@ def sandbox_argv(
 
 
 NAMESPACES_NEEDED = (
-    "the worker needs unprivileged user namespaces (sysctl user.max_user_namespaces > 0, "
-    "and kernel.unprivileged_userns_clone=1 where that exists) or, in a container, "
-    "CAP_SYS_ADMIN with an unconfined seccomp profile (and apparmor=unconfined where "
-    "AppArmor runs)"
+    "the kernel must let an unprivileged process create user namespaces "
+    "(sysctl user.max_user_namespaces > 0, and kernel.unprivileged_userns_clone=1 where that "
+    "exists) and, in a container, the runtime must allow it too (CAP_SYS_ADMIN or an "
+    "unconfined seccomp profile, and apparmor=unconfined where AppArmor runs)"
 )
 
 

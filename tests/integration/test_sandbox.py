@@ -216,7 +216,9 @@ async def test_huge_output_is_truncated_and_flagged(sandbox: PythonSandbox, stre
 
 
 async def test_an_infinite_loop_hits_the_cpu_limit(sandbox: PythonSandbox) -> None:
-    result = await sandbox.run("print('start', flush=True)\nwhile True:\n    pass\n")
+    # A wall limit far above the CPU limit, so that a busy machine cannot make it the wall's.
+    patient = PythonSandbox(LIMITS.model_copy(update={"wall_seconds": 60}))
+    result = await patient.run("print('start', flush=True)\nwhile True:\n    pass\n")
     assert result.stdout == "start\n"
     assert result.timed_out and result.killed_reason == "cpu_limit"
     assert result.exit_code == -24  # SIGXCPU
