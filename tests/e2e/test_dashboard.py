@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from app.api.settings import ApiSettings
-from core.simulator.config import Latency, Rule
+from core.simulator.config import Latency, Rule, ScriptedToolCall
 from core.simulator.server import Simulator
 from tests.e2e.conftest import ROOT, write_synthetic_trace
 from tests.fixtures.worker import redis_url  # noqa: F401 - a fixture
@@ -215,6 +215,40 @@ def test_submit_a_job_watch_it_live_and_open_a_span(dash: Dashboard, simulator: 
     texts = dash.text(".details-pane .texts")
     assert QUESTION in texts and "The answer is 7." in texts  # the second of 5, 7, 5, 7
     dash.shot("job-view", docs="dashboard-job.png")
+
+
+def test_a_conversation_job_shows_its_turns_tools_and_tool_call(
+    dash: Dashboard, simulator: Simulator
+) -> None:
+    paris = ScriptedToolCall(name="get_weather", arguments={"city": "Paris"})
+    simulator.set_config(script(Rule(match="weather", replies=[""], tool_calls=[[paris]])))
+    weather = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather in a city.",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+    job = dash.stack.submit(
+        question=None,
+        messages=[
+            {"role": "system", "content": "You are a travel assistant."},
+            {"role": "user", "content": "What is the weather in Paris?"},
+        ],
+        tools=[weather],
+        # Not "direct": the jobs-list test counts the stack's direct jobs.
+        strategy={"kind": "self_consistency", "n": 1},
+    )
+    assert job["status"] == "succeeded", job["error"]
+    dash.open(f"/jobs/{job['id']}", "job")
+    conversation = dash.text(".job-head .conversation")
+    assert "system" in conversation and "You are a travel assistant." in conversation
+    assert "What is the weather in Paris?" in conversation
+    assert "answer: tool_calls" in conversation and "1 tool" in conversation
+    assert "get_weather — Current weather in a city." in conversation
+    assert dash.text(".answer-card .tool-call") == 'get_weather({"city":"Paris"})'
+    dash.shot("job-conversation")
 
 
 def test_step_through_the_replay_of_a_finished_job(dash: Dashboard, simulator: Simulator) -> None:

@@ -228,7 +228,7 @@ class JobView {
     head.append(
       h("div", { class: "title-line" }, h("h1", {}, "Job ", h("code", { text: shortId(job.id), title: job.id })), statusBadge(job.status), live,
         h("span", { class: "chip", text: job.strategy.kind }), actions),
-      h("p", { class: "question", text: job.question }),
+      job.conversation ? conversationBlock(job.conversation) : h("p", { class: "question", text: job.question }),
       h("p", { class: "meta muted" },
         `created ${fmtTime(job.created_at)} · seed ${job.seed} · ${job.priority} priority · id ${job.id}`,
         job.parent_job_id ? [" · ", job.replay_mode === "live" || job.fork_point !== null ? "forked" : "replayed", " from ",
@@ -255,6 +255,7 @@ class JobView {
     if (job.error) answer.append(errorBox(`${job.error.code}: ${job.error.message}`));
     answer.append(h("div", { class: "answer-big", text: job.result ? (result.answer ?? "∅ (no answer)") : isFinal(job.status) ? "–" : "…" }));
     if (result.budget_exhausted) answer.append(h("span", { class: "badge warn", text: "budget exhausted" }));
+    for (const call of result.tool_calls || []) answer.append(h("code", { class: "tool-call", text: `${call.name}(${call.arguments})` }));
     if (result.text) answer.append(h("details", {}, h("summary", { text: "answer text" }), h("pre", { class: "response", text: result.text })));
 
     const votes = clear(this.els.votes);
@@ -403,6 +404,29 @@ class JobView {
     if (this.frame) cancelAnimationFrame(this.frame);
     for (const part of [this.list, this.decisionList, this.timeline, this.budgetChart, this.player]) if (part) part.destroy();
   }
+}
+
+// A job given a conversation: its turns (tool calls and results included), the tools it
+// was offered, and the answer's kind and format. Open by default when short.
+function conversationBlock(conv) {
+  const turns = conv.messages.map((m) => {
+    const calls = (m.tool_calls || []).map((c) => h("code", { class: "tool-call", text: `${c.function.name}(${c.function.arguments})` }));
+    const who = m.role === "tool" ? `tool result (${m.tool_call_id})` : m.role;
+    return h("li", { class: `turn role-${m.role}` }, h("span", { class: "turn-role", text: who }),
+      m.content ? h("span", { class: "turn-text", text: m.content }) : null, ...calls);
+  });
+  const tools = (conv.tools || []).map((t) => h("li", {},
+    h("code", { text: t.function.name }), t.function.description ? ` — ${t.function.description}` : "",
+    t.function.parameters ? h("details", {}, h("summary", { text: "parameters" }), h("pre", { text: JSON.stringify(t.function.parameters, null, 2) })) : null));
+  const format = conv.response_format ? JSON.stringify(conv.response_format) : null;
+  const choice = conv.tool_choice ? (typeof conv.tool_choice === "string" ? conv.tool_choice : `function ${conv.tool_choice.function.name}`) : null;
+  return h("details", { class: "conversation", open: conv.messages.length <= 6 },
+    h("summary", {}, `Conversation: ${conv.messages.length} message${conv.messages.length === 1 ? "" : "s"}`,
+      h("span", { class: "chip", text: `answer: ${conv.answer_kind}` }),
+      tools.length ? h("span", { class: "chip", text: `${tools.length} tool${tools.length === 1 ? "" : "s"}` }) : null),
+    h("ol", { class: "turns" }, ...turns),
+    tools.length ? h("div", { class: "tools" }, h("h4", { text: choice ? `Tools (choice: ${choice})` : "Tools" }), h("ul", {}, ...tools)) : null,
+    format ? h("p", { class: "muted small" }, "response format ", h("code", { text: format })) : null);
 }
 
 function rowMeta(span) {
