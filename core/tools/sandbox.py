@@ -142,10 +142,7 @@ class PythonSandbox:
         finally:
             os.close(program_fd)
         run = _Run(process, limits.output_bytes)
-        try:
-            await run.wait(stdin.encode("utf-8", "surrogateescape"), limits.wall_seconds)
-        finally:
-            run.kill_if_running()
+        await run.wait(stdin.encode("utf-8", "surrogateescape"), limits.wall_seconds)
         return run.result(duration_ms=(time.perf_counter() - started) * 1000)
 
 
@@ -192,6 +189,7 @@ class _Run:
                 self.kill("wall_limit")
                 _, pending = await asyncio.wait(pending, timeout=KILL_GRACE_S)
         finally:
+            self.kill_if_running()  # a no-op unless the caller cancelled us mid-run
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

@@ -256,30 +256,45 @@ async def test_writing_outside_the_private_tmp_fails(
         str(tmp_path / "ponder-escape"),
     ]
     code = (
-        "import json, sys\n"
+        "import json, os, sys\n"
         "for path in json.load(sys.stdin) + ['/tmp/mine']:\n"
         "    try:\n"
         "        open(path, 'w').write('x')\n"
         "        print(path, 'WROTE')\n"
         "    except OSError as exc:\n"
         "        print(path, type(exc).__name__)\n"
-        "try:\n"
-        "    open('/tmp/big', 'wb').write(b'x' * 16 * 2**20)\n"
-        "    print('big WROTE')\n"
-        "except OSError as exc:\n"
-        "    print('big', exc.strerror)\n"
+        "for name, size in (('big', 16 * 2**20), ('a', 3 * 2**20), ('b', 3 * 2**20),\n"
+        "                   ('c', 3 * 2**20)):\n"
+        "    try:\n"
+        "        open(f'/tmp/{name}', 'wb').write(b'x' * size)\n"
+        "        print(name, 'WROTE')\n"
+        "    except OSError as exc:\n"
+        "        print(name, exc.strerror)\n"
+        "        os.remove(f'/tmp/{name}')\n"
     )
     result = await sandbox.run(code, stdin=json.dumps(targets))
     assert result.exit_code == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[-2:] == ["/tmp/mine WROTE", "big File too large"]
-    for line in lines[:-2]:
+    # One file past file_bytes (4 MiB); three files within it, but past tmp_bytes (8 MiB).
+    assert lines[-5:] == [
+        "/tmp/mine WROTE",
+        "big File too large",
+        "a WROTE",
+        "b WROTE",
+        "c No space left on device",
+    ]
+    for line in lines[:-5]:
         assert line.split()[-1] in ("OSError", "PermissionError", "FileNotFoundError"), line
     for path in targets:
         assert not Path(path).exists()
 
     again = await sandbox.run("import os\nprint(os.listdir('/tmp'))\n")
     assert again.stdout == "[]\n"  # every run gets a fresh tmpfs
+
+
+async def test_stdin_the_program_never_reads_does_not_block_it(sandbox: PythonSandbox) -> None:
+    result = await sandbox.run("print('done')", stdin="x" * 2**20)
+    assert (result.stdout, result.exit_code, result.killed_reason) == ("done\n", 0, None)
 
 
 async def test_runs_in_parallel_are_independent(sandbox: PythonSandbox) -> None:
