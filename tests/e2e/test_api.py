@@ -17,6 +17,7 @@ import pytest
 
 from core.simulator.config import Rule, SimulatorConfig
 from core.simulator.server import Simulator
+from ponder_client import JobFinishedEvent, PonderClient
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -92,15 +93,11 @@ def test_keys_from_the_cli_then_a_job_through_rest_and_openai(
     assert ponder(env, "keys", "create", "--tenant", "no spaces").returncode == 2
 
     assert httpx.get(f"{server}/v1/jobs").status_code == 401
-    headers = {"Authorization": f"Bearer {key}"}
-    with httpx.Client(base_url=server, headers=headers, timeout=30) as client:
-        job = client.post("/v1/jobs", json={"question": "2 + 3?", "strategy": "direct"}).json()
-        deadline = time.monotonic() + 20
-        while (status := client.get(f"/v1/jobs/{job['id']}").json()["status"]) != "succeeded":
-            assert status in ("queued", "running") and time.monotonic() < deadline
-            time.sleep(0.05)
-        events = client.get(f"/v1/jobs/{job['id']}/events").text
-        assert "event: job_finished" in events
+    with PonderClient(server, api_key=key) as jobs:
+        job = jobs.submit("2 + 3?", strategy="direct")
+        assert jobs.wait(job.id, timeout=20).answer == "5"
+        events = list(jobs.events(job.id))
+    assert isinstance(events[-1], JobFinishedEvent) and events[-1].status == "succeeded"
 
     openai = pytest.importorskip("openai")
     with openai.OpenAI(base_url=f"{server}/v1", api_key=key) as chat_client:
