@@ -9,6 +9,7 @@ scripted simulator as the model server; the SDK keeps its default retries.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -245,6 +246,39 @@ def test_a_request_sent_twice_without_a_retry_header_is_two_samples(
         )
     assert first.id != second.id and again.id == second.id
     assert len(jobs_of(url)) == 2
+
+
+def test_a_job_out_of_time_is_a_length_answer_and_a_cancelled_one_a_409(
+    serve: Serve, simulator: Simulator
+) -> None:
+    simulator.set_config(script(Rule(replies=[FIVE]), latency=Latency(ttft_ms=3000)))
+    url = serve()
+    with sdk(url) as client:
+        late = client.chat.completions.create(
+            model="ponder/direct",
+            messages=USER,
+            extra_body={"ponder": {"budget": {"max_seconds": 0.3}}},
+        )
+    # Out of wall time is out of budget, as max_tokens is: 200, "length", nothing to retry.
+    assert late.choices[0].finish_reason == "length"
+    assert (late.model_extra or {})["ponder"]["budget_exhausted"] is True
+
+    def cancel_once_running() -> None:
+        job_id = None
+        while job_id is None:
+            running = [j for j in jobs_of(url) if j["status"] == "running"]
+            job_id = running[0]["id"] if running else None
+            time.sleep(0.02)
+        assert httpx.post(f"{url}/v1/jobs/{job_id}/cancel").status_code in (200, 202)
+
+    canceller = threading.Thread(target=cancel_once_running)
+    canceller.start()
+    with sdk(url) as client, pytest.raises(openai.ConflictError) as cancelled:
+        client.chat.completions.create(model="ponder/direct", messages=USER)
+    canceller.join(timeout=20)
+    assert (cancelled.value.code, cancelled.value.type) == ("job_cancelled", "conflict_error")
+    assert cancelled.value.response.headers["x-should-retry"] == "false"
+    assert len(jobs_of(url)) == 2  # the SDK did not retry the 409
 
 
 # -- n choices ---------------------------------------------------------------------

@@ -177,6 +177,10 @@ def openai_error_response(
     # OpenAI answers every invalid request with 400; Ponder's 422s become that here.
     status = 400 if isinstance(exc, InvalidInput) and exc.status == 422 else exc.status
     sent = dict(headers or {})
+    if status == 409:
+        # The SDK retries 409 (a lock timeout, for OpenAI); here it is a reused
+        # Idempotency-Key or a cancelled job, which the same request meets again.
+        sent["x-should-retry"] = "false"
     if isinstance(exc, Unauthorized):
         sent["WWW-Authenticate"] = "Bearer"
     retry_after = getattr(exc, "retry_after_s", None) or RETRY_AFTER_S.get(exc.code)
