@@ -74,7 +74,21 @@ def replay_arguments(parser: argparse.ArgumentParser) -> None:
     mode.add_argument("--live", action="store_true", help="call the model on a journal miss")
     parser.add_argument("--fork-from", type=int, default=None, metavar="N")
     parser.add_argument("--param", "-p", action="append", type=_kv, default=[], metavar="K=V")
+    parser.add_argument(
+        "--tool-result",
+        type=_what_if,
+        default=None,
+        metavar="SEQ=OUTPUT",
+        help="what if journal entry SEQ (a tool call) had returned OUTPUT; implies --live",
+    )
     job_arguments(parser)
+
+
+def _what_if(value: str) -> dict[str, Any]:
+    seq, sep, output = value.partition("=")
+    if not sep or not seq.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected SEQ=OUTPUT, got {value!r}")
+    return {"seq": int(seq), "output": output.replace("\\n", "\n")}
 
 
 def db_arguments(parser: argparse.ArgumentParser) -> None:
@@ -189,6 +203,7 @@ async def solve(args: argparse.Namespace, settings: Settings) -> int:
             budget=_budget(args),
             roles=role_overrides,
             seed=args.seed,
+            tool_names=settings.tool_names(),
         )
         outcome = await _run_with_progress(rt, job_id, quiet=args.json)
         return _report(outcome, args.json)
@@ -207,7 +222,7 @@ async def resume(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def replay(args: argparse.Namespace, settings: Settings) -> int:
-    mode: Literal["strict", "live"] = "live" if args.live else "strict"
+    mode: Literal["strict", "live"] = "live" if args.live or args.tool_result else "strict"
     async with Runtime(settings) as rt:
         parent_id = await resolve_job_id(rt.sessions, args.job_id)
         async with rt.sessions() as session:
@@ -223,6 +238,7 @@ async def replay(args: argparse.Namespace, settings: Settings) -> int:
             mode=mode,
             fork_from=args.fork_from,
             strategy_overrides=dict(args.param),
+            tool_result=args.tool_result,
         )
         outcome = await _run_with_progress(rt, child_id, quiet=args.json)
         outcome.extra["parent_job_id"] = parent_id

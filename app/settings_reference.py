@@ -25,8 +25,10 @@ from core.settings import (
     EmbeddedSettings,
     PoolSettings,
     Settings,
+    ToolSettings,
     WorkerSettings,
 )
+from core.tools.sandbox import SandboxLimits
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 
@@ -61,6 +63,21 @@ SECTIONS: list[tuple[str, str, type[BaseModel], str]] = [
     ),
     ("Embedded models", "PONDER_EMBEDDED__", EmbeddedSettings, "The local CPU models."),
     ("Workers and the reaper", "PONDER_WORKER__", WorkerSettings, "See docs/deploy.md."),
+    (
+        "Python sandbox",
+        "PONDER_SANDBOX__",
+        SandboxLimits,
+        "Limits of one program run by the built-in `python` tool (bubblewrap; "
+        "docs/sandbox.md). `PONDER_PYTHON_TOOL=false` removes the tool.",
+    ),
+    (
+        "Tools (MCP)",
+        "PONDER_TOOLS__<NAME>__",
+        ToolSettings,
+        "One block per tool a strategy may name (`executor`, `tools`), served by an MCP "
+        "server: `COMMAND` (stdio, a JSON list) or `URL` (streamable HTTP). Jobs name "
+        "tools, never servers or URLs.",
+    ),
     (
         "Logs",
         "PONDER_LOG_",

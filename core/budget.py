@@ -41,6 +41,12 @@ class BudgetSpec(BaseModel):
     min_tokens: int = Field(
         default=16, ge=1, description="Smallest max_tokens per choice worth sending."
     )
+    max_tool_calls: int | None = Field(
+        default=None, ge=1, description="Tool calls (sandboxed programs, MCP tools)."
+    )
+    max_tool_seconds: float | None = Field(
+        default=None, gt=0, description="Wall time spent in tool calls, summed."
+    )
 
 
 def parse_budget(budget: Mapping[str, Any] | None) -> BudgetSpec:
@@ -71,6 +77,12 @@ class Spent:
     cost: float = 0.0
 
 
+@dataclass
+class ToolSpent:
+    calls: int = 0
+    seconds: float = 0.0
+
+
 class JobBudget:
     def __init__(self, spec: BudgetSpec, clock: Callable[[], float] = time.monotonic) -> None:
         self.spec = spec
@@ -82,6 +94,8 @@ class JobBudget:
         self._reserved_role_tokens: dict[str, int] = {}
         self._reserved_calls = 0
         self._reserved_cost = 0.0
+        self.tools = ToolSpent()
+        self._reserved_tool_calls = 0
         self.was_exhausted = False
 
     # -- what strategies may read -------------------------------------------------
@@ -172,6 +186,32 @@ class JobBudget:
         self._reserved_calls += 1
         self._reserved_cost += cost
         return Reservation(role, tokens, cost, fitted, timeout)
+
+    def reserve_tool(self, tool: str) -> float | None:
+        """Set one tool call aside; the seconds it may take (None: no limit).
+
+        Tool calls have budget dimensions of their own, since they cost no tokens: a
+        count, and their summed wall time. The job's deadline bounds them too.
+        """
+        limit = self.spec.max_tool_calls
+        if limit is not None and self.tools.calls + self._reserved_tool_calls + 1 > limit:
+            raise self._fail("tool_calls", f"{limit} tool calls used")
+        left = [self.remaining_seconds()]
+        if self.spec.max_tool_seconds is not None:
+            left.append(self.spec.max_tool_seconds - self.tools.seconds)
+        known = [x for x in left if x is not None]
+        if known and min(known) <= 0:
+            what = "seconds" if left[0] is not None and left[0] <= 0 else "tool_seconds"
+            raise self._fail(what, f"no time left for a call to {tool}")
+        self._reserved_tool_calls += 1
+        return min(known) if known else None
+
+    def settle_tool(self, seconds: float | None) -> None:
+        """Release a tool reservation; ``seconds`` None: the call never ran."""
+        self._reserved_tool_calls -= 1
+        if seconds is not None:
+            self.tools.calls += 1
+            self.tools.seconds += seconds
 
     def settle(self, reservation: Reservation, usage: Usage | None, cost: float) -> None:
         """Release the reservation and charge what was used (``usage`` None: nothing)."""

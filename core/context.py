@@ -1,5 +1,6 @@
 """The strategy ``Context`` as core implements it: model roles (``core.role_model``),
-budget, tracer, seeded rng and child runs, for one job run."""
+tools (``core.tools.journaled``), the conversation, budget, tracer, seeded rng and child
+runs, for one job run."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pydantic import BaseModel
 
 from core.budget import JobBudget
 from core.role_model import RoleModel
+from core.tools.journaled import JournaledTool
 from core.trace import Tracer
 from strategies.protocol import Conversation, StrategyResult
 
@@ -33,9 +35,11 @@ class JobContext:
         seed: int,
         run_child: ChildRunner,
         conversation: Conversation,
+        tools: Mapping[str, JournaledTool] | None = None,
     ) -> None:
         self.models = models
         self.conversation = conversation
+        self.tools: Mapping[str, JournaledTool] = dict(tools or {})
         self.budget = budget
         self.tracer = tracer
         self.rng = random.Random(seed)

@@ -8,6 +8,7 @@ Every event shares an envelope — ``job_id``, ``span_id``, ``parent_span_id``, 
     strategy      strategy       one strategy run (kind, params; answer once closed)
     span          span           a group of calls a strategy opened
     model_call    model_call     one journaled call: role, model, tokens, cost, latency
+    tool_call     tool_call      one journaled tool call: tool, arguments, output, latency
     event         decision       a zero-length decision: a sample, a vote, a clamp
 
 Two events are not span rows: ``job_finished`` (status, result, usage, error; closes a
@@ -107,6 +108,19 @@ class ModelCallEvent(_SpanEvent):
     error: str | None = None
 
 
+class ToolCallEvent(_SpanEvent):
+    type: Literal["tool_call"] = "tool_call"
+    tool: str | None = None
+    key: str | None = None
+    """The first 16 hex digits of the journal key."""
+    journal: Literal["hit", "miss"] | None = None
+    """hit: answered from the journal, nothing executed; miss: executed."""
+    latency_ms: float | None = None
+    ok: bool | None = None
+    """False when the tool reported an error (a traceback, a limit)."""
+    error: str | None = None
+
+
 class DecisionEvent(_SpanEvent):
     type: Literal["decision"] = "decision"
 
@@ -130,13 +144,16 @@ Event = Annotated[
     | StrategyEvent
     | GroupEvent
     | ModelCallEvent
+    | ToolCallEvent
     | DecisionEvent
     | JobFinishedEvent
     | JobRestartedEvent,
     Field(discriminator="type"),
 ]
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
-SpanEventTypes = JobSpanEvent | StrategyEvent | GroupEvent | ModelCallEvent | DecisionEvent
+SpanEventTypes = (
+    JobSpanEvent | StrategyEvent | GroupEvent | ModelCallEvent | ToolCallEvent | DecisionEvent
+)
 
 
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s,;'\"()]*[^\s,;'\"():.]")
@@ -212,6 +229,20 @@ def event_from_span(span: SpanRow) -> SpanEventTypes:
             prompt_tokens=span.prompt_tokens or 0,
             completion_tokens=span.completion_tokens or 0,
             cost=span.cost or 0.0,
+            error=str(error) if error else None,
+        )
+    if span.kind == "tool_call":
+        error = attrs.get("error")
+        latency = attrs.get("latency_ms")
+        ok = attrs.get("ok")
+        return ToolCallEvent(
+            **common,
+            status=None if span.end_ts is None else ("error" if error else "ok"),
+            tool=attrs.get("tool"),
+            key=attrs.get("key"),
+            journal=attrs.get("journal"),
+            latency_ms=float(latency) if isinstance(latency, int | float) else None,
+            ok=ok if isinstance(ok, bool) else None,
             error=str(error) if error else None,
         )
     if span.kind == "event":

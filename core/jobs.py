@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -28,9 +28,10 @@ from core.conversations import build_conversation, check_answer_kind
 from core.db import repo
 from core.db.models import Job
 from core.errors import IdempotencyConflict, InvalidInput, NotFound
+from core.journal import TOOL_ROLE_PREFIX
 from core.pools.client import PoolClient
 from core.presets import resolve_strategy
-from core.specs import resolve_roles, validate_spec
+from core.specs import check_tools, resolve_roles, validate_spec
 from strategies.protocol import Conversation, message_text
 
 MAX_QUESTION_CHARS = 100_000
@@ -98,6 +99,7 @@ async def submit(
     tool_choice: Any = None,
     response_format: Any = None,
     answer_kind: Any = None,
+    tool_names: Collection[str] | None = None,
     limit_budget: Callable[[BudgetSpec], BudgetSpec] | None = None,
     admit: Callable[[AsyncSession], Awaitable[None]] | None = None,
     key_field: str = "idempotency_key",
@@ -124,6 +126,8 @@ async def submit(
         admit: runs in the transaction that writes the job, before the insert (the
             API: the tenant's jobs-in-flight quota); it may raise to refuse the job.
         key_field: the caller's name for the key in errors (``Idempotency-Key``).
+        tool_names: the tools configured where the job will run; a spec naming another
+            is refused (None: not checked here; the run refuses it).
 
     Example::
 
@@ -146,6 +150,8 @@ async def submit(
     assert question is not None
     conversation_json = conversation.model_dump(mode="json") if conversation else None
     params = validate_spec(await resolve_strategy(sessions, tenant, strategy))
+    if tool_names is not None:
+        check_tools(params, tool_names)
     check_answer_kind(
         str(params.model_dump()["kind"]), conversation.answer_kind if conversation else "number"
     )
@@ -264,14 +270,22 @@ async def create_replay(
     strategy_overrides: Mapping[str, Any] | None = None,
     roles: Mapping[str, str] | None = None,
     priority: str = "default",
+    tool_result: Mapping[str, Any] | None = None,
 ) -> str:
     """A child job seeded with the parent's journal (its first ``fork_from`` entries).
 
     ``strict`` reproduces the parent with zero model calls or fails on the first call
     that is not in the journal; ``live`` calls the model for anything new. Commits;
     enqueueing is the caller's next step, as after ``submit``.
+
+    ``tool_result`` is a what-if on one tool call: ``{"seq": N, "output": "...",
+    "error": None}`` replaces what the parent's journal entry N (a tool call) returned,
+    keeps the entries up to it (``fork_from`` defaults to N) and runs the rest live.
     """
     priority = validate_priority(priority)
+    what_if = _what_if(tool_result, mode, fork_from)
+    if what_if is not None and fork_from is None:
+        fork_from = what_if.seq
     async with sessions() as session, session.begin():
         parent = await repo.get_job(session, parent_id)
         if parent is None:
@@ -312,7 +326,55 @@ async def create_replay(
             replay_mode=mode,
             priority=priority,
         )
+        responses = None
+        if what_if is not None:
+            responses = {what_if.seq: await _overridden(session, parent.id, what_if)}
         await repo.copy_journal(
-            session, source_job_id=parent.id, target_job_id=child.id, limit=fork_from
+            session,
+            source_job_id=parent.id,
+            target_job_id=child.id,
+            limit=fork_from,
+            responses=responses,
         )
         return child.id
+
+
+@dataclass(frozen=True)
+class _WhatIf:
+    seq: int
+    output: str
+    error: str | None
+
+
+def _what_if(raw: Mapping[str, Any] | None, mode: str, fork_from: int | None) -> _WhatIf | None:
+    if raw is None:
+        return None
+    seq, output, error = raw.get("seq"), raw.get("output", ""), raw.get("error")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+        raise InvalidInput("tool_result.seq must be a journal entry number (1, 2, ...)",
+                           field="tool_result.seq")  # fmt: skip
+    if not isinstance(output, str) or not (error is None or isinstance(error, str)):
+        raise InvalidInput("tool_result.output (and error) must be text", field="tool_result")
+    unknown = set(raw) - {"seq", "output", "error"}
+    if unknown:
+        raise InvalidInput(f"tool_result: unknown field {sorted(unknown)[0]!r}",
+                           field=f"tool_result.{sorted(unknown)[0]}")  # fmt: skip
+    if mode != "live":
+        raise InvalidInput("a what-if on a tool result needs live mode: what follows it "
+                           "runs again", field="mode")  # fmt: skip
+    if fork_from is not None and fork_from < seq:
+        raise InvalidInput(f"fork_from ({fork_from}) must keep the overridden entry {seq}",
+                           field="fork_from")  # fmt: skip
+    return _WhatIf(seq, output, error)
+
+
+async def _overridden(session: AsyncSession, parent_id: str, what_if: _WhatIf) -> dict[str, Any]:
+    """The parent's tool-call entry ``seq`` with the what-if's result in place of its own."""
+    entries = await repo.list_calls(session, parent_id, limit=what_if.seq)
+    entry = entries[-1] if len(entries) == what_if.seq else None
+    if entry is None or not entry.role.startswith(TOOL_ROLE_PREFIX):
+        raise InvalidInput(f"journal entry {what_if.seq} of job {parent_id} is not a tool call",
+                           field="tool_result.seq")  # fmt: skip
+    details = {**(entry.response.get("details") or {}), "what_if": True}
+    return {**entry.response, "output": what_if.output, "error": what_if.error,
+            "details": details}  # fmt: skip

@@ -1,4 +1,5 @@
-"""The journal: every model call of a job, keyed deterministically, recorded before use.
+"""The journal: every model call and tool call of a job, keyed deterministically,
+recorded before use.
 
 A call's key is ``sha256(role, model, canonical request)`` plus its *occurrence*: the
 how-many-th identical request this job has issued, counted when the call is issued (in
@@ -9,6 +10,11 @@ seeded rng and issue calls in a deterministic order, so a re-run issues the same
 - replay: a child job seeded with its parent's entries reproduces the parent's trace
   (``strict`` mode fails on a miss, ``live`` calls the model);
 - fork: the child is seeded with only the parent's first N entries.
+
+A tool call is an entry like a model call, in the same order: its key is
+``sha256("tool", name, canonical arguments)``, its role ``tool:<name>``, its request
+``{"tool", "arguments"}`` and its response the ``ToolResult``. So a fork keeps the tool
+results before its point, and a strict replay executes nothing.
 """
 
 from __future__ import annotations
@@ -42,6 +48,15 @@ def request_key(role: str, model: str, request: ModelRequest, *, stream: bool = 
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+TOOL_ROLE_PREFIX = "tool:"
+
+
+def tool_key(name: str, arguments: dict[str, Any]) -> str:
+    identity = {"tool": name, "arguments": arguments}
+    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 class Journal:
     def __init__(self, job_id: str, entries: list[ModelCall], mode: JournalMode = "live") -> None:
         self.job_id = job_id
@@ -53,6 +68,8 @@ class Journal:
         self._next_seq = max((e.seq for e in entries), default=0) + 1
         self.hits = 0
         self.misses = 0
+        self.tool_hits = 0
+        self.tool_misses = 0
 
     def issue(
         self, role: str, model: str, request: ModelRequest, *, stream: bool = False
@@ -69,6 +86,50 @@ class Journal:
             self.misses += 1
         else:
             self.hits += 1
+        return entry
+
+    def issue_tool(self, name: str, arguments: dict[str, Any]) -> CallKey:
+        """A tool call's key, assigned synchronously in program order like a model call's."""
+        key = tool_key(name, arguments)
+        occurrence = self._issued[key]
+        self._issued[key] += 1
+        return CallKey(key, occurrence)
+
+    def lookup_tool(self, call: CallKey) -> ModelCall | None:
+        entry = self._entries.get((call.key, call.occurrence))
+        if entry is None:
+            self.tool_misses += 1
+        else:
+            self.tool_hits += 1
+        return entry
+
+    def new_tool_entry(
+        self,
+        call: CallKey,
+        *,
+        name: str,
+        arguments: dict[str, Any],
+        result: dict[str, Any],
+        latency_ms: float,
+    ) -> ModelCall:
+        """A journal row for a tool call just executed; written before it is used."""
+        entry = ModelCall(
+            job_id=self.job_id,
+            seq=self._next_seq,
+            key=call.key,
+            occurrence=call.occurrence,
+            role=TOOL_ROLE_PREFIX + name,
+            request={"tool": name, "arguments": arguments},
+            response=result,
+            endpoint=None,
+            latency_ms=latency_ms,
+            attempts=[],
+            prompt_tokens=0,
+            completion_tokens=0,
+            cost=0.0,
+        )
+        self._next_seq += 1
+        self._entries[(call.key, call.occurrence)] = entry
         return entry
 
     def new_entry(

@@ -37,14 +37,16 @@ from core.context import JobContext
 from core.db import control, repo
 from core.db.control import CANCELLED_ERROR
 from core.db.models import Job, JobStatus
-from core.errors import NotFound, PonderError, PoolUnavailable
+from core.errors import InvalidInput, NotFound, PonderError, PoolUnavailable
 from core.journal import Journal
 from core.pools.client import PoolClient
 from core.role_model import RoleModel
 from core.specs import validate_spec
+from core.tools.backends import ToolBackend, ToolBackends
+from core.tools.journaled import JournaledTool
 from core.trace import SpanListener, Tracer, TraceRows, TraceWriter
 from strategies.protocol import BudgetExhausted, Conversation, StrategyResult
-from strategies.registry import STRATEGIES
+from strategies.registry import STRATEGIES, tools_used
 
 log = logging.getLogger(__name__)
 
@@ -121,11 +123,16 @@ class Runner:
         sessions: async_sessionmaker[AsyncSession],
         pools: Mapping[str, PoolClient],
         engine: Engine,
+        tools: Mapping[str, ToolBackend] | None = None,
     ) -> None:
-        """``engine``: a synchronous engine on the same database, for trace writes."""
+        """``engine``: a synchronous engine on the same database, for trace writes.
+        ``tools``: the configured tools by name (default: the built-in ``python``)."""
         self.sessions = sessions
         self.pools = pools
         self.engine = engine
+        self.tools: Mapping[str, ToolBackend] = (
+            tools if tools is not None else ToolBackends.default()
+        )
 
     async def run(
         self,
@@ -204,6 +211,7 @@ class Runner:
             save, lease_lost = True, False
             try:
                 params = validate_spec(spec)
+                ctx.tools = self._bind_tools(params, journal, budget, tracer, mode)
                 if monitor is not None and mode != "strict":
                     self._check_pools(roles)
                 task = asyncio.create_task(_run_job_span(params, conversation.problem(), ctx, mode))
@@ -355,6 +363,31 @@ class Runner:
                 return job
         return _as_outcome(job, skipped=f"held by worker {job.worker}")
 
+    def _bind_tools(
+        self, params: BaseModel, journal: Journal, budget: JobBudget, tracer: Tracer, mode: str
+    ) -> dict[str, JournaledTool]:
+        """The tools the spec names, journaled for this run. A strict replay binds no
+        backend: it executes nothing, and a call missing from the journal fails it."""
+        bound: dict[str, JournaledTool] = {}
+        for name in sorted(tools_used(params)):
+            backend = self.tools.get(name)
+            if backend is None:
+                configured = ", ".join(sorted(self.tools)) or "none"
+                raise InvalidInput(
+                    f"tool {name!r} is not configured here (configured: {configured})",
+                    field="strategy",
+                )
+            bound[name] = JournaledTool(
+                name,
+                None if mode == "strict" else backend,
+                description=backend.description,
+                parameters=backend.parameters,
+                journal=journal,
+                budget=budget,
+                tracer=tracer,
+            )
+        return bound
+
     def _check_pools(self, roles: Mapping[str, Mapping[str, str]]) -> None:
         for role, binding in sorted(roles.items()):
             if self.pools.get(binding["pool"]) is None:
@@ -471,6 +504,18 @@ def is_infrastructure_error(exc: BaseException) -> bool:
 
 
 def usage_summary(budget: JobBudget, journal: Journal, wall_s: float) -> dict[str, Any]:
+    summary = _model_usage(budget, journal, wall_s)
+    if journal.tool_hits or journal.tool_misses:
+        summary |= {
+            "tool_calls": budget.tools.calls,
+            "tool_seconds": round(budget.tools.seconds, 3),
+            "tool_executions": journal.tool_misses,
+            "tool_journal_hits": journal.tool_hits,
+        }
+    return summary
+
+
+def _model_usage(budget: JobBudget, journal: Journal, wall_s: float) -> dict[str, Any]:
     return {
         "calls": budget.spent.calls,
         "prompt_tokens": budget.spent.prompt_tokens,

@@ -34,6 +34,7 @@ from core.pools.client import new_http_client
 from core.pools.registry import Pools
 from core.runner import Runner
 from core.settings import PoolSettings, Settings
+from core.tools.backends import ToolBackends
 
 
 class Runtime:
@@ -62,11 +63,13 @@ class Runtime:
         self.pool_settings: dict[str, PoolSettings] = {}
         """The settings of the pools in ``pools``."""
         self.http: httpx.AsyncClient | None = None
+        self.tools = ToolBackends.from_settings(settings)
+        """The configured tools (built lazily: nothing starts before a job calls one)."""
 
     @property
     def runner(self) -> Runner:
         assert self.sync_engine is not None
-        return Runner(self.sessions, self.pools, self.sync_engine)
+        return Runner(self.sessions, self.pools, self.sync_engine, self.tools)
 
     async def __aenter__(self) -> Runtime:
         url = self.settings.resolved_database_url()
@@ -135,6 +138,7 @@ class Runtime:
         tb: TracebackType | None,
     ) -> None:
         await self.pools.aclose()
+        await self.tools.aclose()
         if self.http is not None:
             await self.http.aclose()
         if self.engine is not None:

@@ -14,6 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.tools.sandbox import SandboxLimits
+
 ServerKind = Literal["vllm", "llamacpp", "openai", "simulator"]
 EmbeddedRole = Literal["small", "large"]
 EMBEDDED_ROLES: tuple[EmbeddedRole, ...] = ("small", "large")
@@ -201,6 +203,35 @@ class DatabasePoolSettings(BaseModel):
         }
 
 
+class ToolSettings(BaseModel):
+    """One operator-configured tool a job may name (``PONDER_TOOLS__<NAME>__*``): a tool
+    of an MCP server, reached by the official ``mcp`` SDK over stdio or HTTP."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    kind: Literal["mcp"] = "mcp"
+    """``mcp``: a tool of a Model Context Protocol server."""
+    command: list[str] | None = None
+    """Start the server as a child process and talk over stdio, e.g.
+    ``["python", "-m", "my_tools"]``. Give this or ``url``."""
+    url: str | None = None
+    """A running server's streamable-HTTP endpoint, e.g. ``http://tools:8000/mcp``."""
+    tool: str | None = None
+    """The tool's name on the server (default: this tool's configured name)."""
+    description: str | None = None
+    """What a model is told the tool does (default: the server's description)."""
+    timeout_s: float = Field(default=30.0, gt=0)
+    """Longest one call may take (the job's deadline may cut it sooner)."""
+    env: dict[str, str] = Field(default_factory=dict)
+    """Environment of a stdio server (nothing of Ponder's own environment is passed)."""
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> ToolSettings:
+        if (self.command is None) == (self.url is None):
+            raise ValueError("give exactly one of command (stdio) or url (HTTP)")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="PONDER_",
@@ -237,6 +268,20 @@ class Settings(BaseSettings):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
 
     """Workers, leases, retries and the reaper (``PONDER_WORKER__*``, below)."""
+    python_tool: bool = True
+
+    """Offer the built-in ``python`` tool (programs in a bubblewrap sandbox, limits in
+    ``PONDER_SANDBOX__*``; it refuses to run where it cannot sandbox)."""
+    sandbox: SandboxLimits = Field(default_factory=SandboxLimits)
+
+    """Limits of one sandboxed program (``PONDER_SANDBOX__*``, below; ``docs/sandbox.md``)."""
+    tools: dict[str, ToolSettings] = Field(default_factory=dict)
+
+    """Operator-configured MCP tools by name (``PONDER_TOOLS__<NAME>__*``, below)."""
+
+    def tool_names(self) -> list[str]:
+        """Every tool a job may name here."""
+        return sorted({*self.tools, *(["python"] if self.python_tool else [])})
 
     def resolved_broker_url(self) -> str:
         return self.broker_url or "filesystem://localhost/"

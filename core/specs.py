@@ -7,14 +7,15 @@ sits below ``core``); ``validate_spec`` turns its ``SpecError`` into ``InvalidIn
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from pydantic import BaseModel
 
 from core.errors import InvalidInput
 from core.pools.client import PoolClient
-from strategies.registry import SpecError, parse_spec, roles_used
+from strategies.protocol import TOOL_MARKER
+from strategies.registry import SpecError, parse_spec, roles_used, tools_used
 
 
 def validate_spec(spec: dict[str, Any]) -> BaseModel:
@@ -46,3 +47,30 @@ def resolve_roles(
             )
         bound[role] = {"pool": pool_name, "model": pools[pool_name].settings.model}
     return bound
+
+
+def check_tools(params: BaseModel, configured: Collection[str]) -> None:
+    """Refuse a spec naming a tool that is not configured, naming the field that names it."""
+    missing = sorted(tools_used(params) - set(configured))
+    if not missing:
+        return
+    field = "strategy"
+    for name, info in type(params).model_fields.items():
+        extra = info.json_schema_extra
+        value = getattr(params, name)
+        named = (
+            {value}
+            if isinstance(value, str)
+            else set(value or [])
+            if isinstance(value, list)
+            else set()
+        )
+        if isinstance(extra, dict) and extra.get(TOOL_MARKER) and named & set(missing):
+            field = f"strategy.{name}"
+            break
+    listed = ", ".join(sorted(configured)) or "none"
+    raise InvalidInput(
+        f"tool {missing[0]!r} is not configured (configured: {listed})",
+        field=field,
+        valid=sorted(configured),
+    )

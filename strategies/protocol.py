@@ -126,6 +126,26 @@ def role_field(*, default: str | None, description: str, **kwargs: Any) -> Any:
     )
 
 
+TOOL_MARKER = "x-ponder-tool"
+"""JSON-schema key marking a params field whose value names configured tools."""
+
+
+def tool_field(*, default: Any, description: str, **kwargs: Any) -> Any:
+    """Declare a params field naming one configured tool (``"python"``) or a list of them.
+
+    As with roles, the runner checks before the job starts that every tool named this
+    way is configured (a 422 naming the field otherwise) and hands the job only those:
+    ``ctx.tools`` holds exactly the tools its spec names.
+
+    Example:
+        >>> class Params(BaseModel):
+        ...     executor: str = tool_field(default="python", description="Runs programs.")
+    """
+    return Field(
+        default=default, description=description, json_schema_extra={TOOL_MARKER: True}, **kwargs
+    )
+
+
 class ModelRequest(BaseModel):
     """One logical model call, independent of which server answers it.
 
@@ -251,6 +271,43 @@ class ModelRole(Protocol):
         ...
 
 
+class ToolResult(BaseModel):
+    """What a tool call returned, as the strategy reads it (and the journal keeps it)."""
+
+    output: str = ""
+    """What the tool said: a program's stdout, a server's text content."""
+    error: str | None = None
+    """Why the call failed (a traceback, a limit, the server's error), or None."""
+    details: dict[str, Any] = Field(default_factory=dict)
+    """Tool-specific facts: exit code, limits hit, truncation, duration."""
+    replayed: bool = False
+    """True when the journal answered and nothing was executed."""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class Tool(Protocol):
+    """A configured tool as a strategy sees it: ``ctx.tools[name]``.
+
+    Every call is journaled like a model call, keyed by the tool, its canonical
+    arguments and the occurrence, and recorded before the strategy sees the result:
+    a resumed job executes no journaled call again, a strict replay executes nothing.
+    """
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    """The JSON schema of the arguments (what a model is shown as a function)."""
+
+    async def call(self, arguments: dict[str, Any]) -> ToolResult: ...
+
+    def as_function(self) -> dict[str, Any]:
+        """This tool as an OpenAI ``tools`` entry, to offer it to a model."""
+        ...
+
+
 class Budget(Protocol):
     """What a strategy may read of the job budget (the context enforces it)."""
 
@@ -292,6 +349,11 @@ class Context(Protocol):
         """The job's input; ``problem`` is ``conversation.problem()``."""
         ...
 
+    @property
+    def tools(self) -> Mapping[str, Tool]:
+        """The operator's configured tools this job may use, by name."""
+        ...
+
     def trace(self, name: str, **attributes: Any) -> None:
         """Record a decision (a vote, a score, a stop) as an event in the trace."""
         ...
@@ -315,6 +377,10 @@ class BudgetExhausted(Exception):
     uncaught, the runner ends the job with no answer, marked budget_exhausted.
     """
 
-    def __init__(self, what: Literal["tokens", "calls", "seconds", "cost"], detail: str = ""):
+    def __init__(
+        self,
+        what: Literal["tokens", "calls", "seconds", "cost", "tool_calls", "tool_seconds"],
+        detail: str = "",
+    ):
         super().__init__(f"budget exhausted: {what}{': ' + detail if detail else ''}")
         self.what = what

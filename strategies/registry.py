@@ -6,7 +6,8 @@ with ``strategies.protocol.role_field``) and ``async def run(problem, ctx, param
 then add ``"<family>.<name>"`` to ``_MODULES``. A module that votes on, scores or
 selects more than numbers says so with ``ANSWER_KINDS`` (default: ``("number",)``);
 a job asking for another kind is refused with a 422 naming it. Families: ``baselines``,
-``budgeted_thinking``, ``verifier_loops``, ``collaboration`` (with the routers); helpers
+``budgeted_thinking``, ``verifier_loops``, ``collaboration`` (with the routers),
+``tool_use`` (strategies that act through ``ctx.tools``); helpers
 they share live in ``strategies.shared``. The API, the CLI and composition pick it up from here.
 
 Composition: a params field typed ``strategies.compose.ChildSpec`` holds another strategy
@@ -23,7 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from strategies.protocol import ROLE_MARKER, AnswerKind, StrategyRun
+from strategies.protocol import ROLE_MARKER, TOOL_MARKER, AnswerKind, StrategyRun
 
 # One module per line, grouped by family (a subpackage each), so adding a strategy
 # touches one line. Kinds are the modules' own ``Params.kind``, not these paths.
@@ -46,6 +47,7 @@ _MODULES = [
     "collaboration.cascade",
     "collaboration.difficulty_router",
     "collaboration.compute_optimal",
+    "tool_use.program_of_thought",
 ]
 
 
@@ -153,29 +155,46 @@ def _fail(field: str, reason: str) -> BaseModel:
 
 def is_role_field(field: FieldInfo) -> bool:
     """Whether a params field was declared with ``strategies.protocol.role_field``."""
-    extra = field.json_schema_extra
-    return isinstance(extra, dict) and extra.get(ROLE_MARKER) is True
+    return _is_marked(field, ROLE_MARKER)
 
 
 def roles_used(params: BaseModel) -> set[str]:
     """Model roles a spec may call: every field declared with ``role_field``, whatever
     its name, at any depth (child specs included)."""
-    roles: set[str] = set()
+    return _marked(params, ROLE_MARKER)
+
+
+def tools_used(params: BaseModel) -> set[str]:
+    """Configured tools a spec may call: every field declared with ``tool_field`` (a
+    name or a list of names), at any depth."""
+    return _marked(params, TOOL_MARKER)
+
+
+def _is_marked(field: FieldInfo, marker: str) -> bool:
+    extra = field.json_schema_extra
+    return isinstance(extra, dict) and extra.get(marker) is True
+
+
+def _marked(params: BaseModel, marker: str) -> set[str]:
+    found: set[str] = set()
     fields = type(params).model_fields
     for name, value in params:
-        if isinstance(value, str) and name in fields and is_role_field(fields[name]):
-            roles.add(value)
+        marked = name in fields and _is_marked(fields[name], marker)
+        if marked and isinstance(value, str):
+            found.add(value)
+        elif marked and isinstance(value, list | tuple):
+            found |= {v for v in value if isinstance(v, str)}
         elif isinstance(value, BaseModel):
-            roles |= roles_used(value)
+            found |= _marked(value, marker)
         elif isinstance(value, list | tuple):
             for item in value:
                 if isinstance(item, BaseModel):
-                    roles |= roles_used(item)
+                    found |= _marked(item, marker)
         elif isinstance(value, dict):
             for item in value.values():
                 if isinstance(item, BaseModel):
-                    roles |= roles_used(item)
-    return roles
+                    found |= _marked(item, marker)
+    return found
 
 
 _load()

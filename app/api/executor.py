@@ -24,6 +24,7 @@ from core.cancel import JobMonitor, worker_identity
 from core.pools.client import PoolClient
 from core.runner import Runner
 from core.settings import WorkerSettings
+from core.tools.backends import ToolBackend
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ class ExecutorContext:
     worker: WorkerSettings | None = None
     """The workers' lease settings; jobs run here heartbeat as a worker's do, so the
     reaper judges them alike (heartbeats, staleness, attempts, time limits)."""
+    tools: Mapping[str, ToolBackend] | None = None
+    """The configured tools (None: the built-in ``python`` only)."""
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,7 @@ class InProcessExecutor:
         self._cancel_poll_s = cancel_poll_s
 
     async def start(self, context: ExecutorContext) -> None:
-        self._runner = Runner(context.sessions, context.pools, context.sync_engine)
+        self._runner = Runner(context.sessions, context.pools, context.sync_engine, context.tools)
         # The same monitor a worker uses: cancel requests reach jobs run here too.
         worker = context.worker
         if worker is None:

@@ -102,6 +102,7 @@ def create_app(
                     runtime.pools,
                     core_settings.broker_url,
                     core_settings.worker,
+                    runtime.tools,
                 )
             )
             app.state.ponder = state

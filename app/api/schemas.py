@@ -78,6 +78,12 @@ class JobCreate(_Strict):
     priority: Priority = "default"
 
 
+class ToolResultOverride(_Strict):
+    seq: int = Field(ge=1, description="The parent's journal entry: a tool call.")
+    output: str = Field(default="", description="What the tool returns instead.")
+    error: str | None = Field(default=None, description="Or the error it fails with.")
+
+
 class ReplayCreate(_Strict):
     mode: Literal["strict", "live"] = "strict"
     fork_from: int | None = Field(
@@ -92,6 +98,11 @@ class ReplayCreate(_Strict):
         default=None, description="Role -> configured pool name (live mode only)."
     )
     priority: Priority = "default"
+    tool_result: ToolResultOverride | None = Field(
+        default=None,
+        description="What if a tool had returned this: replaces one tool call's result, "
+        "keeps the journal up to it and runs the rest live (mode live).",
+    )
 
 
 class JobLinks(BaseModel):

@@ -6,7 +6,7 @@ a task, a request) owns the transaction boundary.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -118,10 +118,18 @@ async def count_calls(session: AsyncSession, job_id: str) -> int:
 
 
 async def copy_journal(
-    session: AsyncSession, *, source_job_id: str, target_job_id: str, limit: int | None
+    session: AsyncSession,
+    *,
+    source_job_id: str,
+    target_job_id: str,
+    limit: int | None,
+    responses: Mapping[int, dict[str, Any]] | None = None,
 ) -> int:
-    """Seed a child job's journal with the parent's first ``limit`` entries (all if None)."""
+    """Seed a child job's journal with the parent's first ``limit`` entries (all if None);
+    ``responses`` replaces the recorded response of the entries with these seqs (a
+    what-if on a tool's result)."""
     entries = await list_calls(session, source_job_id, limit=limit)
+    replaced = dict(responses or {})
     for entry in entries:
         session.add(
             ModelCall(
@@ -131,7 +139,7 @@ async def copy_journal(
                 occurrence=entry.occurrence,
                 role=entry.role,
                 request=entry.request,
-                response=entry.response,
+                response=replaced.get(entry.seq, entry.response),
                 endpoint=entry.endpoint,
                 latency_ms=entry.latency_ms,
                 attempts=entry.attempts,

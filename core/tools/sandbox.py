@@ -108,9 +108,12 @@ class PythonSandbox:
             raise SandboxUnavailable(refusal)
         self._bwrap = bwrap or "bwrap"
 
-    async def run(self, code: str, stdin: str = "") -> ExecutionResult:
+    async def run(
+        self, code: str, stdin: str = "", *, wall_seconds: float | None = None
+    ) -> ExecutionResult:
         """Run ``code`` as ``/sandbox/main.py`` with ``stdin``; never raises for the program's
-        sake (errors, kills and limits are in the result)."""
+        sake (errors, kills and limits are in the result). ``wall_seconds`` shortens the
+        wall limit for this run (a job's deadline that comes first)."""
         limits = self.limits
         program_fd = os.memfd_create("ponder-sandbox-program", os.MFD_CLOEXEC)
         try:
@@ -142,7 +145,8 @@ class PythonSandbox:
         finally:
             os.close(program_fd)
         run = _Run(process, limits.output_bytes)
-        await run.wait(stdin.encode("utf-8", "surrogateescape"), limits.wall_seconds)
+        wall = min(limits.wall_seconds, wall_seconds or limits.wall_seconds)
+        await run.wait(stdin.encode("utf-8", "surrogateescape"), wall)
         return run.result(duration_ms=(time.perf_counter() - started) * 1000)
 
 

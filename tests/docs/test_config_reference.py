@@ -11,8 +11,10 @@ from core.settings import (
     EmbeddedSettings,
     PoolSettings,
     Settings,
+    ToolSettings,
     WorkerSettings,
 )
+from core.tools.sandbox import SandboxLimits
 
 
 def test_configuration_page_is_up_to_date() -> None:
@@ -28,6 +30,8 @@ def test_every_setting_is_documented_with_a_description() -> None:
         "PONDER_POOLS__<ROLE>__": PoolSettings,
         "PONDER_EMBEDDED__": EmbeddedSettings,
         "PONDER_WORKER__": WorkerSettings,
+        "PONDER_SANDBOX__": SandboxLimits,
+        "PONDER_TOOLS__<NAME>__": ToolSettings,
         "PONDER_DB_POOL__": DatabasePoolSettings,
         "PONDER_API_": ApiSettings,
         "PONDER_API_LIMITS__": TenantLimits,
@@ -35,7 +39,8 @@ def test_every_setting_is_documented_with_a_description() -> None:
     for prefix, model in models.items():
         for name, field in model.model_fields.items():
             assert field.description, f"{model.__name__}.{name} has no docstring"
-            if model is Settings and name in ("pools", "embedded", "worker", "db_pool"):
+            nested = ("pools", "embedded", "worker", "db_pool", "sandbox", "tools")
+            if model is Settings and name in nested:
                 continue
             if model is ApiSettings and name in ("limits", "tenant_limits"):
                 continue

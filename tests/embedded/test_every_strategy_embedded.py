@@ -58,6 +58,7 @@ SMOKE_PARAMS: dict[str, dict[str, Any]] = {
     "glimp_router": {"max_steps": 3, "step_tokens": 48},
     "cascade": {"samples": 2, "max_tokens": 96},
     "difficulty_router": {"probe_tokens": 32, "probe_samples": 2},
+    "program_of_thought": {"max_tokens": 160},
 }
 
 pytestmark = [pytest.mark.embedded, pytest.mark.slow]

@@ -11,7 +11,7 @@ from strategies.protocol import role_field
 from strategies.registry import STRATEGIES, is_role_field, parse_spec, roles_used
 
 ROOT = Path(__file__).resolve().parents[2] / "strategies"
-FAMILIES = {"baselines", "budgeted_thinking", "verifier_loops", "collaboration"}
+FAMILIES = {"baselines", "budgeted_thinking", "verifier_loops", "collaboration", "tool_use"}
 
 
 def test_every_strategy_lives_in_its_family_package() -> None:

@@ -32,6 +32,7 @@ from strategies.protocol import (
     ModelRole,
     StrategyResult,
     TokenStream,
+    Tool,
     Usage,
 )
 from strategies.verifier_loops import rpc
@@ -221,6 +222,10 @@ class _Context:
     @property
     def conversation(self) -> Conversation:
         return Conversation.of_question(QUESTION)
+
+    @property
+    def tools(self) -> Mapping[str, Tool]:
+        return {}
 
     def trace(self, name: str, **attributes: Any) -> None:
         self.events.append((name, attributes))

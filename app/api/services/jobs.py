@@ -84,6 +84,7 @@ async def submit(
         tool_choice=body.tool_choice,
         response_format=body.response_format,
         answer_kind=body.answer_kind,
+        tool_names=state.settings.tool_names(),
         strategy=strategy_spec(body.strategy, state.settings.default_strategy),
         budget=body.budget,
         roles=body.roles,
@@ -177,6 +178,7 @@ async def replay(state: ApiState, tenant: str, parent_id: str, body: ReplayCreat
         strategy_overrides=body.strategy,
         roles=body.roles,
         priority=body.priority,
+        tool_result=body.tool_result.model_dump() if body.tool_result else None,
     )
     async with state.sessions() as session:
         child = await get_job(session, tenant, child_id)

@@ -4,7 +4,7 @@
 import { api, enc } from "./api.js";
 import { attrSummary, brief, clear, errorBox, fmtCost, fmtInt, fmtMs, h, json, kv, roleColor, voteBars } from "./dom.js";
 
-const KIND_LABEL = { job: "job", strategy: "strategy", span: "span", model_call: "model call", decision: "decision" };
+const KIND_LABEL = { job: "job", strategy: "strategy", span: "span", model_call: "model call", tool_call: "tool call", decision: "decision" };
 
 export function renderDetails(pane, span, view) {
   clear(pane);
@@ -26,6 +26,7 @@ export function renderDetails(pane, span, view) {
     ]),
   );
   if (span.type === "model_call") callDetails(pane, span, view);
+  else if (span.type === "tool_call") toolDetails(pane, span);
   else if (span.type === "decision") pane.append(attributeView(span.attributes));
   else if (span.type === "strategy") {
     pane.append(kv([
@@ -36,6 +37,25 @@ export function renderDetails(pane, span, view) {
     pane.append(attributeView(span.attributes));
   }
   pane.append(h("details", { class: "raw" }, h("summary", { text: "raw event" }), h("pre", { class: "code", text: json(stripPrivate(span)) })));
+}
+
+// A tool call: journal hit or executed, its arguments (a program is shown as code), and
+// what it returned or why it failed.
+function toolDetails(pane, span) {
+  const a = span.attributes || {};
+  pane.append(kv([
+    ["tool", span.tool],
+    ["journal", span.journal === "hit" ? "hit (nothing executed)" : "miss (executed)"],
+    span.latency_ms != null && ["latency", fmtMs(span.latency_ms)],
+    ["result", span.ok === false ? "error" : "ok"],
+  ]));
+  let args = a.arguments;
+  try { args = JSON.parse(args); } catch { /* shown as recorded */ }
+  const code = args && typeof args === "object" && typeof args.code === "string" ? args.code : null;
+  pane.append(h("h4", { text: "arguments" }), h("pre", { class: "code tool-args", text: code ?? json(args) }));
+  pane.append(h("h4", { text: "output" }), h("pre", { class: "response tool-output", text: a.output || "" }));
+  if (a.error) pane.append(h("h4", { text: "error" }), h("pre", { class: "response tool-error", text: a.error }));
+  if (a.details) pane.append(h("h4", { text: "details" }), h("pre", { class: "code", text: json(a.details) }));
 }
 
 function stripPrivate(span) {

@@ -14,7 +14,7 @@ import { TraceModel } from "./trace.js";
 import { VirtualList } from "./vlist.js";
 
 const ROW_H = 24;
-const ICON = { job: "J", strategy: "S", span: "▢", model_call: "●", decision: "◆" };
+const ICON = { job: "J", strategy: "S", span: "▢", model_call: "●", tool_call: "⚙", decision: "◆" };
 
 export function jobView(main, jobId, params, shell) {
   const view = new JobView(main, jobId, params, shell);
@@ -434,6 +434,8 @@ function rowMeta(span) {
   switch (span.type) {
     case "model_call":
       return `${span.role || ""} · ${span.model || ""} · ${fmtInt(span.prompt_tokens)}→${fmtInt(span.completion_tokens)} tok · ${span.end_ts ? fmtMs(span.duration_ms) : "…"}${span.journal === "hit" ? " · journal" : ""}${span.error ? ` · ${span.error}` : ""}`;
+    case "tool_call":
+      return `${span.tool || ""} · ${span.ok === false ? "error" : "ok"} · ${span.end_ts ? fmtMs(span.latency_ms ?? span.duration_ms) : "…"}${span.journal === "hit" ? " · journal" : ""}`;
     case "decision":
       return attrSummary(span.attributes);
     case "strategy":

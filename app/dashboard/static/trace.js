@@ -4,7 +4,7 @@
 
 import { parseTs } from "./dom.js";
 
-const SPAN_TYPES = new Set(["job", "strategy", "span", "model_call", "decision"]);
+const SPAN_TYPES = new Set(["job", "strategy", "span", "model_call", "tool_call", "decision"]);
 
 export class TraceModel {
   constructor() {

@@ -1,0 +1,1 @@
+"""Tool use: strategies that act through ``ctx.tools`` (sandboxed programs, MCP tools)."""
