@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -333,3 +334,27 @@ def test_eval_with_url_runs_on_the_server(
     # Each row is a job on the server, readable by the same tenant.
     assert [ponder.get(r["job_id"]).answer for r in rows] == ["5", "7"]
     assert simulator.stats.requests == 2
+
+
+PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```$", re.S | re.M)
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/client.md"])
+def test_the_documented_examples_run_and_print_what_they_say(
+    doc: str, stack: Stack, simulator: Simulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every ```python block of docs/client.md, and the README's client example, run in
+    order in one namespace against this stack; each ``print(...)  # X`` must print X."""
+    simulator.set_config(script(Rule(replies=["The answer is 51."])))
+    blocks = PYTHON_BLOCK.findall((ROOT / doc).read_text())
+    blocks = [b for b in blocks if doc != "README.md" or "ponder_client" in b]
+    assert blocks
+    namespace: dict[str, object] = {"KEY": stack.keys["acme"]}
+    for code in blocks:
+        code = code.replace("http://127.0.0.1:8000", stack.url)
+        code = code.replace('"KEY"', repr(stack.keys["acme"]))
+        capsys.readouterr()
+        exec(compile(code, doc, "exec"), namespace)
+        printed = capsys.readouterr().out.splitlines()
+        for expected in re.findall(r"print\(.*\)  # (.+)$", code, re.M):
+            assert expected in printed, (expected, printed)
