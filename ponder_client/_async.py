@@ -208,7 +208,8 @@ class AsyncPonderClient:
             except PonderAPIError as exc:
                 if not _base.reconnectable(exc):
                     raise
-                error, delay = exc, exc.retry_after or delay
+                error = exc
+                delay = exc.retry_after if exc.retry_after is not None else delay
             except httpx.TransportError as exc:
                 error = exc
             if deadline is not None and time.monotonic() >= deadline:
