@@ -20,6 +20,7 @@ from core.events import (
     JobSpanEvent,
     ModelCallEvent,
     StrategyEvent,
+    ToolCallEvent,
 )
 from ponder_client._async import AsyncPonderClient
 from ponder_client._sync import PonderClient
@@ -50,5 +51,6 @@ __all__ = [
     "PresetOut",
     "StrategyEvent",
     "StrategyOut",
+    "ToolCallEvent",
     "TraceOut",
 ]

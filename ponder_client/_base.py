@@ -80,6 +80,7 @@ def replay_call(
     strategy: dict[str, Any] | None,
     roles: dict[str, str] | None,
     priority: Priority | None,
+    fields: dict[str, Any],
 ) -> Call:
     named = {
         "mode": mode,
@@ -88,7 +89,7 @@ def replay_call(
         "roles": roles,
         "priority": priority,
     }
-    body = {k: v for k, v in named.items() if v is not None}
+    body = {k: v for k, v in named.items() if v is not None} | fields
     return Call("POST", f"/v1/jobs/{seg(job_id)}/replay", body)
 
 

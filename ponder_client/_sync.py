@@ -123,14 +123,15 @@ class PonderClient:
         roles: dict[str, str] | None = None,
         fork_from: int | None = None,
         priority: Priority | None = None,
+        **fields: Any,
     ) -> JobOut:
         """A child job seeded with ``job_id``'s journal. ``strict``: the same trace with
         zero model calls (a call not in the journal fails the job); ``live``: calls not
         in the journal go to the models. ``strategy``: overrides merged into the
-        parent's spec."""
+        parent's spec. ``fields`` go into the body as given (``tool_result``)."""
         call = _base.replay_call(
             job_id, mode=mode, fork_from=fork_from, strategy=strategy, roles=roles,
-            priority=priority,
+            priority=priority, fields=fields,
         )  # fmt: skip
         return _base.parse(JobOut, self._send(call))
 
