@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Dialect,
     Float,
@@ -251,3 +252,71 @@ class BreakerEvent(Base):
     state: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str] = mapped_column(Text, default="")
     at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=False)
+
+
+class Experiment(Base):
+    """One ``ponder eval`` run (or a replay of one) stored as data: its dataset, its arms
+    (``ExperimentArm``), one row per (arm, problem) (``ExperimentRow``) and a summary
+    per arm computed from those rows by ``evals``. A replay points at its parent."""
+
+    __tablename__ = "experiments"
+    __table_args__ = (Index("ix_experiments_tenant_created", "tenant", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tenant: Mapped[str] = mapped_column(String(64), default="default")
+    name: Mapped[str] = mapped_column(String(256))
+    dataset_name: Mapped[str] = mapped_column(Text, default="")
+    dataset_sha256: Mapped[str] = mapped_column(String(64), default="")
+    problems: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    parent_experiment_id: Mapped[str | None] = mapped_column(
+        String(32), ForeignKey("experiments.id", ondelete="SET NULL"), nullable=True
+    )
+    settings: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    """How it ran: backend, budget and its rule, seed, concurrency."""
+    params: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    """A replay's what-if: ``{"pairs": [[key, value]...], "by_arm": {label: changes}}``."""
+    summary: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    """``{"arms": [evals Summary as JSON...], "calls": {...}, "interrupted": bool}``."""
+
+
+class ExperimentArm(Base):
+    __tablename__ = "experiment_arms"
+
+    experiment_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    label: Mapped[str] = mapped_column(Text)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    """As the user wrote it; ``params`` is the validated spec with defaults filled in."""
+    params: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    roles: Mapped[list[Any]] = mapped_column(JSONType, default=list)
+
+
+class ExperimentRow(Base):
+    """One problem under one arm: the job that answered it and what it spent. ``data``
+    keeps the rest of the eval's row (answer, expected, tokens by role, error, ...)."""
+
+    __tablename__ = "experiment_rows"
+
+    experiment_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
+    arm: Mapped[int] = mapped_column(Integer, primary_key=True)
+    """The arm's ``position``."""
+    problem_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    problem_id: Mapped[str] = mapped_column(String(256))
+    job_id: Mapped[str | None] = mapped_column(
+        String(32), ForeignKey("jobs.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    status: Mapped[str] = mapped_column(String(16))
+    correct: Mapped[bool] = mapped_column(Boolean)
+    tokens: Mapped[int] = mapped_column(Integer, default=0)
+    """Completion (generated) tokens, all roles."""
+    latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    cost: Mapped[float] = mapped_column(Float, default=0.0)
+    difficulty: Mapped[float | None] = mapped_column(Float, nullable=True)
+    """A per-problem difficulty signal (the small model's agreement, first-token
+    entropy), when the eval recorded one."""
+    data: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
