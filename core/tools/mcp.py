@@ -212,12 +212,16 @@ class McpTool:
                 f"MCP tool {self.name!r} is unavailable: its server went away during the call",
                 tool=self.name,
             ) from exc
-        except Exception as exc:  # an error the server answered with (JSON-RPC error)
+        except Exception as exc:
             from mcp import MCPError
 
-            if not isinstance(exc, MCPError):
-                raise
-            return ToolResult(error=exc.message, details={"code": exc.code})
+            if isinstance(exc, MCPError):  # an error the server answered with (JSON-RPC)
+                return ToolResult(error=exc.message, details={"code": exc.code})
+            # Anything else is the transport's: named by kind, as its text may hold the URL.
+            raise ToolUnavailable(
+                f"MCP tool {self.name!r} is unavailable: the call failed ({_describe(exc)})",
+                tool=self.name,
+            ) from exc
         return _as_result(result)
 
     async def aclose(self) -> None:

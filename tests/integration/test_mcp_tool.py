@@ -129,9 +129,26 @@ async def test_a_configured_description_and_server_side_name_win(log: Path) -> N
         with pytest.raises(ConfigError) as raised:
             await missing.prepare()
         assert "offers no tool 'search'" in raised.value.message
-        assert "add, fail, lookup, slow" in raised.value.message
+        assert "add, environment, fail, lookup, slow" in raised.value.message
     finally:
         await missing.aclose()
+
+
+async def test_a_stdio_server_gets_its_configured_environment_not_ponders(
+    monkeypatch: pytest.MonkeyPatch, log: Path
+) -> None:
+    monkeypatch.setenv("PONDER_DATABASE_URL", "postgresql://ponder:s3cret@db/ponder")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-not-for-tools")
+    tool = McpTool("environment", stdio(log, env={"FACTS_DB": "/srv/facts.db"}))
+    try:
+        result = await tool.execute({}, None)
+    finally:
+        await tool.aclose()
+    names = set(result.details["structured"]["result"])
+    assert "FACTS_DB" in names and "PATH" in names
+    safe = {"HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER"}  # the SDK's few
+    # LC_CTYPE: set by the server's own Python under the C locale (PEP 538 coercion).
+    assert names <= safe | {"FACTS_DB", "LC_CTYPE"}
 
 
 async def test_a_tool_error_and_a_timeout_are_results_and_the_session_lives_on(
