@@ -18,7 +18,10 @@ from core.tools.journaled import JournaledTool
 from core.trace import Tracer
 from strategies.protocol import Conversation, StrategyResult
 
-__all__ = ["ChildRunner", "JobContext", "RoleModel"]
+__all__ = ["ANSWER_DELTA", "ChildRunner", "JobContext", "RoleModel"]
+
+ANSWER_DELTA = "answer_delta"
+"""The listener event ``ctx.show`` sends: ``{"text": ...}``, a piece of the answer."""
 
 ChildRunner = Callable[[BaseModel, str, "JobContext"], Awaitable[StrategyResult]]
 
@@ -48,6 +51,11 @@ class JobContext:
 
     def trace(self, name: str, **attributes: Any) -> None:
         self.tracer.event(name, attributes)
+
+    def show(self, text: str) -> None:
+        # To the run's listeners only (the OpenAI face's lane streams it to its client):
+        # the journal already holds the call's deltas, so nothing is written here.
+        self.tracer.notify(ANSWER_DELTA, {"text": text})
 
     @contextlib.asynccontextmanager
     async def span(self, name: str, **attributes: Any) -> AsyncIterator[Any]:

@@ -294,6 +294,7 @@ def build_conversation(
     tool_choice: Any = None,
     response_format: Any = None,
     answer_kind: Any = None,
+    stream: bool = False,
 ) -> Conversation | None:
     """The validated conversation, or None for a bare question asking for a number (the
     case every job was before conversations, stored as just its question).
@@ -309,7 +310,12 @@ def build_conversation(
     fmt = _response_format(response_format)
     kind = _kind(answer_kind, offered, choice, fmt)
     conversation = Conversation(
-        messages=turns, tools=offered, tool_choice=choice, response_format=fmt, answer_kind=kind
+        messages=turns,
+        tools=offered,
+        tool_choice=choice,
+        response_format=fmt,
+        answer_kind=kind,
+        stream=stream,
     )
     if messages is None and conversation.plain and kind == "number" and choice is None:
         return None

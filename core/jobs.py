@@ -99,6 +99,7 @@ async def submit(
     tool_choice: Any = None,
     response_format: Any = None,
     answer_kind: Any = None,
+    stream: bool = False,
     tool_names: Collection[str] | None = None,
     limit_budget: Callable[[BudgetSpec], BudgetSpec] | None = None,
     admit: Callable[[AsyncSession], Awaitable[None]] | None = None,
@@ -112,6 +113,8 @@ async def submit(
             (OpenAI chat messages), with optional ``tools``, ``tool_choice`` and
             ``response_format``. ``answer_kind`` (number, json, tool_calls, text)
             defaults from those; the strategy must support it (``core.conversations``).
+        stream: the caller reads the answer as it is generated (the OpenAI face's
+            ``stream: true``); journaled as streamed calls, so replays match.
         strategy: a spec ``{"kind": ..., **params}`` or a tenant's preset with
             overrides ``{"preset": name, **params}``.
         budget: limits by ``BudgetSpec`` field; errors name ``budget.<field>``.
@@ -144,6 +147,7 @@ async def submit(
         tool_choice=tool_choice,
         response_format=response_format,
         answer_kind=answer_kind,
+        stream=stream,
     )
     if conversation is not None:
         question = _headline(conversation)

@@ -43,6 +43,9 @@ class Conversation(BaseModel):
     tool_choice: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
     answer_kind: AnswerKind = "number"
+    stream: bool = False
+    """The caller reads the answer as it is generated: a strategy with one visible
+    sample (``direct``) streams that call and shows its text with ``ctx.show``."""
 
     @classmethod
     def of_question(cls, question: str, answer_kind: AnswerKind = "number") -> Conversation:
@@ -56,6 +59,7 @@ class Conversation(BaseModel):
             and self.messages[0].get("role") == "user"
             and not self.tools
             and self.response_format is None
+            and not self.stream
         )
 
     @property
@@ -352,6 +356,11 @@ class Context(Protocol):
     @property
     def tools(self) -> Mapping[str, Tool]:
         """The operator's configured tools this job may use, by name."""
+        ...
+
+    def show(self, text: str) -> None:
+        """Show the next piece of the answer to a caller that streams it
+        (``conversation.stream``); only the answer's own text, never a draft."""
         ...
 
     def trace(self, name: str, **attributes: Any) -> None:

@@ -25,6 +25,7 @@ from core.pools.client import PoolClient
 from core.runner import Runner
 from core.settings import WorkerSettings
 from core.tools.backends import ToolBackend
+from core.trace import SpanListener
 
 log = logging.getLogger(__name__)
 
@@ -149,17 +150,20 @@ class InProcessExecutor:
     async def submit(self, job_id: str, *, priority: str, max_seconds: float | None = None) -> None:
         self.launch(job_id)
 
-    def launch(self, job_id: str) -> asyncio.Task[None]:
-        """Start the job's run on this loop; the task ends when the run does."""
-        task = asyncio.create_task(self._run(job_id), name=f"job:{job_id}")
+    def launch(
+        self, job_id: str, listeners: list[SpanListener] | None = None
+    ) -> asyncio.Task[None]:
+        """Start the job's run on this loop; the task ends when the run does.
+        ``listeners`` hear the run's progress (the lane: the answer's streamed text)."""
+        task = asyncio.create_task(self._run(job_id, listeners), name=f"job:{job_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _run(self, job_id: str) -> None:
+    async def _run(self, job_id: str, listeners: list[SpanListener] | None = None) -> None:
         assert self._runner is not None, "executor used before start()"
         try:
-            await self._runner.run(job_id, monitor=self._monitor)
+            await self._runner.run(job_id, listeners, monitor=self._monitor)
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -23,16 +23,19 @@ import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from app.api.executor import ExecutorContext, InProcessExecutor, JobExecutor, Readiness
+from core.trace import SpanListener
 
 
 @dataclass
 class Claim:
-    """Filled by ``LaneExecutor.submit`` when the lane took the job."""
+    """Filled by ``LaneExecutor.submit`` when the lane took the job; ``listeners`` (set
+    by the caller before submitting) hear the run, e.g. the answer's streamed text."""
 
     task: asyncio.Task[None] | None = None
+    listeners: list[SpanListener] = field(default_factory=list)
 
 
 _claim: ContextVar[Claim | None] = ContextVar("ponder_interactive_claim", default=None)
@@ -71,7 +74,7 @@ class LaneExecutor:
     async def submit(self, job_id: str, *, priority: str, max_seconds: float | None = None) -> None:
         claim = _claim.get()
         if claim is not None and claim.task is None and self._lane.running < self.max_jobs:
-            claim.task = self._lane.launch(job_id)
+            claim.task = self._lane.launch(job_id, claim.listeners)
             return
         await self.inner.submit(job_id, priority=priority, max_seconds=max_seconds)
 

@@ -47,9 +47,11 @@ from app.api.schemas import JobCreate
 from app.api.services.system import MODEL_PREFIX
 from app.api.sse import HEADERS
 from core import presets
+from core.context import ANSWER_DELTA
 from core.db import repo
 from core.db.models import Job, JobStatus, Preset
 from core.errors import InvalidInput, NotFound
+from core.trace import SpanListener
 from strategies.protocol import AnswerKind
 from strategies.registry import STRATEGIES
 
@@ -204,6 +206,7 @@ def _job_request(body: ChatCompletionRequest, base: dict[str, Any]) -> JobCreate
             budget=options.budget,
             roles=options.roles,
             seed=body.seed,
+            stream=body.stream,
         )
     except ValidationError as exc:
         first = exc.errors()[0]
@@ -224,6 +227,9 @@ async def chat_completions(
     request = _job_request(body, await _base_spec(state, tenant, body.model))
     lane = state.executor if isinstance(state.executor, LaneExecutor) else None
     with lane.claim() if lane is not None else nullcontext(Claim()) as claim:
+        deltas: asyncio.Queue[str] = asyncio.Queue()
+        if body.stream:
+            claim.listeners.append(_answer_deltas(deltas))
         job = await retries.submit(
             state,
             tenant,
@@ -234,7 +240,9 @@ async def chat_completions(
         )
     timeout_s = state.api.chat_timeout_s
     if body.stream:
-        stream = _stream(state, tenant, job, body, request_id_of(http.scope), claim.task)
+        # The answer's tokens come straight from the run when this process runs the job.
+        tokens = deltas if claim.task is not None else None
+        stream = _stream(state, tenant, job, body, request_id_of(http.scope), claim.task, tokens)
         return StreamingResponse(stream, media_type="text/event-stream", headers=HEADERS)
     finished = await _wait(state, job.id, timeout_s, claim.task)
     refused = refusal(finished, job.id, timeout_s)
@@ -253,6 +261,7 @@ async def _stream(
     body: ChatCompletionRequest,
     request_id: str | None,
     run: asyncio.Task[None] | None = None,
+    tokens: asyncio.Queue[str] | None = None,
 ) -> AsyncIterator[bytes]:
     model, created = body.model, int(job.created_at.timestamp())
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -264,12 +273,17 @@ async def _stream(
         yield completions.chunk(
             job.id, model, created, [{"index": 0, "delta": opening, "finish_reason": None}]
         )
-        async for progress in follow.events():
-            if progress is None:
+        streamed = False
+        async for kind, item in _merged(follow.events(), tokens):
+            if kind == "token":
+                streamed = True
+                delta = [{"index": 0, "delta": {"content": item}, "finish_reason": None}]
+                yield completions.chunk(job.id, model, created, delta)
+            elif item is None:
                 yield KEEPALIVE_COMMENT
-                continue
-            empty = [{"index": 0, "delta": {"content": ""}, "finish_reason": None}]
-            yield completions.chunk(job.id, model, created, empty, ponder={"progress": progress})
+            else:
+                empty = [{"index": 0, "delta": {"content": ""}, "finish_reason": None}]
+                yield completions.chunk(job.id, model, created, empty, ponder={"progress": item})
         followed = True
         finished = follow.job
         refused = refusal(finished, job.id, timeout_s)
@@ -283,10 +297,55 @@ async def _stream(
         assert finished is not None
         async with state.sessions() as session:
             runners_up = await choices.alternatives(session, finished, body.n)
-        for part in completions.final_chunks(finished, model, created, runners_up, include_usage):
+        final = completions.final_chunks(
+            finished, model, created, runners_up, include_usage, content_sent=streamed
+        )
+        for part in final:
             yield part
         yield format_sse_event(data_str="[DONE]")
     finally:
         if not followed:
             # The client closed the stream before the job ended: the user's stop.
             cancel_when_closed(state, tenant, job.id)
+
+
+def _answer_deltas(queue: asyncio.Queue[str]) -> SpanListener:
+    """A run listener that passes the answer's streamed text (``ctx.show``) on."""
+
+    def listen(kind: str, payload: dict[str, Any]) -> None:
+        if kind == ANSWER_DELTA:
+            queue.put_nowait(str(payload["text"]))
+
+    return listen
+
+
+async def _merged(
+    progress: AsyncIterator[dict[str, Any] | None], tokens: asyncio.Queue[str] | None
+) -> AsyncIterator[tuple[str, Any]]:
+    """The job's progress (``("progress", dict | None)``) and, from a run in this
+    process, the answer's text as it is generated (``("token", str)``), in arrival
+    order; ends when the progress does, after the tokens already queued."""
+    if tokens is None:
+        async for item in progress:
+            yield "progress", item
+        return
+    events = aiter(progress)
+    next_event: asyncio.Task[dict[str, Any] | None] = asyncio.ensure_future(anext(events))
+    try:
+        while True:
+            token = asyncio.ensure_future(tokens.get())
+            done, _ = await asyncio.wait({next_event, token}, return_when=asyncio.FIRST_COMPLETED)
+            if token in done:
+                yield "token", token.result()
+                continue
+            token.cancel()
+            try:
+                item = next_event.result()
+            except StopAsyncIteration:
+                while not tokens.empty():
+                    yield "token", tokens.get_nowait()
+                return
+            yield "progress", item
+            next_event = asyncio.ensure_future(anext(events))
+    finally:
+        next_event.cancel()

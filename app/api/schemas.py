@@ -57,6 +57,11 @@ class JobCreate(_Strict):
         description="What the strategy votes on: number, json, tool_calls or text. "
         "Default: tool_calls with tools, json with a JSON response_format, else number.",
     )
+    stream: bool = Field(
+        default=False,
+        description="Generate the visible answer as a stream (journaled so); the OpenAI "
+        "face sets it for `stream: true` and sends the tokens as they come.",
+    )
     strategy: dict[str, Any] | str | None = Field(
         default=None,
         description='A strategy spec `{"kind": ..., **params}` (see GET /v1/strategies), '

@@ -1,4 +1,7 @@
-"""``direct``: one sample from one role — the baseline every other strategy is measured against."""
+"""``direct``: one sample from one role — the baseline every other strategy is measured against.
+
+When the caller streams (``conversation.stream``: the OpenAI face's ``stream: true``) the
+call is streamed and each piece shown as it arrives (``ctx.show``)."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from strategies.protocol import (
     AnswerKind,
     BudgetExhausted,
     Context,
+    Generation,
     ModelRequest,
     StrategyResult,
     role_field,
@@ -44,7 +48,10 @@ async def run(problem: str, ctx: Context, params: Params) -> StrategyResult:
         **ctx.conversation.request_fields(),
     )
     try:
-        generation = await ctx.models[params.role].generate(request)
+        if _streams(ctx):
+            generation = await _streamed(ctx, params.role, request)
+        else:
+            generation = await ctx.models[params.role].generate(request)
     except BudgetExhausted:
         ctx.trace("budget_exhausted", best=None)
         return StrategyResult(answer=None, budget_exhausted=True)
@@ -55,3 +62,26 @@ async def run(problem: str, ctx: Context, params: Params) -> StrategyResult:
     ctx.trace("answer", answer=answer, finish_reason=choice.finish_reason,
               **({"problem": why_none} if why_none else {}))  # fmt: skip
     return StrategyResult(answer=answer, text=choice.text, tool_calls=list(response.calls) or None)
+
+
+def _streams(ctx: Context) -> bool:
+    """Stream when the caller reads tokens as they come and the text is the answer:
+    not with tools (a call is not text) nor JSON (the answer sent is its canonical form)."""
+    conversation = ctx.conversation
+    return (
+        conversation.stream
+        and not conversation.tools
+        and conversation.answer_kind
+        in (
+            "number",
+            "text",
+        )
+    )
+
+
+async def _streamed(ctx: Context, role: str, request: ModelRequest) -> Generation:
+    async with ctx.models[role].stream(request) as stream:
+        async for piece in stream:
+            ctx.show(piece)
+    assert stream.result is not None
+    return stream.result

@@ -40,6 +40,9 @@ def env(simulator: Simulator, tmp_path: Path) -> dict[str, str]:
         "PONDER_POOLS__SMALL__KIND": "simulator",
         # No broker in this test: jobs run inside the API process.
         "PONDER_API_EXECUTOR": "in-process",
+        # The key made mid-test must be required at once, not after the key cache's 2 s
+        # (whether the CLI took longer than that decided the test before).
+        "PONDER_API_KEY_CACHE_S": "0",
     }
 
 

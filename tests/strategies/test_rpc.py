@@ -227,6 +227,9 @@ class _Context:
     def tools(self) -> Mapping[str, Tool]:
         return {}
 
+    def show(self, text: str) -> None:
+        raise AssertionError("rpc has no single visible sample to stream")
+
     def trace(self, name: str, **attributes: Any) -> None:
         self.events.append((name, attributes))
 

@@ -136,11 +136,18 @@ def chunk(job_id: str, model: str, created: int, choices: list[Any], **extra: An
 
 
 def final_chunks(
-    job: Job, model: str, created: int, alternatives: list[Alternative], include_usage: bool
+    job: Job,
+    model: str,
+    created: int,
+    alternatives: list[Alternative],
+    include_usage: bool,
+    *,
+    content_sent: bool = False,
 ) -> list[bytes]:
     """The answer's chunks after the progress: content (or tool calls) per choice, then
-    each choice's finish reason, the last carrying the ``ponder`` extension, then usage."""
-    delta: dict[str, Any] = {"content": content(job)}
+    each choice's finish reason, the last carrying the ``ponder`` extension, then usage.
+    ``content_sent``: the answer's text already went out token by token."""
+    delta: dict[str, Any] = {"content": "" if content_sent else content(job)}
     calls = tool_calls(job)
     if calls:
         delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(calls)]

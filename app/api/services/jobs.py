@@ -84,6 +84,7 @@ async def submit(
         tool_choice=body.tool_choice,
         response_format=body.response_format,
         answer_kind=body.answer_kind,
+        stream=body.stream,
         tool_names=state.settings.tool_names(),
         strategy=strategy_spec(body.strategy, state.settings.default_strategy),
         budget=body.budget,
