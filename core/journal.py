@@ -49,6 +49,8 @@ def request_key(role: str, model: str, request: ModelRequest, *, stream: bool = 
 
 
 TOOL_ROLE_PREFIX = "tool:"
+SCHEMA_PREFIX = "schema:"
+"""A tool server's description of a tool is journaled as a call to ``schema:<name>``."""
 
 
 def tool_key(name: str, arguments: dict[str, Any]) -> str:
@@ -102,6 +104,29 @@ class Journal:
         else:
             self.tool_hits += 1
         return entry
+
+    def schema(self, tool: str) -> tuple[str, dict[str, Any]] | None:
+        """A tool's description and parameters as recorded for this job, if they were."""
+        entry = self._entries.get((tool_key(SCHEMA_PREFIX + tool, {}), 0))
+        if entry is None:
+            return None
+        return str(entry.response["description"]), dict(entry.response["parameters"])
+
+    def has_schema(self, tool: str) -> bool:
+        return self.schema(tool) is not None
+
+    def new_schema_entry(
+        self, tool: str, description: str, parameters: dict[str, Any]
+    ) -> ModelCall:
+        """Record what a tool server said its tool is (``schema``), before a model sees it."""
+        call = self.issue_tool(SCHEMA_PREFIX + tool, {})
+        return self.new_tool_entry(
+            call,
+            name=SCHEMA_PREFIX + tool,
+            arguments={},
+            result={"description": description, "parameters": parameters},
+            latency_ms=0.0,
+        )
 
     def new_tool_entry(
         self,

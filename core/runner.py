@@ -211,7 +211,7 @@ class Runner:
             save, lease_lost = True, False
             try:
                 params = validate_spec(spec)
-                ctx.tools = self._bind_tools(params, journal, budget, tracer, mode)
+                ctx.tools = await self._bind_tools(params, journal, budget, tracer, mode)
                 if monitor is not None and mode != "strict":
                     self._check_pools(roles)
                 task = asyncio.create_task(_run_job_span(params, conversation.problem(), ctx, mode))
@@ -363,25 +363,27 @@ class Runner:
                 return job
         return _as_outcome(job, skipped=f"held by worker {job.worker}")
 
-    def _bind_tools(
+    async def _bind_tools(
         self, params: BaseModel, journal: Journal, budget: JobBudget, tracer: Tracer, mode: str
     ) -> dict[str, JournaledTool]:
         """The tools the spec names, journaled for this run. A strict replay binds no
         backend: it executes nothing, and a call missing from the journal fails it."""
         bound: dict[str, JournaledTool] = {}
         for name in sorted(tools_used(params)):
-            backend = self.tools.get(name)
-            if backend is None:
-                configured = ", ".join(sorted(self.tools)) or "none"
+            configured = self.tools.get(name)
+            if configured is None and not (mode == "strict" and journal.has_schema(name)):
+                listed = ", ".join(sorted(self.tools)) or "none"
                 raise InvalidInput(
-                    f"tool {name!r} is not configured here (configured: {configured})",
+                    f"tool {name!r} is not configured here (configured: {listed})",
                     field="strategy",
                 )
+            backend = None if mode == "strict" else configured
+            description, parameters = await _tool_schema(name, backend, configured, journal, tracer)
             bound[name] = JournaledTool(
                 name,
-                None if mode == "strict" else backend,
-                description=backend.description,
-                parameters=backend.parameters,
+                backend,
+                description=description,
+                parameters=parameters,
                 journal=journal,
                 budget=budget,
                 tracer=tracer,
@@ -501,6 +503,31 @@ def is_infrastructure_error(exc: BaseException) -> bool:
             return True
         current = current.__cause__ or current.__context__
     return False
+
+
+async def _tool_schema(
+    name: str,
+    backend: ToolBackend | None,
+    configured: ToolBackend | None,
+    journal: Journal,
+    tracer: Tracer,
+) -> tuple[str, dict[str, Any]]:
+    """What a model is shown of a tool. A server's tool (MCP) is described by the server:
+    asked once per job (``prepare``) and journaled, so a replay, which asks no server,
+    shows the model the same function and its calls keep their journal keys."""
+    recorded = journal.schema(name)
+    if recorded is not None:
+        return recorded
+    assert configured is not None  # _bind_tools checked
+    prepare = getattr(backend, "prepare", None)
+    if prepare is None:
+        return configured.description, configured.parameters
+    await prepare()
+    entry = journal.new_schema_entry(name, configured.description, configured.parameters)
+    done = tracer.writer.submit([entry], wait=True)
+    assert done is not None
+    await done
+    return configured.description, configured.parameters
 
 
 def usage_summary(budget: JobBudget, journal: Journal, wall_s: float) -> dict[str, Any]:

@@ -23,23 +23,34 @@ vote: call or answer, then which functions, then their canonical arguments. Free
 has no key to count beyond exact matches: when the samples differ, Universal
 Self-Consistency (Chen et al., 2023) asks the same role, greedily, which response is
 most consistent with the others, and the trace records its pick and its words.
+
+Executed voting (``executor``: a configured tool such as ``python``): each sample is a
+program (the Program-of-Thoughts prompt) that the tool runs, and a sample votes for the
+number its run printed — the repeated-sampling-plus-execution recipe of Brown et al.,
+*Large Language Monkeys* (2024). A run that fails or prints no number abstains rather
+than voting for a guess: as *FLaws* shows, an imperfect check that must always answer
+caps accuracy. Each abstention is in the trace (``sample`` with
+``abstained``). Numbers only.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from math import comb
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from strategies.protocol import (
     AnswerKind,
     BudgetExhausted,
+    Choice,
     Context,
     ModelRequest,
     StrategyResult,
     role_field,
+    tool_field,
 )
 from strategies.shared.answer_kinds import (
     Answers,
@@ -49,6 +60,7 @@ from strategies.shared.answer_kinds import (
     usc_messages,
     vote_tool_calls,
 )
+from strategies.shared.programs import PROGRAM_SYSTEM, answer_of, program_of
 from strategies.shared.prompts import solve_messages
 
 ANSWER_KINDS: tuple[AnswerKind, ...] = ("number", "json", "tool_calls", "text")
@@ -74,6 +86,11 @@ class Params(BaseModel):
         default=0.95, gt=0.5, lt=1.0, description="Beta stopping threshold (adaptive)."
     )
     system: str | None = Field(default=None, description="Replaces the default system prompt.")
+    executor: str | None = tool_field(
+        default=None,
+        description="A tool that runs each sample as a program; samples vote with what "
+        "their run printed, a failed run abstains (numbers only).",
+    )
 
 
 def leader_share_confidence(leader: int, runner_up: int) -> float:
@@ -112,11 +129,16 @@ def stop_reason(
 
 async def run(problem: str, ctx: Context, params: Params) -> StrategyResult:
     model = ctx.models[params.role]
-    messages = solve_messages(problem, params.system, ctx.conversation)
     answers = Answers.of(ctx.conversation)
+    if params.executor is not None and answers.kind != "number":
+        ctx.trace("refused", reason=f"executed voting answers numbers, not {answers.kind}")
+        return StrategyResult(answer=None, details={"error": "executor needs number answers"})
+    system = params.system or (PROGRAM_SYSTEM if params.executor else None)
+    messages = solve_messages(problem, system, ctx.conversation)
     votes: Counter[str] = Counter()
     first_seen: dict[str, int] = {}
     responses: list[Response] = []
+    keys: list[str | None] = []
     drawn = 0
     exhausted = False
     reason: str | None = None
@@ -139,13 +161,13 @@ async def run(problem: str, ctx: Context, params: Params) -> StrategyResult:
             exhausted = True
             ctx.trace("budget_exhausted", what=exc.what, samples=drawn)
             break
-        for choice in generation.choices:
+        batch_keys = await _keys(ctx, params, answers, generation.choices)
+        for choice, (key, extra) in zip(generation.choices, batch_keys, strict=True):
             response = response_of(choice)
-            key = answers.key(response)
-            extra = {} if key is not None else {"problem": answers.problem(response)}
             ctx.trace("sample", index=drawn, answer=key, finish_reason=choice.finish_reason,
                       **extra)  # fmt: skip
             responses.append(response)
+            keys.append(key)
             if key is not None:
                 votes[key] += 1
                 first_seen.setdefault(key, drawn)
@@ -157,9 +179,12 @@ async def run(problem: str, ctx: Context, params: Params) -> StrategyResult:
 
     order = ranked(votes, first_seen)
     stopped = reason or ("budget_exhausted" if exhausted else "n_reached")
-    winner = await _winner(problem, ctx, params, answers, responses, order, exhausted)
+    winner = await _winner(problem, ctx, params, answers, responses, keys, order, exhausted)
     chosen = responses[winner] if winner is not None else None
-    answer = answers.answer(chosen) if chosen is not None else None
+    answer = None
+    if winner is not None and chosen is not None:
+        # An executed sample's answer is what its run printed, not what its text says.
+        answer = keys[winner] if params.executor else answers.answer(chosen)
     ctx.trace("vote", votes=dict(order), answer=answer, samples=drawn, stopped=stopped)
     return StrategyResult(
         answer=answer,
@@ -177,6 +202,7 @@ async def _winner(
     params: Params,
     answers: Answers,
     responses: list[Response],
+    keys: list[str | None],
     order: list[tuple[str, int]],
     exhausted: bool,
 ) -> int | None:
@@ -187,7 +213,6 @@ async def _winner(
         verdict = vote_tool_calls(responses)
         ctx.trace("tool_call_vote", **verdict.trace())
         return verdict.index
-    keys = [answers.key(r) for r in responses]
     leader = keys.index(order[0][0])
     if answers.kind != "text" or len(order) == 1 or exhausted:
         return leader
@@ -220,3 +245,28 @@ async def _usc_pick(
     index = voters[picked] if picked is not None else fallback
     ctx.trace("usc_choice", index=index, named=picked, said=said.strip()[:500])
     return index
+
+
+async def _keys(
+    ctx: Context, params: Params, answers: Answers, choices: list[Choice]
+) -> list[tuple[str | None, dict[str, Any]]]:
+    """What each sample votes for, and what the trace says of it. With an executor, the
+    batch's programs run concurrently (their journal keys taken in sample order)."""
+    if params.executor is None:
+        out: list[tuple[str | None, dict[str, Any]]] = []
+        for choice in choices:
+            response = response_of(choice)
+            key = answers.key(response)
+            out.append((key, {} if key is not None else {"problem": answers.problem(response)}))
+        return out
+    tool = ctx.tools[params.executor]
+    runs = await asyncio.gather(*(tool.call({"code": program_of(c.text)}) for c in choices))
+    keyed: list[tuple[str | None, dict[str, Any]]] = []
+    for run in runs:
+        printed = answer_of(run.output) if run.ok else None
+        if printed is None:
+            why = (run.error or "printed no number")[-200:]
+            keyed.append((None, {"abstained": why}))
+        else:
+            keyed.append((printed, {"executed": True}))
+    return keyed

@@ -16,7 +16,6 @@ up to ``max_tokens``, and as many sandboxed runs.
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -31,20 +30,14 @@ from strategies.protocol import (
     role_field,
     tool_field,
 )
-from strategies.shared.answers import extract_answer
+from strategies.shared.programs import PROGRAM_SYSTEM, answer_of, program_of
 from strategies.shared.prompts import solve_messages
 
-PROGRAM_SYSTEM = (
-    "Solve the problem by writing a short Python 3 program that computes the answer and "
-    "prints it as the last line, a bare number. Use only the standard library. Reply with "
-    "the whole program in one ```python block and nothing else."
-)
 REPAIR = (
     "Running your program gave this error:\n{error}\n\nWrite the corrected whole program, "
     "in one ```python block. It must print the answer as a bare number on its last line."
 )
 EMPTY = "Your program printed nothing. It must print the answer as a bare number."
-_BLOCK = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)(?:```|\Z)", re.S | re.I)
 
 
 class Params(BaseModel):
@@ -61,18 +54,6 @@ class Params(BaseModel):
         default=1, ge=0, le=4, description="Corrections asked for after a failed run."
     )
     system: str | None = Field(default=None, description="Replaces the default instruction.")
-
-
-def program_of(text: str) -> str:
-    """The program in a reply: its first fenced block, or the whole reply when unfenced."""
-    found = _BLOCK.search(text)
-    return (found.group(1) if found else text).strip()
-
-
-def answer_of(output: str) -> str | None:
-    """The answer a program printed: the number on its last non-empty line (or in it)."""
-    lines = [line for line in output.splitlines() if line.strip()]
-    return extract_answer(lines[-1]) if lines else None
 
 
 async def run(problem: str, ctx: Context, params: Params) -> StrategyResult:

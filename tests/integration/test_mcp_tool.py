@@ -297,6 +297,11 @@ class McpProbeParams(BaseModel):
 
 async def mcp_probe(problem: str, ctx: Context, params: McpProbeParams) -> StrategyResult:
     tool = ctx.tools[params.tool]
+    # What a model would be offered: the server's own description and schema, also in a
+    # strict replay that asks no server (the job's journal recorded them).
+    function = tool.as_function()["function"]
+    ctx.trace("offered", description=function["description"],
+              arguments=sorted(function["parameters"].get("properties", {})))  # fmt: skip
     first = await tool.call({"a": 2, "b": 3})
     second = await tool.call({"a": int(first.output), "b": 10})
     ctx.trace("added", first=first.output, second=second.output)
@@ -335,4 +340,8 @@ async def test_a_job_calls_the_tool_through_the_journal_and_replays_without_it(
         assert [(c["journal"], c["output"]) for c in calls] == [("miss", "5"), ("miss", "15")]
         hits = [s.attributes for s in replayed if s.kind == "tool_call"]
         assert [(c["journal"], c["output"]) for c in hits] == [("hit", "5"), ("hit", "15")]
+        for spans in (live, replayed):
+            (offered,) = [s.attributes for s in spans if s.name == "offered"]
+            assert offered["description"] == "Add two integers."
+            assert offered["arguments"] == ["a", "b"]
     assert len(events(log, "start")) == 1  # one server for the job; none for the replay

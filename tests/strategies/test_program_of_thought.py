@@ -112,3 +112,32 @@ async def test_an_unconfigured_executor_is_refused_before_the_job_is_written(
         )
     assert refused.value.field == "strategy.executor"
     assert "'shell' is not configured" in refused.value.message
+
+
+async def test_self_consistency_votes_on_what_executed_programs_printed(
+    rt: Runtime, simulator: Simulator
+) -> None:
+    # Four programs: two print 48, one prints 47, one crashes (it abstains, not votes).
+    simulator.set_config(
+        script(
+            Rule(
+                match="muffins",
+                replies=[
+                    GOOD,
+                    "```python\nprint(12 + 35)\n```",
+                    BROKEN,
+                    "```python\nprint(4 * 12)\n```",
+                ],
+            )
+        )
+    )
+    job = await solve(rt, {"kind": "self_consistency", "n": 4, "executor": "python"},
+                      question=QUESTION)  # fmt: skip
+    assert job.answer == "48" and job.result["votes"] == {"48": 2, "47": 1}
+    samples = job.events_named("sample")
+    assert [s.get("executed") for s in samples] == [True, True, None, True]
+    assert "NameError" in samples[2]["abstained"]
+    assert len(tool_calls(job)) == 4
+    strict = await replay(rt, job.job_id)
+    assert strict.result["votes"] == job.result["votes"]
+    assert (strict.outcome.usage or {})["tool_executions"] == 0
