@@ -38,7 +38,8 @@ from langchain_openai import ChatOpenAI
 from openai import AsyncOpenAI, OpenAI
 from pydantic import BaseModel, SecretStr
 
-from app.api.executor import InProcessExecutor
+from app.api.executor import CeleryExecutor, InProcessExecutor, JobExecutor
+from app.api.interactive import LaneExecutor
 from app.api.main import create_app
 from app.api.settings import ApiSettings
 from core.simulator import Rule, ScriptedToolCall, Simulator, SimulatorConfig
@@ -100,12 +101,27 @@ class Distance(BaseModel):
     unit: str
 
 
+def _broker_down(job_id: str, **_: Any) -> None:
+    raise ConnectionError("no broker in this test")
+
+
 @pytest.fixture
-def base_url(simulator: Simulator, sqlite_database_url: str, tmp_path: Path) -> Iterator[str]:
+def executor(request: pytest.FixtureRequest) -> JobExecutor:
+    """The in-process executor; ``lane`` (parametrized indirectly) runs jobs in the API's
+    interactive lane, as ``ponder serve`` does, where ``direct`` streams its tokens."""
+    if getattr(request, "param", "in_process") == "lane":
+        return LaneExecutor(CeleryExecutor(enqueue=_broker_down), max_jobs=2)
+    return InProcessExecutor()
+
+
+@pytest.fixture
+def base_url(
+    simulator: Simulator, sqlite_database_url: str, tmp_path: Path, executor: JobExecutor
+) -> Iterator[str]:
     """The OpenAI face's base URL (``.../v1``) of a real API server on the simulator."""
     settings = simulator_settings(simulator.url, sqlite_database_url, tmp_path)
     api = ApiSettings(_env_file=None, sse_poll_min_s=0.02, sse_poll_max_s=0.1)  # type: ignore[call-arg]
-    app = create_app(settings, executor=InProcessExecutor(), api_settings=api)
+    app = create_app(settings, executor=executor, api_settings=api)
     with ApiServer(app) as server:
         yield f"{server.url}/v1"
 
@@ -153,7 +169,10 @@ async def test_openai_async_client_calls_a_tool_and_parses_structured_output(
     assert parsed.choices[0].message.parsed == Distance(answer=5, unit="km")
 
 
-def test_openai_stream_assembles_the_answer(base_url: str, simulator: Simulator) -> None:
+@pytest.mark.parametrize("executor", ["in_process", "lane"], indirect=True)
+def test_openai_stream_assembles_the_answer(
+    base_url: str, simulator: Simulator, executor: JobExecutor
+) -> None:
     answer = "Seventeen times three is 51. The answer is 51."
     simulator.set_config(
         script(Rule(match=r"user: My number is 17\..*user: Times 3\?", replies=[answer]))
@@ -170,8 +189,10 @@ def test_openai_stream_assembles_the_answer(base_url: str, simulator: Simulator)
             stream_options={"include_usage": True},
         )
         chunks = list(stream)
-    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert content == answer
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices]
+    assert "".join(p or "" for p in pieces) == answer
+    if isinstance(executor, LaneExecutor):  # token by token, as the simulator made them
+        assert [p for p in pieces if p][:3] == ["Seventeen", " times", " three"]
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
     assert finishes[-1] == "stop"
     usage = chunks[-1].usage
