@@ -25,6 +25,15 @@ As implemented:
    candidates never beat a scored one. When no candidate is scored the answer is the
    majority vote of all candidates.
 
+Execution check (``execution_check``: a configured tool such as ``python``): before the
+generative verifier, ``verifier_role`` writes one program that computes the answer on its
+own (the Program-of-Thoughts prompt) and the tool runs it. When it prints a number, a
+candidate whose answer equals it scores 1 and any other scores 0 (source ``execution``),
+and no generative judgement is paid for. When the program fails or prints no number the
+check abstains (traced as ``execution_check`` with ``abstained``) and the generative
+verifier scores as usual: an imperfect check that had to answer would cap accuracy
+(*FLaws*), so it may say nothing.
+
 Anytime: when the budget runs out during generation, the candidates obtained are
 verified as far as the budget allows; when it runs out during verification, the best
 verified candidate wins (or, with none verified, the majority of the candidates). Either
@@ -48,7 +57,14 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from strategies.compose import ChildSpec
-from strategies.protocol import BudgetExhausted, Context, StrategyResult, role_field
+from strategies.protocol import (
+    BudgetExhausted,
+    Context,
+    ModelRequest,
+    StrategyResult,
+    role_field,
+    tool_field,
+)
 from strategies.shared.candidates import (
     Candidate,
     Candidates,
@@ -58,6 +74,7 @@ from strategies.shared.candidates import (
     pick,
     settle,
 )
+from strategies.shared.programs import PROGRAM_SYSTEM, answer_of, program_of
 from strategies.shared.prompts import solve_messages
 from strategies.shared.verification import Verdict, judge, verify_messages
 
@@ -90,6 +107,30 @@ class Params(BaseModel):
         default=4, ge=1, le=64, description="Tokens per judgement (the verdict comes first)."
     )
     system: str | None = Field(default=None, description="Replaces the default system prompt.")
+    execution_check: str | None = tool_field(
+        default=None,
+        description="A tool that runs the verifier's own program for the answer: "
+        "agreement scores 1, disagreement 0; a failed run abstains (generative verdicts).",
+    )
+    check_tokens: int = Field(default=512, ge=1, le=32768, description="Per check program.")
+
+
+async def execution_check(
+    problem: str, ctx: Context, params: Params, tool: str
+) -> tuple[str | None, str | None]:
+    """The answer the verifier's program printed (None: abstained) and why it abstained."""
+    request = ModelRequest(
+        messages=solve_messages(problem, PROGRAM_SYSTEM, ctx.conversation),
+        max_tokens=params.check_tokens,
+        temperature=0.0,
+        seed=ctx.rng.randrange(2**31),
+    )
+    generation = await ctx.models[params.verifier_role].generate(request)
+    run = await ctx.tools[tool].call({"code": program_of(generation.choices[0].text)})
+    printed = answer_of(run.output) if run.ok else None
+    if printed is None:
+        return None, (run.error or "printed no number")[-200:]
+    return printed, None
 
 
 async def verify(
@@ -192,12 +233,27 @@ async def run(problem: str, ctx: Context, params: Params) -> StrategyResult:
     exhausted = found.exhausted
     if exhausted:
         ctx.trace("budget_exhausted", phase="generate", what=exhausted)
-    async with ctx.span("verify", candidates=len(found.items)):
-        verdicts, ran_out = await verify(problem, ctx, params, found.items)
-    if ran_out and not exhausted:
-        exhausted = ran_out
-        ctx.trace("budget_exhausted", phase="verify", what=ran_out)
-    scores = [v.score if v is not None else None for v in verdicts]
+    checked: str | None = None
+    if params.execution_check is not None and not exhausted:
+        try:
+            checked, abstained = await execution_check(problem, ctx, params, params.execution_check)
+        except BudgetExhausted as exc:
+            checked, abstained = None, f"budget exhausted: {exc.what}"
+        ctx.trace("execution_check", answer=checked,
+                  **({"abstained": abstained} if abstained else {}))  # fmt: skip
+    if checked is not None:
+        scores: list[float | None] = [
+            None if c.answer is None else 1.0 if c.answer == checked else 0.0 for c in found.items
+        ]
+        for c, score in zip(found.items, scores, strict=True):
+            ctx.trace("score", index=c.index, answer=c.answer, score=score, source="execution")
+    else:
+        async with ctx.span("verify", candidates=len(found.items)):
+            verdicts, ran_out = await verify(problem, ctx, params, found.items)
+        if ran_out and not exhausted:
+            exhausted = ran_out
+            ctx.trace("budget_exhausted", phase="verify", what=ran_out)
+        scores = [v.score if v is not None else None for v in verdicts]
     chosen = pick(found.items, scores, params.aggregate)
     trace_pick(ctx, chosen, params.aggregate)
     return result_of(found, chosen, scores, exhausted is not None)

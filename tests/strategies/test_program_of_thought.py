@@ -141,3 +141,42 @@ async def test_self_consistency_votes_on_what_executed_programs_printed(
     strict = await replay(rt, job.job_id)
     assert strict.result["votes"] == job.result["votes"]
     assert (strict.outcome.usage or {})["tool_executions"] == 0
+
+
+async def test_best_of_n_scores_candidates_by_the_verifiers_executed_program(
+    rt: Runtime, simulator: Simulator
+) -> None:
+    candidates = Rule(
+        match="muffins", model="sim-small",
+        replies=["12 + 35 = 47. The answer is 47.", "The answer is 48.", "The answer is 47."],
+    )  # fmt: skip
+    check = Rule(match="prints it as the last line", model="sim-large", replies=[GOOD])
+    simulator.set_config(script(check, candidates))
+    spec = {"kind": "best_of_n", "n": 3, "execution_check": "python"}
+    job = await solve(rt, spec, question=QUESTION)
+    # The program printed 48: the one candidate saying 48 wins against the majority's 47,
+    # and no generative judgement was paid for.
+    assert job.answer == "48"
+    (checked,) = job.events_named("execution_check")
+    assert checked == {"answer": "48"}
+    scores = job.events_named("score")
+    assert [(s["answer"], s["score"], s["source"]) for s in scores] == [
+        ("47", 0.0, "execution"), ("48", 1.0, "execution"), ("47", 0.0, "execution"),
+    ]  # fmt: skip
+    assert job.calls_to("large") == 1  # the check program only
+
+
+async def test_a_failed_check_abstains_and_the_generative_verifier_decides(
+    rt: Runtime, simulator: Simulator
+) -> None:
+    candidates = Rule(match="muffins", model="sim-small", replies=["The answer is 48."])
+    check = Rule(match="prints it as the last line", model="sim-large", replies=[BROKEN])
+    verdict = Rule(match="Is the proposed solution correct", model="sim-large", replies=["Yes"])
+    simulator.set_config(script(check, verdict, candidates))
+    spec = {"kind": "best_of_n", "n": 2, "execution_check": "python"}
+    job = await solve(rt, spec, question=QUESTION)
+    assert job.answer == "48"
+    (checked,) = job.events_named("execution_check")
+    assert checked["answer"] is None and "NameError" in checked["abstained"]
+    sources = {s["source"] for s in job.events_named("score")}
+    assert sources and "execution" not in sources
