@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from app.api.services import traces
 from core.errors import InvalidInput
 from core.jobs import create_replay, submit_job
 from core.runtime import Runtime
@@ -180,3 +181,22 @@ async def test_a_failed_check_abstains_and_the_generative_verifier_decides(
     assert checked["answer"] is None and "NameError" in checked["abstained"]
     sources = {s["source"] for s in job.events_named("score")}
     assert sources and "execution" not in sources
+
+
+async def test_the_diff_of_a_what_if_fork_points_at_the_overridden_tool_result(
+    rt: Runtime, simulator: Simulator
+) -> None:
+    simulator.set_config(script(Rule(match="muffins", replies=[GOOD])))
+    parent = await solve(rt, SPEC, question=QUESTION)
+    child_id = await create_replay(
+        rt.sessions, rt.pools, parent.job_id, mode="live", tool_result={"seq": 2, "output": "50\n"}
+    )
+    await rt.runner.run(child_id)
+    async with rt.sessions() as session:
+        diff = await traces.diff(session, "default", parent.job_id, child_id)
+    assert diff.answers == ("48", "50")
+    first = diff.first_divergence
+    assert first is not None and (first.index, first.reason) == (1, "response")
+    assert first.a is not None and first.a.role == "tool:python" and first.a.texts == ["48\n", ""]
+    assert first.b is not None and first.b.texts == ["50\n", ""]
+    assert diff.deltas.live_calls == -1  # the program came from the journal

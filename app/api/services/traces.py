@@ -23,7 +23,8 @@ from app.api.schemas import (
 from app.api.services.jobs import get_job
 from core.db import repo
 from core.db.models import Job, ModelCall, Span
-from core.events import ModelCallEvent, event_from_span, public_endpoint
+from core.events import ModelCallEvent, ToolCallEvent, event_from_span, public_endpoint
+from core.journal import TOOL_ROLE_PREFIX
 
 
 def journal_summary(calls: Sequence[ModelCall]) -> JournalSummary:
@@ -68,29 +69,43 @@ async def trace(session: AsyncSession, tenant: str, job_id: str) -> TraceOut:
 
 @dataclass
 class _Call:
-    """One model call a job made, in issue order: its span joined to its journal row."""
+    """One model or tool call a job made, in issue order: its span joined to its journal
+    row. A tool call reads as role ``tool:<name>``, no tokens, and its output as text."""
 
-    event: ModelCallEvent
+    event: ModelCallEvent | ToolCallEvent
     entry: ModelCall | None
 
     @property
+    def role(self) -> str | None:
+        if isinstance(self.event, ToolCallEvent):
+            return f"{TOOL_ROLE_PREFIX}{self.event.tool}"
+        return self.event.role
+
+    @property
+    def model(self) -> str | None:
+        return self.event.model if isinstance(self.event, ModelCallEvent) else None
+
+    @property
     def identity(self) -> tuple[str | None, str | None]:
-        return (self.event.role, self.entry.key if self.entry else self.event.key)
+        return (self.role, self.entry.key if self.entry else self.event.key)
+
+    def tokens(self) -> tuple[int, int, float]:
+        if isinstance(self.event, ToolCallEvent):
+            return 0, 0, 0.0
+        return self.event.prompt_tokens, self.event.completion_tokens, self.event.cost
 
     def side(self) -> CallSide:
-        texts = None
-        if self.entry is not None:
-            texts = [str(c.get("text", "")) for c in self.entry.response.get("choices", [])]
+        prompt, completion, cost = self.tokens()
         return CallSide(
-            role=self.event.role,
-            model=self.event.model,
+            role=self.role,
+            model=self.model,
             key=self.entry.key if self.entry else self.event.key,
             journal=self.event.journal,
-            prompt_tokens=self.event.prompt_tokens,
-            completion_tokens=self.event.completion_tokens,
-            cost=self.event.cost,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cost=cost,
             latency_ms=self.event.duration_ms,
-            texts=texts,
+            texts=_texts(self),
         )
 
 
@@ -101,10 +116,10 @@ def _calls(spans: Sequence[Span], entries: Sequence[ModelCall]) -> list[_Call]:
     seen: Counter[str] = Counter()
     out = []
     for span in spans:
-        if span.kind != "model_call":
+        if span.kind not in ("model_call", "tool_call"):
             continue
         event = event_from_span(span)
-        assert isinstance(event, ModelCallEvent)
+        assert isinstance(event, ModelCallEvent | ToolCallEvent)
         short = event.key or ""
         entry = by_key.get((short, seen[short]))
         seen[short] += 1
@@ -126,7 +141,15 @@ def _request_differences(a: ModelCall | None, b: ModelCall | None) -> list[str]:
 def _texts(call: _Call) -> list[str] | None:
     if call.entry is None:
         return None
-    return [str(c.get("text", "")) for c in call.entry.response.get("choices", [])]
+    response = call.entry.response
+    if isinstance(call.event, ToolCallEvent):
+        # What the tool returned is what a strategy read: its output, or its error.
+        return [str(response.get("output") or ""), str(response.get("error") or "")]
+    return [str(c.get("text", "")) for c in response.get("choices", [])]
+
+
+def _live_model_calls(calls: list[_Call]) -> int:
+    return sum(isinstance(c.event, ModelCallEvent) and c.event.journal == "miss" for c in calls)
 
 
 def _sum_latency(calls: list[_Call]) -> float:
@@ -166,7 +189,7 @@ async def diff(session: AsyncSession, tenant: str, a_id: str, b_id: str) -> Diff
                     b=cb.side() if cb else None,
                 )
             continue
-        same_request = ca.identity == cb.identity and ca.event.model == cb.event.model
+        same_request = ca.identity == cb.identity and ca.model == cb.model
         ta, tb = _texts(ca), _texts(cb)
         same_response = None if ta is None or tb is None else ta == tb
         comparisons.append(
@@ -174,7 +197,7 @@ async def diff(session: AsyncSession, tenant: str, a_id: str, b_id: str) -> Diff
                 index=index,
                 same_request=same_request,
                 same_response=same_response,
-                completion_tokens_delta=cb.event.completion_tokens - ca.event.completion_tokens,
+                completion_tokens_delta=cb.tokens()[1] - ca.tokens()[1],
                 latency_ms_delta=(
                     None
                     if ca.event.duration_ms is None or cb.event.duration_ms is None
@@ -203,13 +226,13 @@ async def diff(session: AsyncSession, tenant: str, a_id: str, b_id: str) -> Diff
         first_divergence=first,
         deltas=Deltas(
             calls=len(calls_b) - len(calls_a),
-            live_calls=sum(c.event.journal == "miss" for c in calls_b)
-            - sum(c.event.journal == "miss" for c in calls_a),
-            prompt_tokens=sum(c.event.prompt_tokens for c in calls_b)
-            - sum(c.event.prompt_tokens for c in calls_a),
-            completion_tokens=sum(c.event.completion_tokens for c in calls_b)
-            - sum(c.event.completion_tokens for c in calls_a),
-            cost=round(sum(c.event.cost for c in calls_b) - sum(c.event.cost for c in calls_a), 8),
+            live_calls=_live_model_calls(calls_b) - _live_model_calls(calls_a),
+            prompt_tokens=sum(c.tokens()[0] for c in calls_b) - sum(c.tokens()[0] for c in calls_a),
+            completion_tokens=sum(c.tokens()[1] for c in calls_b)
+            - sum(c.tokens()[1] for c in calls_a),
+            cost=round(
+                sum(c.tokens()[2] for c in calls_b) - sum(c.tokens()[2] for c in calls_a), 8
+            ),
             call_latency_ms=round(_sum_latency(calls_b) - _sum_latency(calls_a), 3),
             wall_s=None if wall_a is None or wall_b is None else round(wall_b - wall_a, 3),
         ),
