@@ -25,6 +25,7 @@ from evals import console
 from evals.arms import Arm, parse_arms
 from evals.backends import Backend, LocalBackend, RestBackend
 from evals.dataset import Dataset, load_dataset
+from evals.experiments import ExperimentStore, LocalStore, RestStore
 from evals.results import EvalRun, load_results
 from evals.runs import Options, evaluate, replay, replay_plan
 from ponder_client import AsyncPonderClient
@@ -67,8 +68,9 @@ def _load(args: argparse.Namespace) -> Dataset | None:
 @asynccontextmanager
 async def _backend(
     args: argparse.Namespace, settings: Settings, arms: list[Arm]
-) -> AsyncIterator[tuple[Backend, str]]:
-    """The backend, checked: pools answer (in-process) or the server does (``--url``)."""
+) -> AsyncIterator[tuple[Backend, ExperimentStore, str]]:
+    """The backend, checked: pools answer (in-process) or the server does (``--url``);
+    and where the run is stored as an experiment (the same database or server)."""
     if args.url:
         timeout = httpx.Timeout(60.0, connect=5.0)
         # No --api-key: the client reads PONDER_API_KEY.
@@ -81,7 +83,7 @@ async def _backend(
                     f"the server at {args.url} has no strategy {', '.join(unknown)}",
                     field="strategy.kind",
                 )
-            yield rest, args.url
+            yield rest, RestStore(client), args.url
         return
     roles: set[str] = set()
     for arm in arms:
@@ -91,7 +93,8 @@ async def _backend(
         for arm in arms:  # a role without a pool is bad input, before any job is written
             resolve_roles(validate_spec(arm.params), rt.pools)
         pools = ", ".join(f"{r}={p.settings.model}" for r, p in sorted(rt.pools.items()))
-        yield LocalBackend(rt), f"in-process (pools: {pools or 'none: journals only'})"
+        described = f"in-process (pools: {pools or 'none: journals only'})"
+        yield LocalBackend(rt), LocalStore(rt.sessions), described
 
 
 def _options(args: argparse.Namespace, settings: Settings, name: str, backend: str) -> Options:
@@ -128,18 +131,24 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     arms = parse_arms(args.strategy)
     name = args.name or f"{dataset.path.stem}-{_stamp()}"
-    async with _backend(args, settings, arms) as (backend, described):
+    async with _backend(args, settings, arms) as (backend, store, described):
         options = _options(args, settings, name, described)
         progress = console.BarProgress()
         try:
             with progress:
-                result = await evaluate(backend, dataset, arms, options, progress)
+                result = await evaluate(backend, dataset, arms, options, progress, store)
         except asyncio.CancelledError:
             return _interrupted(options.out)
     return _finish(result, options.out)
 
 
+def _is_results_file(replay: str) -> bool:
+    return replay.endswith(".json") or "/" in replay or Path(replay).is_file()
+
+
 async def _replay(args: argparse.Namespace, settings: Settings) -> int:
+    if not _is_results_file(args.replay):
+        return await _replay_experiment(args, settings)
     source = Path(args.replay)
     previous = load_results(source)
     arms, changes, _ = replay_plan(previous, args.param)  # validates -p before any job
@@ -150,12 +159,36 @@ async def _replay(args: argparse.Namespace, settings: Settings) -> int:
     ]
     name = args.name or f"{previous.get('name', source.parent.name)}-replay-{_stamp()}"
     # A strict replay needs no model at all: only the arms with changes start pools.
-    async with _backend(args, settings, live_arms) as (backend, described):
+    async with _backend(args, settings, live_arms) as (backend, store, described):
         options = _options(args, settings, name, described)
         progress = console.BarProgress()
         try:
             with progress:
-                result = await replay(backend, previous, source, args.param, options, progress)
+                result = await replay(
+                    backend, previous, source, args.param, options, progress, store
+                )
+        except asyncio.CancelledError:
+            return _interrupted(options.out)
+    return _finish(result, options.out)
+
+
+async def _replay_experiment(args: argparse.Namespace, settings: Settings) -> int:
+    """``--replay EXPERIMENT_ID``: every job replayed strictly, with the what-if ``-p``
+    changes: zero model calls, and no pool is started. A row whose what-if needs a call
+    the journal lacks fails, and is counted and listed as failed."""
+    async with _backend(args, settings, []) as (backend, store, described):
+        previous = await store.load(args.replay)
+        replay_plan(previous, args.param)  # validates -p before any job
+        name = args.name or f"{previous['name']}-replay-{_stamp()}"
+        options = _options(args, settings, name, described)
+        progress = console.BarProgress()
+        source = f"experiment {previous['experiment_id']}"
+        try:
+            with progress:
+                result = await replay(
+                    backend, previous, source, args.param, options, progress, store,
+                    what_if="strict",
+                )  # fmt: skip
         except asyncio.CancelledError:
             return _interrupted(options.out)
     return _finish(result, options.out)
@@ -169,4 +202,11 @@ def _interrupted(out: Path) -> int:
 def _finish(run: EvalRun, out: Path) -> int:
     console.print_table(run)
     console.note(f"report: {out / 'report.md'} · rows and job ids: {out / 'results.json'}")
+    if run.experiment_id:
+        failed = sum(r.status != "succeeded" for r in run.rows)
+        console.note(
+            f"experiment: {run.experiment_id} (GET /v1/experiments/{run.experiment_id}; "
+            f"dashboard #/experiments/{run.experiment_id})"
+            + (f" · {failed} row(s) failed, listed in the report" if failed else "")
+        )
     return 0

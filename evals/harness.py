@@ -46,6 +46,7 @@ def record_row(
     *,
     parent: Row | None = None,
     carry_latency: bool = False,
+    strict: bool = False,
 ) -> Row:
     usage = record.usage
     by_role: dict[str, Any] = usage.get("by_role", {})
@@ -69,7 +70,9 @@ def record_row(
         latency_s=parent.latency_s if (parent is not None and carry_latency) else wall,
         wall_s=wall if carry_latency else None,
         cost=round(record.cost, 10),
-        live_calls=int(usage.get("live_calls", 0)),
+        # A strict replay calls nothing: a journal miss it refused is counted by the
+        # runner's usage as a miss ("live_calls"), not as a call made.
+        live_calls=0 if strict else int(usage.get("live_calls", 0)),
         replayed_calls=int(usage.get("journal_hits", 0)),
         budget_exhausted=record.budget_exhausted,
         error=record.error,
@@ -174,12 +177,14 @@ async def replay_arm(
     overrides: dict[str, Any],
     concurrency: int,
     progress: Progress,
+    what_if: Literal["strict", "live"] = "live",
 ) -> None:
-    """Replay one strategy's jobs: strict without ``overrides``, else live what-ifs.
+    """Replay one strategy's jobs: strict without ``overrides``, else what-ifs in mode
+    ``what_if`` (strict: a call the journal lacks fails the row, nothing is called).
 
     A parent row without a job (it could not be created) is carried over unchanged.
     """
-    mode: Literal["strict", "live"] = "live" if overrides else "strict"
+    mode: Literal["strict", "live"] = what_if if overrides else "strict"
     progress.start(label, len(parents))
 
     def work(parent: Row) -> Callable[[], Awaitable[None]]:
@@ -194,6 +199,7 @@ async def replay_arm(
                     row = record_row(
                         parent.problem_id, parent.problem_index, label, parent.expected,
                         record, parent=parent, carry_latency=mode == "strict",
+                        strict=mode == "strict",
                     )  # fmt: skip
             except Exception as exc:  # recorded in the row and the report, not swallowed
                 row = error_row(

@@ -56,8 +56,10 @@ def pareto_plot(summaries: list[Summary], axis: Axis, path: Path, title: str) ->
             y = summary.accuracy or 0.0
             low, high = summary.ci_low or 0.0, summary.ci_high or 0.0
             colour = "tab:blue" if i in front else "tab:gray"
+            # Clamped: at 0 of n, Wilson's lower end comes out ~1e-17 above 0.
+            yerr = [[max(0.0, y - low)], [max(0.0, high - y)]]
             ax.errorbar(
-                [x], [y], yerr=[[y - low], [high - y]], fmt="o", capsize=4, markersize=7,
+                [x], [y], yerr=yerr, fmt="o", capsize=4, markersize=7,
                 color=colour, markerfacecolor=colour if i in front else "white",
             )  # fmt: skip
             note = ax.annotate(

@@ -46,6 +46,8 @@ class Row:
     parent_job_id: str | None = None
     wall_s: float | None = None
     """This run's own wall time when ``latency_s`` is carried from the parent (strict replay)."""
+    difficulty: float | None = None
+    """A per-problem difficulty signal, when the eval records one (stored with the row)."""
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Row:
@@ -126,6 +128,8 @@ class EvalRun:
     original: list[Summary] | None = None
     """The replayed eval's summaries, for side-by-side comparison."""
     interrupted: bool = False
+    experiment_id: str | None = None
+    """The stored experiment (``/v1/experiments/{id}``), once the run is stored."""
 
     def rows_of(self, arm: Arm) -> list[Row]:
         ordered = sorted(self.rows, key=lambda r: r.problem_index)
@@ -143,6 +147,7 @@ class EvalRun:
         return {
             "format": FORMAT,
             "name": self.name,
+            "experiment_id": self.experiment_id,
             "created_at": self.created_at,
             "interrupted": self.interrupted,
             "problems": self.problems,

@@ -8,17 +8,19 @@ marked ``interrupted``) or on an unexpected error — before the exception goes 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from core.errors import InvalidInput
 from evals.arms import Arm, changed_label, split_overrides
 from evals.backends import Backend
 from evals.dataset import Dataset
+from evals.experiments import ExperimentStore
 from evals.harness import NoProgress, Progress, matched_budget, replay_arm, run_arm
 from evals.report import write_all, write_results
 from evals.results import EvalRun, Row, summary_from_json
@@ -42,15 +44,46 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-@contextmanager
-def _always_written(run: EvalRun, out: Path) -> Iterator[None]:
+class _Recorder:
+    """Stores a run as an experiment: created on the first ``flush``, then each flush
+    stores the rows not stored yet (a run without a store records nothing)."""
+
+    def __init__(
+        self,
+        store: ExperimentStore | None,
+        run: EvalRun,
+        parent_id: str | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> None:
+        self.store, self.run, self.parent_id, self.params = store, run, parent_id, params
+        self.stored: set[tuple[str, int]] = set()
+
+    async def flush(self, *, interrupted: bool = False) -> None:
+        if self.store is None:
+            return
+        if self.run.experiment_id is None:
+            self.run.experiment_id = await self.store.create(
+                self.run, parent_id=self.parent_id, params=self.params
+            )
+        rows = [r for r in self.run.rows if (r.strategy, r.problem_index) not in self.stored]
+        if rows or interrupted:
+            await self.store.save_rows(self.run.experiment_id, rows, interrupted=interrupted)
+        self.stored |= {(r.strategy, r.problem_index) for r in rows}
+
+
+@asynccontextmanager
+async def _always_written(run: EvalRun, out: Path, recorder: _Recorder) -> AsyncIterator[None]:
     """Every output is written however the run ends; an unfinished one says so."""
     try:
         yield
     except (asyncio.CancelledError, Exception):
         run.interrupted = True
         write_all(run, out)
+        # What finished is stored too; a failing store must not hide the first error.
+        with contextlib.suppress(Exception):
+            await recorder.flush(interrupted=True)
         raise
+    await recorder.flush()
     write_all(run, out)
 
 
@@ -60,8 +93,10 @@ async def evaluate(
     arms: Sequence[Arm],
     options: Options,
     progress: Progress | None = None,
+    store: ExperimentStore | None = None,
 ) -> EvalRun:
-    """Run every problem of ``dataset`` through every arm; write OUT/*; return the run."""
+    """Run every problem of ``dataset`` through every arm; write OUT/*; store the run as
+    an experiment in ``store`` (its id in ``run.experiment_id``); return the run."""
     progress = progress or NoProgress()
     problems = dataset.problems
     budget: dict[str, Any] = {}
@@ -84,15 +119,18 @@ async def evaluate(
         },
         bad_lines=[{"line": b.line, "reason": b.reason} for b in dataset.bad_lines],
     )
-    with _always_written(run, options.out):
+    recorder = _Recorder(store, run)
+    async with _always_written(run, options.out, recorder):
         if options.match_budget:
             budget = await _pilot(backend, run, problems[: options.pilot], options, progress)
+        await recorder.flush()  # the experiment exists (and shows) while it runs
         for arm in arms:
             await run_arm(
                 backend, arm, problems, run.rows, budget=budget, seed=options.seed,
                 concurrency=options.concurrency, progress=progress,
             )  # fmt: skip
             write_results(run, options.out)
+            await recorder.flush()
     return run
 
 
@@ -148,12 +186,16 @@ def replay_plan(
 async def replay(
     backend: Backend,
     previous: dict[str, Any],
-    source: Path,
+    source: Path | str,
     changes: Sequence[tuple[str, Any]],
     options: Options,
     progress: Progress | None = None,
+    store: ExperimentStore | None = None,
+    what_if: Literal["strict", "live"] = "live",
 ) -> EvalRun:
-    """Re-run an eval from its journals: strict per arm unless ``changes`` touch it."""
+    """Re-run an eval from its journals: strict per arm unless ``changes`` touch it; the
+    changed arms run in mode ``what_if``. Stored as an experiment whose parent is the
+    replayed one (``previous["experiment_id"]``), when known."""
     progress = progress or NoProgress()
     arms, per_arm, parents = replay_plan(previous, changes)
     missing = await backend.missing([r.job_id for r in parents if r.job_id is not None])
@@ -189,16 +231,21 @@ async def replay(
             "name": previous.get("name"),
             "results": str(source),
             "changes": per_arm,
-            "mode": {a.label: ("live" if per_arm.get(a.label) else "strict") for a in arms},
+            "experiment_id": previous.get("experiment_id"),
+            "mode": {a.label: (what_if if per_arm.get(a.label) else "strict") for a in arms},
         },
         original=[summary_from_json(s) for s in previous.get("summary", [])],
     )
-    with _always_written(run, options.out):
+    params = {"pairs": [[k, v] for k, v in changes], "by_arm": per_arm, "mode": what_if}
+    recorder = _Recorder(store, run, previous.get("experiment_id"), params if changes else None)
+    async with _always_written(run, options.out, recorder):
+        await recorder.flush()
         for arm, new_arm in zip(arms, new_arms, strict=True):
             await replay_arm(
                 backend, new_arm.label, [r for r in parents if r.strategy == arm.label],
                 run.rows, overrides=per_arm.get(arm.label, {}),
-                concurrency=options.concurrency, progress=progress,
+                concurrency=options.concurrency, progress=progress, what_if=what_if,
             )  # fmt: skip
             write_results(run, options.out)
+            await recorder.flush()
     return run

@@ -28,6 +28,7 @@ from app.api.limits import Limiter, enforce_rate
 from app.api.metrics import ApiMetrics, HttpMetricsMiddleware
 from app.api.openai_compat import router as openai_router
 from app.api.routes.catalog import router as catalog_router
+from app.api.routes.experiments import router as experiments_router
 from app.api.routes.jobs import router as jobs_router
 from app.api.routes.presets import router as presets_router
 from app.api.routes.system import router as system_router
@@ -126,7 +127,7 @@ def create_app(
     install_docs(app)
     rate = Depends(enforce_rate)
     strict_query = [Depends(refuse_unknown_query), rate]
-    for router in (jobs_router, traces_router, catalog_router, presets_router):
+    for router in (jobs_router, traces_router, catalog_router, presets_router, experiments_router):
         app.include_router(router, responses=V1_ERRORS, dependencies=strict_query)
     # OpenAI clients may add query parameters of their own (Azure's api-version): ignored.
     app.include_router(openai_router, responses=V1_ERRORS, dependencies=[rate])
