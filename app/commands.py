@@ -178,7 +178,12 @@ def eval_arguments(parser: argparse.ArgumentParser) -> None:
     ev.add_argument("--out", default=None, metavar="DIR", help="default: DATA_DIR/evals/NAME")
     ev.add_argument("--name", default=None)
     ev.add_argument("--on-bad-line", choices=["skip", "reject"], default="skip")
-    ev.add_argument("--replay", default=None, metavar="RESULTS.json")
+    ev.add_argument(
+        "--replay",
+        default=None,
+        metavar="RESULTS.json|EXPERIMENT_ID",
+        help="re-run an eval from its journals; an experiment id: strict, zero model calls",
+    )
     ev.add_argument("--param", "-p", action="append", type=_kv, default=[], metavar="K=V")
 
 
