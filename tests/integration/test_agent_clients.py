@@ -108,7 +108,7 @@ def _broker_down(job_id: str, **_: Any) -> None:
 @pytest.fixture
 def executor(request: pytest.FixtureRequest) -> JobExecutor:
     """The in-process executor; ``lane`` (parametrized indirectly) runs jobs in the API's
-    interactive lane, as ``ponder serve`` does, where ``direct`` streams its tokens."""
+    interactive lane (the API's default), where ``direct`` streams its tokens."""
     if getattr(request, "param", "in_process") == "lane":
         return LaneExecutor(CeleryExecutor(enqueue=_broker_down), max_jobs=2)
     return InProcessExecutor()
