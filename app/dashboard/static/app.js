@@ -2,9 +2,11 @@
 //   #/jobs[?status=&strategy=&since=&q=]   the job list
 //   #/jobs/<id>[?span=<span id>]           one job (a span selected)
 //   #/diff[/<a>/<b>]                       two jobs side by side
+//   #/experiments[/<id>]                   stored evals (experiments.js)
 
 import { getKey, setKey } from "./api.js";
 import { diffView } from "./diff.js";
+import { experimentsView, experimentView } from "./experiments.js";
 import { jobView } from "./job.js";
 import { jobsView } from "./jobs.js";
 
@@ -45,6 +47,9 @@ function route() {
   if (parts[0] === "jobs" && parts[1]) {
     document.title = `Job ${parts[1].slice(0, 8)} · Ponder`;
     dispose = jobView(main, parts[1], params, shell);
+  } else if (parts[0] === "experiments") {
+    document.title = parts[1] ? `Experiment ${parts[1].slice(0, 8)} · Ponder` : "Experiments · Ponder";
+    dispose = parts[1] ? experimentView(main, parts[1], params, shell) : experimentsView(main, params, shell);
   } else if (parts[0] === "diff") {
     document.title = "Diff · Ponder";
     dispose = diffView(main, parts[1], parts[2], shell);
