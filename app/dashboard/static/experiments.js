@@ -124,7 +124,7 @@ function summaryTable(arms) {
     h("tbody", {}, arms.map((a) => {
       const s = a.summary || {};
       return h("tr", { dataset: { arm: a.position } },
-        h("td", { class: "arm-label" }, h("i", { class: "swatch", dataset: { arm: a.position } }), a.label),
+        h("td", { class: "arm-label", text: a.label }),
         h("td", { class: "num", text: fmtInt(s.n) }),
         h("td", { class: "num", text: pct(s.accuracy) }),
         h("td", { class: "num", text: s.ci_low === null || s.ci_low === undefined ? "–" : `${pct(s.ci_low)} – ${pct(s.ci_high)}` }),
@@ -205,8 +205,9 @@ function pareto(arms, axisName) {
       svg("line", { class: "whisker", x1: p.px - 4, x2: p.px + 4, y1: Y(p.hi), y2: Y(p.hi) }),
       svg("line", { class: "whisker", x1: p.px - 4, x2: p.px + 4, y1: Y(p.lo), y2: Y(p.lo) }),
       svg("circle", { cx: p.px, cy: p.py, r: 5 }),
-      Math.abs(p.ly - p.py) > 1 ? svg("line", { class: "leader", x1: p.px + 6, y1: p.py, x2: L + pw + 6, y2: p.ly - 4 }) : null,
-      svg("text", { class: "point-label", x: Math.abs(p.ly - p.py) > 1 ? L + pw + 8 : p.px + 9, y: p.ly - 1 },
+      // A label pushed off its point goes to the right margin, with a leader line.
+      Math.abs(p.ly - p.py) > 8 ? svg("line", { class: "leader", x1: p.px + 6, y1: p.py, x2: L + pw + 6, y2: p.ly - 4 }) : null,
+      svg("text", { class: "point-label", x: Math.abs(p.ly - p.py) > 8 ? L + pw + 8 : p.px + 9, y: p.ly + 3 },
         p.arm.label.length > 34 ? `${p.arm.label.slice(0, 33)}…` : p.arm.label))));
 }
 
