@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import Connection, Engine, Executable, insert, update
 
@@ -91,8 +91,15 @@ class TraceRows:
         live.notify(conn, self.job_ids)
 
 
+TraceObserver = Callable[[list[Span | ModelCall], list[tuple[str, dict[str, Any]]]], None]
+"""Sees every trace write as it is submitted, on the job's loop; must not block or raise."""
+
+
 class TraceWriter:
     """Serialises one job's trace writes; commits them when a write is waited for."""
+
+    observer: ClassVar[TraceObserver | None] = None
+    """Set by ``core.telemetry`` while OpenTelemetry export is on."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -118,6 +125,8 @@ class TraceWriter:
         if self._failure is not None:
             raise RuntimeError("trace writer failed earlier") from self._failure
         write = _Write(rows or [], span_updates or [])
+        if TraceWriter.observer is not None:
+            TraceWriter.observer(write.rows, write.span_updates)
         if wait:
             write.done = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(write)

@@ -27,11 +27,13 @@ from celery.signals import (
     worker_shutdown,
 )
 
+from core import telemetry
 from core.errors import NotFound
 from core.logs import LogSettings, bind, configure_logging
 from core.runner import InfrastructureFailure, ReleasedLease, RunOutcome, is_infrastructure_error
 from workers.celery_app import TASK_RUN_JOB, app, current_settings, ensure_broker_dir
 from workers.runtime import shutdown_worker_runtime, worker_runtime
+from workers.telemetry import install as install_telemetry
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,14 @@ def _prepare_broker(**_: Any) -> None:
     ensure_broker_dir(current_settings())
 
 
+@worker_init.connect
+def _start_telemetry(**_: Any) -> None:
+    # OpenTelemetry export when OTEL_* asks (docs/observability.md). Prefork children
+    # inherit it: the batch processor restarts its export thread after a fork.
+    if telemetry.setup("ponder-worker") is not None:
+        install_telemetry()
+
+
 @worker_process_init.connect
 def _open_runtime(**_: Any) -> None:
     # Eagerly, in each prefork child after the fork, so the first job does not pay for it
@@ -76,11 +86,13 @@ def _open_runtime(**_: Any) -> None:
 @worker_process_shutdown.connect
 def _close_runtime(**_: Any) -> None:
     shutdown_worker_runtime()
+    telemetry.shutdown()  # flush the spans of the jobs just ended
 
 
 @worker_shutdown.connect
 def _close_runtime_main(**_: Any) -> None:
     shutdown_worker_runtime()  # solo and thread pools run tasks in the main process
+    telemetry.shutdown()
 
 
 @app.task(name=TASK_RUN_JOB, bind=True, max_retries=None)

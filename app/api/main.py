@@ -35,6 +35,8 @@ from app.api.routes.system import router as system_router
 from app.api.routes.traces import router as traces_router
 from app.api.schemas import V1_ERRORS
 from app.api.settings import ApiSettings
+from app.api.telemetry import JobTraceMiddleware
+from app.api.telemetry import start as start_telemetry
 from app.dashboard.router import router as dashboard_router
 from core.keys import Principal
 from core.live import LiveEvents
@@ -78,7 +80,9 @@ def create_app(
         # sharing one HTTP client (no network until a request needs a model).
         given = pools if pools is not None else core_settings.pools
         # One LISTEN connection per process wakes live event streams (core.live).
+        # OpenTelemetry export when OTEL_* asks (docs/observability.md).
         async with (
+            start_telemetry(),
             Runtime(core_settings, pools=given) as runtime,
             LiveEvents.for_engine(runtime.engine) as live,
         ):
@@ -136,6 +140,8 @@ def create_app(
     # Outermost last: metrics see every request, including those refused for size.
     app.add_middleware(BodyLimitMiddleware, limit=api.max_body_bytes)
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
+    # A job's request span (OpenTelemetry export, when on) sees the request id.
+    app.add_middleware(JobTraceMiddleware)
     # Outermost of all: a request id for everything below, and a JSON answer for a crash.
     app.add_middleware(RequestContextMiddleware)
     return app
