@@ -17,6 +17,8 @@ from app.api.inputs import ID_PATTERN, check_json
 
 MAX_ARMS = 64
 MAX_ROWS_PER_REQUEST = 1000
+MAX_INT = 2**31 - 1
+"""The columns are 32-bit integers: a larger value is a 422, not a database error."""
 
 
 class _Strict(BaseModel):
@@ -46,7 +48,7 @@ class ArmIn(_Strict):
 class ExperimentCreate(_Strict):
     name: str = Field(min_length=1, max_length=256)
     dataset: DatasetRef = Field(default_factory=DatasetRef)
-    problems: int = Field(default=0, ge=0, description="Problems per arm.")
+    problems: int = Field(default=0, ge=0, le=MAX_INT, description="Problems per arm.")
     settings: dict[str, Any] = Field(
         default_factory=dict, description="How it ran: backend, budget, seed, concurrency."
     )
@@ -61,7 +63,7 @@ class ExperimentCreate(_Strict):
 
 class _RowFields(BaseModel):
     problem_id: str = Field(min_length=1, max_length=256)
-    problem_index: int = Field(ge=0)
+    problem_index: int = Field(ge=0, le=MAX_INT)
     strategy: str = Field(description="The arm's label.")
     job_id: str | None = Field(default=None, pattern=ID_PATTERN)
     status: str = Field(max_length=16)
@@ -70,7 +72,7 @@ class _RowFields(BaseModel):
     correct: bool
     tokens: dict[str, int] = Field(default_factory=dict, description="Completion tokens by role.")
     prompt_tokens: dict[str, int] = Field(default_factory=dict)
-    completion_tokens: int = Field(default=0, ge=0)
+    completion_tokens: int = Field(default=0, ge=0, le=MAX_INT)
     calls: int = Field(default=0, ge=0)
     latency_s: float = Field(default=0.0, ge=0)
     cost: float = Field(default=0.0, ge=0)
