@@ -467,7 +467,24 @@ echo "job $id: answer '$answer', $calls simulator request(s)"
 [ "$answer" = 5 ] || fail "expected the scripted answer 5, got '$answer'"
 [ "$calls" -ge 1 ] || fail "the simulator received no request"
 
-# --- 9. two workers -------------------------------------------------------------------
+# --- 9. one sandboxed job: the python tool inside the worker container -----------------
+step "sandboxed python job (program_of_thought)"
+# The simulator writes the program; only running it gives 4900 (the sum of the squares of
+# 1..24): the answer must come from an execution in the worker's bubblewrap sandbox.
+sim_config '{"rules": [{"match": "Sum the squares", "replies": ["```python\ntotal = sum(i * i for i in range(1, 25))\nprint(total)\n```"], "pick": "first"}]}'
+id=$(submit '{"question": "Sum the squares of the whole numbers from 1 to 24.", "strategy": {"kind": "program_of_thought"}}')
+answer=$(wait_final "$id" 60 | jget result.answer)
+tool_call=$(curl_ "$API/v1/jobs/$id/trace" | python3 -c 'import json, sys
+calls = [e["attributes"] for e in json.load(sys.stdin)["events"] if e["type"] == "tool_call"]
+print(json.dumps(calls[0] if len(calls) == 1 else {"tool_calls": len(calls)}))')
+echo "job $id: answer '$answer', tool_call $tool_call"
+[ "$(echo "$tool_call" | jget tool)" = python ] || fail "expected one python tool_call span, got $tool_call"
+[ "$(echo "$tool_call" | jget journal)" = miss ] || fail "the tool call was not executed (journal: not a miss)"
+[ "$(echo "$tool_call" | jget ok)" = True ] || fail "the sandboxed run failed: $tool_call"
+[ "$(echo "$tool_call" | jget output)" = 4900 ] || fail "the program printed '$(echo "$tool_call" | jget output)', not 4900"
+[ "$answer" = 4900 ] || fail "expected the executed answer 4900, got '$answer'"
+
+# --- 10. two workers ------------------------------------------------------------------
 step "--scale worker=2: jobs on both workers"
 $NICE "${C[@]}" up -d --no-build --pull never --no-recreate --scale worker=2 --wait --wait-timeout 180 \
   >"$WORK/scale.log" 2>&1 || { tail -20 "$WORK/scale.log"; fail "up --scale worker=2"; }
@@ -492,7 +509,7 @@ for w in "${workers[@]}"; do
   echo "$hosts" | grep -q "^$host|" || fail "worker container $host ran none of the 8 jobs"
 done
 
-# --- 10. SIGKILL a worker mid-job -----------------------------------------------------
+# --- 11. SIGKILL a worker mid-job -----------------------------------------------------
 step "docker kill a worker mid-job: reaper, no call paid twice"
 # One call of 0.8 s at a time (adaptive, one sample per call; identical replies settle
 # the vote after 5 of n=8): a ~4 s job, killed once 2 calls are journaled.

@@ -134,6 +134,25 @@ def test_workers_scale_and_stop_gracefully(services: dict[str, Any]) -> None:
     assert services["api"]["command"][0:2] == ["uvicorn", "app.api.main:app"]
 
 
+def test_only_workers_may_create_the_sandboxs_namespaces_and_hold_no_capability(
+    services: dict[str, Any],
+) -> None:
+    """bubblewrap in a container needs Docker's seccomp filter and /proc masks lifted
+    (docs/deploy.md): on the worker, which runs the python tool, and nowhere else."""
+    assert services["worker"]["security_opt"] == [
+        "seccomp=unconfined",
+        "systempaths=unconfined",
+        "apparmor=unconfined",
+    ]
+    for name, service in services.items():
+        assert "cap_add" not in service and not service.get("privileged"), name
+        if name != "worker":
+            assert "security_opt" not in service, name
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    (install,) = re.findall(r"apt-get install [^\n]*", dockerfile)
+    assert {"bubblewrap", "python3"} <= set(install.split()), install
+
+
 def test_the_api_is_published_on_loopback_unless_the_operator_says_otherwise(
     services: dict[str, Any],
 ) -> None:
