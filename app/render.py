@@ -93,6 +93,16 @@ def outcome_json(outcome: RunOutcome) -> dict[str, Any]:
     }
 
 
+def cost_text(cost: float | None) -> str:
+    """A cost as the CLI prints it: "n/a" when unknown (a pool without prices), not 0."""
+    return "n/a" if cost is None else f"{cost:.6f}"
+
+
+def reasoning_text(row: dict[str, Any]) -> str:
+    tokens = str(row.get("reasoning_tokens", 0))
+    return f"~{tokens}" if row.get("reasoning_tokens_estimated") else tokens
+
+
 def outcome(outcome: RunOutcome) -> None:
     data = outcome_json(outcome)
     if outcome.status != "succeeded":
@@ -108,7 +118,8 @@ def outcome(outcome: RunOutcome) -> None:
         out.print("[yellow]budget exhausted: best answer so far[/]")
     usage = outcome.usage or {}
     table = Table(box=None, pad_edge=False)
-    for column in ("role", "calls", "prompt tok", "generated tok", "cost"):
+    columns = ("role", "calls", "prompt tok", "generated tok", "of which reasoning", "cost")
+    for column in columns:
         table.add_column(column, justify="right" if column != "role" else "left")
     for role, row in usage.get("by_role", {}).items():
         table.add_row(
@@ -116,9 +127,16 @@ def outcome(outcome: RunOutcome) -> None:
             str(row["calls"]),
             str(row["prompt_tokens"]),
             str(row["completion_tokens"]),
-            f"{row['cost']:.6f}",
+            reasoning_text(row),
+            cost_text(row.get("cost")),
         )
     out.print(table)
+    if usage.get("by_role"):
+        out.print(
+            f"total cost {cost_text(usage.get('cost'))}"
+            + ("" if usage.get("cost_known", True) else " (a pool has no prices)"),
+            highlight=False,
+        )
     out.print(
         f"wall {outcome.wall_s:.2f}s · {outcome.live_calls} live calls, "
         f"{outcome.replayed_calls} from journal · job {outcome.job_id}",

@@ -74,7 +74,14 @@ class Spent:
     calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    """Every generated token; limits count these (reasoning included, once)."""
+    reasoning_tokens: int = 0
+    """The part of ``completion_tokens`` spent reasoning (reported, never charged twice)."""
+    reasoning_tokens_estimated: bool = False
     cost: float = 0.0
+    """The sum of the calls whose cost is known."""
+    cost_known: bool = True
+    """False once a call ran on a pool without prices: ``cost`` is then a lower bound."""
 
 
 @dataclass
@@ -213,8 +220,9 @@ class JobBudget:
             self.tools.calls += 1
             self.tools.seconds += seconds
 
-    def settle(self, reservation: Reservation, usage: Usage | None, cost: float) -> None:
-        """Release the reservation and charge what was used (``usage`` None: nothing)."""
+    def settle(self, reservation: Reservation, usage: Usage | None, cost: float | None) -> None:
+        """Release the reservation and charge what was used (``usage`` None: nothing;
+        ``cost`` None: the pool has no price, so the job's cost becomes unknown)."""
         self._reserved_tokens -= reservation.tokens
         self._reserved_role_tokens[reservation.role] -= reservation.tokens
         self._reserved_calls -= 1
@@ -226,4 +234,9 @@ class JobBudget:
             spent.calls += 1
             spent.prompt_tokens += usage.prompt_tokens
             spent.completion_tokens += usage.completion_tokens
-            spent.cost += cost
+            spent.reasoning_tokens += usage.reasoning_tokens
+            spent.reasoning_tokens_estimated |= usage.reasoning_tokens_estimated
+            if cost is None:
+                spent.cost_known = False
+            else:
+                spent.cost += cost

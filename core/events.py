@@ -104,7 +104,14 @@ class ModelCallEvent(_SpanEvent):
     attempts: int | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    reasoning_tokens: int = 0
+    """The part of ``completion_tokens`` spent reasoning (server-reported or estimated)."""
+    reasoning_tokens_estimated: bool = False
+    """The server sent reasoning text without a count: ``reasoning_tokens`` is estimated."""
     cost: float = 0.0
+    """From the pool's prices; 0 and meaningless when ``cost_known`` is false."""
+    cost_known: bool = True
+    """False when the call's pool has no price: its cost is unknown, not free."""
     error: str | None = None
 
 
@@ -228,7 +235,10 @@ def event_from_span(span: SpanRow) -> SpanEventTypes:
             attempts=attempts if isinstance(attempts, int) else None,
             prompt_tokens=span.prompt_tokens or 0,
             completion_tokens=span.completion_tokens or 0,
+            reasoning_tokens=int(attrs.get("reasoning_tokens") or 0),
+            reasoning_tokens_estimated=bool(attrs.get("reasoning_tokens_estimated")),
             cost=span.cost or 0.0,
+            cost_known=attrs.get("cost_known") is not False,
             error=str(error) if error else None,
         )
     if span.kind == "tool_call":

@@ -164,6 +164,7 @@ async def submit(
         budget_spec = limit_budget(budget_spec)
     priority = validate_priority(priority)
     bound = resolve_roles(params, pools, roles)
+    _check_cost_limit(budget_spec, pools, bound)
     spec_json = params.model_dump(mode="json")
     budget_json = budget_spec.model_dump(mode="json", exclude_defaults=True)
     fingerprint: str | None = None
@@ -210,6 +211,22 @@ async def submit(
             raise
         return Submitted(earlier, created=False, concurrent=True)
     return Submitted(job, created=True)
+
+
+def _check_cost_limit(
+    budget: BudgetSpec, pools: Mapping[str, PoolClient], bound: Mapping[str, Mapping[str, str]]
+) -> None:
+    """A cost limit needs prices: on a pool without any, the job's cost is unknown and
+    ``max_cost`` could never stop it (an operator sets 0 for a free model)."""
+    if budget.max_cost is None:
+        return
+    unpriced = sorted({b["pool"] for b in bound.values() if not pools[b["pool"]].settings.priced})
+    if unpriced:
+        raise InvalidInput(
+            f"budget.max_cost needs pool prices, and pool {unpriced[0]!r} has none "
+            f"(set PONDER_POOLS__{unpriced[0].upper()}__PRICE_OUTPUT_PER_1K, 0 for a free model)",
+            field="budget.max_cost",
+        )
 
 
 async def submit_job(

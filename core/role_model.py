@@ -20,10 +20,12 @@ from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Any
 
+from core import metrics
 from core.budget import JobBudget, Reservation
 from core.db.models import ModelCall
 from core.errors import JournalMiss, ModelError, ModelTimeout
 from core.journal import Journal
+from core.pools import wire
 from core.pools.attempts import Attempt
 from core.pools.client import PoolClient, PoolResult
 from core.pools.streaming import PoolStream
@@ -59,6 +61,7 @@ def _choices_from_json(raw: list[dict[str, Any]]) -> list[Choice]:
                 finish_reason=c.get("finish_reason"),
                 tokens=tokens,
                 tool_calls=[ToolCall.model_validate(x) for x in calls] if calls else None,
+                reasoning=c.get("reasoning"),
             )
         )
     return choices
@@ -75,8 +78,35 @@ def _choices_to_json(choices: list[Choice]) -> list[dict[str, Any]]:
             ]
         if c.tool_calls:
             item["tool_calls"] = [x.model_dump() for x in c.tool_calls]
+        if c.reasoning:
+            item["reasoning"] = c.reasoning
         out.append(item)
     return out
+
+
+def _usage_fields(usage: Usage, cost: float | None) -> dict[str, Any]:
+    """What the journal keeps of a call's usage beyond its columns: reasoning tokens and
+    whether its cost is known (absent keys: none, and known — entries written earlier)."""
+    fields: dict[str, Any] = {}
+    if usage.reasoning_tokens:
+        fields["reasoning_tokens"] = usage.reasoning_tokens
+    if usage.reasoning_tokens_estimated:
+        fields["reasoning_tokens_estimated"] = True
+    if cost is None:
+        fields["cost_known"] = False
+    return fields
+
+
+def _recorded_usage(entry: ModelCall) -> tuple[Usage, float | None]:
+    """A journal entry's usage and cost (None: the pool had no price)."""
+    response = entry.response
+    usage = Usage(
+        prompt_tokens=entry.prompt_tokens,
+        completion_tokens=entry.completion_tokens,
+        reasoning_tokens=int(response.get("reasoning_tokens") or 0),
+        reasoning_tokens_estimated=bool(response.get("reasoning_tokens_estimated")),
+    )
+    return usage, (None if response.get("cost_known") is False else entry.cost)
 
 
 class RoleModel:
@@ -91,8 +121,8 @@ class RoleModel:
         journal: Journal,
         budget: JobBudget,
         tracer: Tracer,
-        price_in_per_1k: float = 0.0,
-        price_out_per_1k: float = 0.0,
+        price_in_per_1k: float | None = None,
+        price_out_per_1k: float | None = None,
     ) -> None:
         self.name = name
         self.pool = pool
@@ -100,10 +130,16 @@ class RoleModel:
         self.journal = journal
         self.budget = budget
         self.tracer = tracer
-        self.price_in = price_in_per_1k
-        self.price_out = price_out_per_1k
+        # No price at all: the cost is unknown (None), not 0; one price set: the other is 0.
+        self.priced = price_in_per_1k is not None or price_out_per_1k is not None
+        self.price_in = price_in_per_1k or 0.0
+        self.price_out = price_out_per_1k or 0.0
 
-    def cost(self, usage: Usage) -> float:
+    def cost(self, usage: Usage) -> float | None:
+        """What ``usage`` costs at the pool's prices (reasoning tokens are completion
+        tokens, priced once); None when the pool has no price."""
+        if not self.priced:
+            return None
         return (
             usage.prompt_tokens * self.price_in + usage.completion_tokens * self.price_out
         ) / 1000
@@ -177,17 +213,27 @@ class RoleModel:
             span.end_ts = now()
             self.tracer.writer.submit([span])
 
-    def _settle(self, reservation: Reservation, usage: Usage | None, paid: float | None) -> None:
+    def _settle(
+        self, reservation: Reservation, usage: Usage | None, paid: tuple[float | None] | None
+    ) -> None:
         # A journal hit costs what the recorded call cost (a strict replay has no
-        # pool, hence no prices, but must report the same spend as its parent).
-        cost = paid if paid is not None else self.cost(usage) if usage else 0.0
+        # pool, hence no prices, but must report the same spend as its parent) —
+        # including "unknown" when the recorded call's pool had no price.
+        cost = paid[0] if paid is not None else self.cost(usage) if usage else 0.0
         self.budget.settle(reservation, usage, cost)
 
-    def _close(self, span: Any, usage: Usage, cost: float) -> None:
+    def _close(self, span: Any, usage: Usage, cost: float | None) -> None:
         span.end_ts = now()
         span.prompt_tokens = usage.prompt_tokens
         span.completion_tokens = usage.completion_tokens
-        span.cost = cost
+        # The column holds a number; an unknown cost is 0 there, flagged in the attributes.
+        span.cost = cost or 0.0
+        extra: dict[str, Any] = {"reasoning_tokens": usage.reasoning_tokens}
+        if usage.reasoning_tokens_estimated:
+            extra["reasoning_tokens_estimated"] = True
+        if cost is None:
+            extra["cost_known"] = False
+        span.attributes = {**span.attributes, **extra}
 
     def _out_of_time(self, exc: ModelTimeout) -> BudgetExhausted:
         """What a call cut by the job's deadline becomes: the anytime outcome.
@@ -237,7 +283,9 @@ class RoleModel:
             if handle.failure is not None:
                 raise consumer_error or handle.failure
             usage, finish, estimated = _stream_usage(pool_stream, handle, call.request)
-            choice = {"index": 0, "text": handle.text, "finish_reason": finish}
+            choice: dict[str, Any] = {"index": 0, "text": handle.text, "finish_reason": finish}
+            if pool_stream.reasoning:
+                choice["reasoning"] = pool_stream.reasoning
             response: dict[str, Any] = {
                 "model": pool_stream.model or self.model,
                 "choices": [choice],
@@ -303,7 +351,8 @@ class _JournaledCall:
         self.span = model.tracer.new_span("model_call", f"{model.name}.{kind}", attributes)
         self.entry: ModelCall | None = None
         self.usage: Usage | None = None
-        self.paid: float | None = None
+        self.paid: tuple[float | None] | None = None
+        """The recorded cost of a journal hit (None inside: it was unknown)."""
         self.result: Generation | None = None
 
     async def __aenter__(self) -> _JournaledCall:
@@ -342,13 +391,20 @@ class _JournaledCall:
                 model._fail(self.span, exc)
         finally:
             model._settle(self.reservation, self.usage, self.paid)
+            metrics.model_call(
+                model.name,
+                model.model,
+                hit=self.entry is not None,
+                recorded=self.result is not None,
+                error=exc,
+            )
 
     def replayed(
         self, entry: ModelCall, choices: list[Choice], span: dict[str, Any] | None = None
     ) -> Generation:
         """Answer from the journal: close the span as a hit; the recorded cost is paid."""
         model = self.model
-        usage = Usage(prompt_tokens=entry.prompt_tokens, completion_tokens=entry.completion_tokens)
+        usage, cost = _recorded_usage(entry)
         self.usage = usage
         self.span.attributes = {
             **self.span.attributes,
@@ -357,8 +413,8 @@ class _JournaledCall:
             "recorded_latency_ms": entry.latency_ms,
             **(span or {}),
         }
-        model._close(self.span, usage, entry.cost)
-        self.paid = entry.cost
+        model._close(self.span, usage, cost)
+        self.paid = (cost,)
         model.tracer.writer.submit([self.span])
         return self._generation(choices, usage, entry.latency_ms, replayed=True)
 
@@ -397,8 +453,10 @@ class _JournaledCall:
     ) -> None:
         """Journal a live call with its span, before the strategy sees ``result``."""
         model = self.model
+        metrics.model_retries(model.name, model.model, attempts)
         self.usage = usage
         cost = model.cost(usage)
+        response = {**response, **_usage_fields(usage, cost)}
         # The journal and the span are the tenant's to read: endpoints by position, never
         # by URL (the URL is the operator's: /v1/pools, the logs).
         assert model.pool is not None  # a live call
@@ -413,7 +471,7 @@ class _JournaledCall:
             attempts=model.pool.public_attempts(attempts),
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,
-            cost=cost,
+            cost=cost or 0.0,
         )
         self.result = self._generation(choices, usage, latency_ms)
         self.span.attributes = {
@@ -503,13 +561,16 @@ def _stream_usage(
         finish = handle.finish_reason or pool_stream.finish_reason or "stop"
     else:
         finish = CANCELLED
+    reasoning = [Choice(index=0, text="", reasoning=pool_stream.reasoning or None)]
     if pool_stream.usage is not None and handle.finished:
-        return pool_stream.usage, finish, False
+        return wire.with_reasoning_estimate(pool_stream.usage, reasoning), finish, False
     # Stopped early: the server never sent its count. Each delta is one decoded token on
-    # vLLM and llama.cpp; the prompt is estimated at 4 characters per token (flagged).
+    # vLLM and llama.cpp (reasoning deltas too); the prompt is estimated at 4 characters
+    # per token (flagged).
     prompt = pool_stream.usage.prompt_tokens if pool_stream.usage else request.prompt_chars() // 4
-    return (
-        Usage(prompt_tokens=prompt, completion_tokens=pool_stream.deltas),
-        finish,
-        pool_stream.usage is None,
+    usage = Usage(
+        prompt_tokens=prompt,
+        completion_tokens=pool_stream.deltas + pool_stream.reasoning_deltas,
+        reasoning_tokens=pool_stream.reasoning_deltas,
     )
+    return usage, finish, pool_stream.usage is None

@@ -31,7 +31,8 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from core.budget import BudgetSpec, JobBudget
+from core import metrics
+from core.budget import BudgetSpec, JobBudget, Spent
 from core.cancel import JobMonitor, JobStopped, holder_is_dead
 from core.context import JobContext
 from core.db import control, repo
@@ -177,6 +178,7 @@ class Runner:
                 else Conversation.of_question(job.question)
             )
             roles, seed, mode = job.roles, job.seed, job.replay_mode or "live"
+            metrics.job_started(spec, job.tenant)
 
         try:
             writer = TraceWriter(self.engine)
@@ -196,8 +198,8 @@ class Runner:
                     journal=journal,
                     budget=budget,
                     tracer=tracer,
-                    price_in_per_1k=settings.price_input_per_1k if settings else 0.0,
-                    price_out_per_1k=settings.price_output_per_1k if settings else 0.0,
+                    price_in_per_1k=settings.price_input_per_1k if settings else None,
+                    price_out_per_1k=settings.price_output_per_1k if settings else None,
                 )
             ctx = JobContext(
                 models=models,
@@ -276,6 +278,7 @@ class Runner:
             )
             if lease_lost:
                 outcome_.extra["lease_lost"] = True
+            metrics.job_finished(status, usage, outcome_.wall_s, saved=save and not lease_lost)
             return outcome_
         except Exception as exc:
             # Whatever failed on the database after the claim (the trace writer, the
@@ -547,7 +550,7 @@ def _model_usage(budget: JobBudget, journal: Journal, wall_s: float) -> dict[str
         "calls": budget.spent.calls,
         "prompt_tokens": budget.spent.prompt_tokens,
         "completion_tokens": budget.spent.completion_tokens,
-        "cost": round(budget.spent.cost, 8),
+        **_reasoning_and_cost(budget.spent),
         "live_calls": journal.misses,
         "journal_hits": journal.hits,
         "wall_s": round(wall_s, 3),
@@ -556,8 +559,20 @@ def _model_usage(budget: JobBudget, journal: Journal, wall_s: float) -> dict[str
                 "calls": s.calls,
                 "prompt_tokens": s.prompt_tokens,
                 "completion_tokens": s.completion_tokens,
-                "cost": round(s.cost, 8),
+                **_reasoning_and_cost(s),
             }
             for role, s in sorted(budget.by_role.items())
         },
     }
+
+
+def _reasoning_and_cost(spent: Spent) -> dict[str, Any]:
+    """Reasoning tokens (a part of ``completion_tokens``) and the cost: ``None`` with
+    ``cost_known`` false when any call ran on a pool without prices — a partial sum
+    would read as the whole."""
+    out: dict[str, Any] = {"reasoning_tokens": spent.reasoning_tokens}
+    if spent.reasoning_tokens_estimated:
+        out["reasoning_tokens_estimated"] = True
+    out["cost"] = round(spent.cost, 8) if spent.cost_known else None
+    out["cost_known"] = spent.cost_known
+    return out

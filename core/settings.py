@@ -63,12 +63,20 @@ class PoolSettings(BaseModel):
     """Largest ``n`` one request may carry (llama.cpp: its slot count); larger fans out."""
     native_n: bool | None = None
     """Whether the server samples ``n`` choices itself; default by kind."""
-    price_input_per_1k: float = Field(default=0.0, ge=0)
+    price_input_per_1k: float | None = Field(default=None, ge=0)
 
-    """Cost of 1,000 prompt tokens, in the currency of ``budget.max_cost``."""
-    price_output_per_1k: float = Field(default=0.0, ge=0)
+    """Cost of 1,000 prompt tokens, in the currency of ``budget.max_cost``. Neither price
+    set (the default): cost unknown, shown as "n/a" (JSON null) and ``budget.max_cost``
+    refused; set 0 for a model that is truly free. One price set: the other is 0."""
+    price_output_per_1k: float | None = Field(default=None, ge=0)
 
-    """Cost of 1,000 generated tokens."""
+    """Cost of 1,000 generated tokens (reasoning included); None: unknown."""
+
+    @property
+    def priced(self) -> bool:
+        """A price is set (0 counts): this pool's calls have a known cost. Setting only
+        one price is a decision (output-only pricing), so the other one is then 0."""
+        return self.price_input_per_1k is not None or self.price_output_per_1k is not None
 
     @field_validator("endpoints")
     @classmethod

@@ -34,10 +34,12 @@ class JobRecord:
     error: dict[str, Any] | None
     usage: dict[str, Any]
     cost_by_role: dict[str, float] = field(default_factory=dict)
+    cost_known: bool = True
+    """False when a model call ran on a pool without prices: ``cost`` means nothing."""
 
     @property
-    def cost(self) -> float:
-        return sum(self.cost_by_role.values())
+    def cost(self) -> float | None:
+        return sum(self.cost_by_role.values()) if self.cost_known else None
 
 
 def _record(
@@ -47,6 +49,7 @@ def _record(
     usage: dict[str, Any] | None,
     error: dict[str, Any] | None,
     cost_by_role: dict[str, float],
+    cost_known: bool = True,
 ) -> JobRecord:
     result = result or {}
     return JobRecord(
@@ -57,6 +60,7 @@ def _record(
         error=error,
         usage=usage or {},
         cost_by_role=cost_by_role,
+        cost_known=cost_known,
     )
 
 
@@ -102,12 +106,15 @@ class LocalBackend:
     async def run(self, job_id: str) -> JobRecord:
         outcome = await self.rt.runner.run(job_id)
         cost: dict[str, float] = defaultdict(float)
+        known = True
         async with self.rt.sessions() as session:
             for span in await repo.list_spans(session, job_id):
                 if span.kind == "model_call":
-                    cost[str((span.attributes or {}).get("role"))] += span.cost or 0.0
+                    attributes = span.attributes or {}
+                    cost[str(attributes.get("role"))] += span.cost or 0.0
+                    known = known and attributes.get("cost_known") is not False
         return _record(
-            job_id, outcome.status, outcome.result, outcome.usage, outcome.error, dict(cost)
+            job_id, outcome.status, outcome.result, outcome.usage, outcome.error, dict(cost), known
         )
 
     async def missing(self, job_ids: list[str]) -> list[str]:
@@ -163,10 +170,12 @@ class RestBackend:
         except PonderAPIError as exc:
             raise _api_error(exc, f"GET /v1/jobs/{job_id}") from None
         cost: dict[str, float] = defaultdict(float)
+        known = True
         for event in trace.events:
             if isinstance(event, ModelCallEvent):
                 cost[str(event.role)] += event.cost
-        return _record(job_id, job.status, job.result, job.usage, job.error, dict(cost))
+                known = known and event.cost_known
+        return _record(job_id, job.status, job.result, job.usage, job.error, dict(cost), known)
 
     async def missing(self, job_ids: list[str]) -> list[str]:
         absent = []

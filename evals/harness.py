@@ -69,7 +69,8 @@ def record_row(
         # no time): it keeps the original latency and records its own wall time apart.
         latency_s=parent.latency_s if (parent is not None and carry_latency) else wall,
         wall_s=wall if carry_latency else None,
-        cost=round(record.cost, 10),
+        cost=None if record.cost is None else round(record.cost, 10),
+        reasoning_tokens=int(usage.get("reasoning_tokens", 0)),
         # A strict replay calls nothing: a journal miss it refused is counted by the
         # runner's usage as a miss ("live_calls"), not as a call made.
         live_calls=0 if strict else int(usage.get("live_calls", 0)),

@@ -16,6 +16,7 @@ COLUMNS = (
     "accuracy",
     "95% CI",
     "mean tokens",
+    "of which reasoning",
     "tokens by role",
     "p50 s",
     "p90 s",
@@ -34,7 +35,10 @@ def _num(value: float | None, digits: int = 1) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def _money(value: float | None) -> str:
+def _money(value: float | None, known: bool = True) -> str:
+    """A cost: "n/a" when unknown (a pool without prices), "–" when there is none."""
+    if not known:
+        return "n/a"
     if value is None:
         return "–"
     if math.isinf(value):
@@ -54,11 +58,12 @@ def table_rows(summaries: list[Summary]) -> list[list[str]]:
                 _pct(s.accuracy),
                 ci,
                 _num(s.mean_tokens),
+                _num(s.mean_reasoning_tokens),
                 by_role or "–",
                 _num(s.latency_p50, 2),
                 _num(s.latency_p90, 2),
-                _money(s.mean_cost),
-                _money(s.cost_of_pass),
+                _money(s.mean_cost, s.cost_known),
+                _money(s.cost_of_pass, s.cost_known),
                 str(s.failed),
                 str(s.budget_exhausted),
             ]
@@ -121,8 +126,9 @@ def markdown(run: EvalRun) -> str:
     out += [
         "",
         "Accuracy with a 95% Wilson interval. Tokens are completion (generated) tokens per "
-        "problem. Cost comes from the pools' prices; cost-of-pass = mean cost / accuracy, "
-        "the expected cost of one correct answer (∞ when none is correct).",
+        "problem; reasoning tokens are a part of them. Cost comes from the pools' prices; "
+        "cost-of-pass = mean cost / accuracy, the expected cost of one correct answer (∞ "
+        "when none is correct); n/a when a pool has no prices.",
     ]
     if any(r.parent_job_id and r.wall_s is None for r in run.rows):
         out += [
@@ -137,7 +143,9 @@ def markdown(run: EvalRun) -> str:
         for new, old in zip(summaries, run.original, strict=False):
             pairs.append(
                 [new.strategy, _pct(new.accuracy), _pct(old.accuracy), _num(new.mean_tokens),
-                 _num(old.mean_tokens), f"{_money(new.mean_cost)} ({_money(old.mean_cost)})"]
+                 _num(old.mean_tokens),
+                 f"{_money(new.mean_cost, new.cost_known)} "
+                 f"({_money(old.mean_cost, old.cost_known)})"]
             )  # fmt: skip
         out += _md_table(header, pairs)
     failed = [r for r in run.rows if r.status != "succeeded"]

@@ -38,7 +38,8 @@ class Row:
     completion_tokens: int
     calls: int
     latency_s: float
-    cost: float
+    cost: float | None
+    """From the pools' prices; None when a call's pool had no price (unknown, "n/a")."""
     live_calls: int = 0
     replayed_calls: int = 0
     budget_exhausted: bool = False
@@ -48,6 +49,8 @@ class Row:
     """This run's own wall time when ``latency_s`` is carried from the parent (strict replay)."""
     difficulty: float | None = None
     """A per-problem difficulty signal, when the eval records one (stored with the row)."""
+    reasoning_tokens: int = 0
+    """The part of ``completion_tokens`` spent reasoning, all roles."""
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Row:
@@ -72,12 +75,17 @@ class Summary:
     latency_p50: float | None
     latency_p90: float | None
     mean_cost: float | None
-    total_cost: float
+    total_cost: float | None
     cost_of_pass: float | None
     """Mean cost / accuracy; ``inf`` (``null`` in JSON, with ``cost_of_pass_infinite``)
     when nothing was answered correctly."""
     live_calls: int
     replayed_calls: int
+    cost_known: bool = True
+    """False when a row's cost is unknown (a pool without prices): the cost fields are
+    None and print as "n/a" — a partial sum would read as the whole."""
+    mean_reasoning_tokens: float | None = None
+    """Mean reasoning tokens per problem (a part of ``mean_tokens``)."""
 
 
 def summarize(arm: Arm, rows: list[Row]) -> Summary:
@@ -86,7 +94,9 @@ def summarize(arm: Arm, rows: list[Row]) -> Summary:
     accuracy = correct / n if n else None
     low, high = wilson_interval(correct, n) if n else (None, None)
     roles = sorted({role for r in rows for role in r.tokens} | set(arm.roles))
-    mean_cost = mean([r.cost for r in rows])
+    cost_known = all(r.cost is not None for r in rows)
+    costs = [r.cost for r in rows if r.cost is not None]
+    mean_cost = mean(costs) if cost_known else None
     return Summary(
         strategy=arm.label,
         spec=arm.spec,
@@ -104,10 +114,12 @@ def summarize(arm: Arm, rows: list[Row]) -> Summary:
         latency_p50=percentile([r.latency_s for r in rows], 50),
         latency_p90=percentile([r.latency_s for r in rows], 90),
         mean_cost=mean_cost,
-        total_cost=sum(r.cost for r in rows),
+        total_cost=sum(costs) if cost_known else None,
         cost_of_pass=cost_of_pass(mean_cost, accuracy),
         live_calls=sum(r.live_calls for r in rows),
         replayed_calls=sum(r.replayed_calls for r in rows),
+        cost_known=cost_known,
+        mean_reasoning_tokens=mean([r.reasoning_tokens for r in rows]),
     )
 
 

@@ -212,11 +212,19 @@ class Choice(BaseModel):
     tokens: list[TokenLogprob] | None = None
     tool_calls: list[ToolCall] | None = None
     """The calls this choice makes, when the request offered ``tools``."""
+    reasoning: str | None = None
+    """The model's reasoning apart from its answer, when the server separates it
+    (``reasoning_content``: vLLM's reasoning parser, llama.cpp); ``text`` is the answer."""
 
 
 class Usage(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    """Every generated token, reasoning included (as OpenAI counts them)."""
+    reasoning_tokens: int = 0
+    """The part of ``completion_tokens`` spent reasoning: a subset, never added to it."""
+    reasoning_tokens_estimated: bool = False
+    """The server sent reasoning text but no count: ``reasoning_tokens`` is estimated."""
 
     @property
     def total_tokens(self) -> int:

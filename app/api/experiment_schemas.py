@@ -75,7 +75,9 @@ class _RowFields(BaseModel):
     completion_tokens: int = Field(default=0, ge=0, le=MAX_INT)
     calls: int = Field(default=0, ge=0)
     latency_s: float = Field(default=0.0, ge=0)
-    cost: float = Field(default=0.0, ge=0)
+    cost: float | None = Field(
+        default=0.0, ge=0, description="From pool prices; null when a pool had none (n/a)."
+    )
     live_calls: int = Field(default=0, ge=0)
     replayed_calls: int = Field(default=0, ge=0)
     budget_exhausted: bool = False
@@ -83,6 +85,9 @@ class _RowFields(BaseModel):
     parent_job_id: str | None = Field(default=None, pattern=ID_PATTERN)
     wall_s: float | None = None
     difficulty: float | None = None
+    reasoning_tokens: int = Field(
+        default=0, ge=0, le=MAX_INT, description="The part of completion_tokens spent reasoning."
+    )
 
 
 class RowIn(_RowFields, _Strict):
@@ -111,11 +116,17 @@ class ArmSummary(BaseModel):
     latency_p50: float | None = Field(description="Seconds.")
     latency_p90: float | None
     mean_cost: float | None
-    total_cost: float
+    total_cost: float | None
     cost_of_pass: float | None = Field(description="Mean cost / accuracy.")
     cost_of_pass_infinite: bool = False
     live_calls: int
     replayed_calls: int
+    cost_known: bool = Field(
+        default=True, description="False when a pool had no prices: the costs are null (n/a)."
+    )
+    mean_reasoning_tokens: float | None = Field(
+        default=None, description="Mean reasoning tokens per problem (part of mean_tokens)."
+    )
 
 
 class ArmOut(BaseModel):

@@ -161,6 +161,8 @@ def _row(experiment_id: str, arm: int, row: Mapping[str, Any]) -> ExperimentRow:
         # latency_s stays in data too: seconds -> ms -> seconds would not round-trip.
         if k not in COLUMNS and k not in ("completion_tokens", "strategy")
     }
+    if "cost" in row and row["cost"] is None:
+        data["cost_known"] = False  # a pool without prices: the column's 0 means nothing
     return ExperimentRow(
         experiment_id=experiment_id,
         arm=arm,
@@ -171,7 +173,7 @@ def _row(experiment_id: str, arm: int, row: Mapping[str, Any]) -> ExperimentRow:
         correct=bool(row["correct"]),
         tokens=int(row.get("completion_tokens", 0)),
         latency_ms=float(row.get("latency_s", 0.0)) * 1000,
-        cost=float(row.get("cost", 0.0)),
+        cost=float(row.get("cost") or 0.0),  # unknown (None): 0 here, None in data
         difficulty=row.get("difficulty"),
         data=data,
     )
@@ -189,7 +191,7 @@ def row_form(row: ExperimentRow, label: str) -> dict[str, Any]:
         "correct": row.correct,
         "completion_tokens": row.tokens,
         "latency_s": row.data.get("latency_s", row.latency_ms / 1000),
-        "cost": row.cost,
+        "cost": None if row.data.get("cost_known") is False else row.cost,
         "difficulty": row.difficulty,
     }
 

@@ -227,6 +227,8 @@ class PoolClient:
             usage=Usage(
                 prompt_tokens=sum(a[3].prompt_tokens for a in answers),
                 completion_tokens=sum(a[3].completion_tokens for a in answers),
+                reasoning_tokens=sum(a[3].reasoning_tokens for a in answers),
+                reasoning_tokens_estimated=any(a[3].reasoning_tokens_estimated for a in answers),
             ),
             endpoint=first[0].url,
             attempts=call.attempts,

@@ -33,6 +33,8 @@ _T = TypeVar("_T")
 class StreamDelta:
     text: str
     finish_reason: str | None = None
+    reasoning: str = ""
+    """Reasoning text of this chunk (``delta.reasoning_content``), apart from ``text``."""
 
 
 class PoolStream:
@@ -59,6 +61,9 @@ class PoolStream:
         self.usage: Usage | None = None
         self.finish_reason: str | None = None
         self.deltas = 0
+        self.reasoning = ""
+        """The reasoning text received (vLLM's reasoning parser, llama.cpp)."""
+        self.reasoning_deltas = 0
         self.latency_ms = 0.0
         self._prefill = ""
 
@@ -82,6 +87,7 @@ class PoolStream:
                 async with attempt:
                     endpoint = attempt.endpoint
                     self._prefill = self._echoed_prefill()  # a retry starts over
+                    self.reasoning, self.reasoning_deltas = "", 0
                     await self._step(endpoint.semaphore.acquire)
                     try:
                         attempt.start()
@@ -106,6 +112,9 @@ class PoolStream:
                                     attempt.delivered()
                                     if delta.text:
                                         self.deltas += 1
+                                    if delta.reasoning:
+                                        self.reasoning += delta.reasoning
+                                        self.reasoning_deltas += 1
                                     yield delta
                         finally:
                             # Closing the response is how vLLM and llama.cpp learn that
@@ -146,23 +155,22 @@ class PoolStream:
         if isinstance(data.get("model"), str):
             self.model = data["model"]
         if data.get("usage"):
-            self.usage = Usage(
-                prompt_tokens=data["usage"].get("prompt_tokens") or 0,
-                completion_tokens=data["usage"].get("completion_tokens") or 0,
-            )
+            self.usage = wire.parse_usage(data["usage"])
         choices = data.get("choices") or []
         if not choices:
             return None
         choice = choices[0]
-        text = ((choice.get("delta") or {}).get("content") if chat else choice.get("text")) or ""
+        delta = choice.get("delta") or {}
+        text = (delta.get("content") if chat else choice.get("text")) or ""
+        reasoning = (wire.reasoning_of(delta) if chat else None) or ""
         finish = choice.get("finish_reason")
         if finish:
             self.finish_reason = finish
         if self._prefill and text:
             text = self._strip_prefill(text)
-        if not text and not finish:
+        if not text and not finish and not reasoning:
             return None
-        return StreamDelta(text, finish)
+        return StreamDelta(text, finish, reasoning)
 
     def _strip_prefill(self, text: str) -> str:
         # Drop the echoed prefill, which may arrive split over several chunks.

@@ -127,7 +127,8 @@ def parse_response(
         raise WireError(f"malformed choice: {exc!r}") from exc
     choices = _CHOICES.validate_python(items)
     model = data.get("model")
-    return (model if isinstance(model, str) else None), choices, _usage(data.get("usage"))
+    usage = with_reasoning_estimate(parse_usage(data.get("usage")), choices)
+    return (model if isinstance(model, str) else None), choices, usage
 
 
 def without_echoed_prefill(
@@ -200,7 +201,18 @@ def _choice_dict(c: dict[str, Any], chat: bool, index: int) -> dict[str, Any]:
         "finish_reason": c.get("finish_reason"),
         "tokens": _tokens(logprobs) if logprobs else None,
         "tool_calls": [_tool_call(call) for call in calls] if calls else None,
+        "reasoning": reasoning_of(message) if chat else None,
     }
+
+
+def reasoning_of(message: dict[str, Any]) -> str | None:
+    """A chat message's (or stream delta's) reasoning text: ``reasoning_content`` (vLLM's
+    reasoning parser before 0.10, llama.cpp, DeepSeek) or ``reasoning`` (vLLM since)."""
+    for name in ("reasoning_content", "reasoning"):
+        value = message.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return None
 
 
 def _tool_call(call: dict[str, Any]) -> dict[str, Any]:
@@ -256,10 +268,38 @@ def _lp(value: Any) -> float:
     return _NO_LOGPROB if value is None else max(float(value), _NO_LOGPROB)
 
 
-def _usage(raw: Any) -> Usage:
+def parse_usage(raw: Any) -> Usage:
+    """The server's ``usage``; reasoning tokens from ``completion_tokens_details``
+    (OpenAI, vLLM), a count not reported is 0."""
     if not isinstance(raw, dict):
         return Usage()
+    details = raw.get("completion_tokens_details")
+    reasoning = details.get("reasoning_tokens") if isinstance(details, dict) else None
     return Usage(
         prompt_tokens=raw.get("prompt_tokens") or 0,
         completion_tokens=raw.get("completion_tokens") or 0,
+        reasoning_tokens=reasoning if isinstance(reasoning, int) and reasoning > 0 else 0,
+    )
+
+
+def estimate_tokens(text: str) -> int:
+    """Tokens in ``text`` without the server's tokenizer: 4 characters per token (the
+    usual rule for BPE vocabularies on English), at least 1 for non-empty text."""
+    return (len(text) + 3) // 4 if text else 0
+
+
+def with_reasoning_estimate(usage: Usage, choices: Iterable[Choice]) -> Usage:
+    """``usage`` with reasoning tokens estimated from the choices' reasoning text when the
+    server sent the text but no count (llama.cpp, vLLM without usage details), flagged
+    ``reasoning_tokens_estimated``. The estimate stays within ``completion_tokens``:
+    reasoning is a part of what was generated, never more."""
+    if usage.reasoning_tokens:
+        return usage
+    estimate = sum(estimate_tokens(c.reasoning or "") for c in choices)
+    if not estimate:
+        return usage
+    if usage.completion_tokens:
+        estimate = min(estimate, usage.completion_tokens)
+    return usage.model_copy(
+        update={"reasoning_tokens": estimate, "reasoning_tokens_estimated": True}
     )

@@ -86,6 +86,16 @@ class Rule(_Strict):
     (null when ""), and finish_reason "tool_calls". Without ``tools`` in the request
     the reply is its text alone, as a real model cannot call what it was not given."""
 
+    reasoning: str | None = None
+    """Reasoning the model shows apart from its answer, as vLLM's reasoning parser and
+    llama.cpp do: chat replies carry it as ``message.reasoning_content`` (streamed as
+    ``delta.reasoning_content`` before the answer), counted in ``completion_tokens`` and
+    in ``usage.completion_tokens_details.reasoning_tokens``. It is decoded first and
+    shares ``max_tokens`` with the answer. Not on a continued assistant message."""
+    reasoning_usage: bool = True
+    """False: send the reasoning text without its count in ``completion_tokens_details``
+    (as llama.cpp does), so a client must estimate it."""
+
     @field_validator("match")
     @classmethod
     def _valid_regex(cls, pattern: str) -> str:

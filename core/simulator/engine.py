@@ -75,6 +75,8 @@ class SampleParams:
     """A trailing assistant message the reply continues (only the new part is returned)."""
     tools: bool = False
     """The request offers tools (and does not set ``tool_choice`` to "none")."""
+    chat: bool = False
+    """A chat request: a rule's ``reasoning`` is returned apart (completions have none)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,10 +107,16 @@ class Sample:
     finish_reason: str
     logprobs: list[TokenLogprob] | None
     tool_calls: tuple[CallOut, ...] = ()
+    reasoning: str = ""
+    """Decoded before ``text`` and returned apart (``reasoning_content``)."""
+    reasoning_tokens: tuple[str, ...] = ()
+    reasoning_reported: bool = True
+    """Whether ``usage.completion_tokens_details.reasoning_tokens`` counts it."""
 
     @property
     def completion_tokens(self) -> int:
-        return len(self.tokens) + sum(call.tokens for call in self.tool_calls)
+        calls = sum(call.tokens for call in self.tool_calls)
+        return len(self.reasoning_tokens) + len(self.tokens) + calls
 
 
 class Engine:
@@ -183,12 +191,17 @@ def _finish(reply: str, params: SampleParams, rule: Rule | None, pick: int = 0) 
     if params.prefill and text.startswith(params.prefill):
         text = text[len(params.prefill) :]
     finish = rule.finish_reason if rule is not None else "stop"
+    thought: list[str] = []
+    if rule is not None and rule.reasoning and params.chat and not params.prefill:
+        # Reasoning is decoded first and shares max_tokens with the answer (vLLM).
+        thought = tokenize(rule.reasoning)[: params.max_tokens]
+    room = params.max_tokens - len(thought)
     cuts = [at for at in (text.find(s) for s in params.stop) if at >= 0]
     if cuts:
         text, finish = text[: min(cuts)], "stop"
     tokens = tokenize(text)
-    if len(tokens) > params.max_tokens:
-        tokens = tokens[: params.max_tokens]
+    if len(tokens) > room:
+        tokens = tokens[:room]
         text, finish = "".join(tokens), "length"
     logprobs = None
     if params.top is not None:
@@ -200,7 +213,8 @@ def _finish(reply: str, params: SampleParams, rule: Rule | None, pick: int = 0) 
     calls = _calls(rule, pick) if params.tools else ()
     if calls:
         finish = "tool_calls"
-    return Sample(text, tokens, finish, logprobs, calls)
+    reported = rule.reasoning_usage if rule is not None else True
+    return Sample(text, tokens, finish, logprobs, calls, "".join(thought), tuple(thought), reported)
 
 
 def _calls(rule: Rule | None, pick: int) -> tuple[CallOut, ...]:

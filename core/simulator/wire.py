@@ -154,6 +154,7 @@ def parse_request(
         top=top,
         prefill=prefill,
         tools=tools,
+        chat=kind == "chat",
     )
     return GenRequest(kind, model, prompts, params, stream, bool(options.get("include_usage")))
 
@@ -262,18 +263,26 @@ class Job:
         self.prompt_tokens = prompt_tokens
         # Decode steps per choice: its text's tokens, then one step that emits its
         # function calls whole (a stream sends them in one delta).
-        self.counts = [len(s.tokens) + (1 if s.tool_calls else 0) for s in samples]
+        # Reasoning tokens come first, then the text's.
+        self.counts = [
+            len(s.reasoning_tokens) + len(s.tokens) + (1 if s.tool_calls else 0) for s in samples
+        ]
         self.id = f"{'chatcmpl' if req.kind == 'chat' else 'cmpl'}-sim{number}"
         self.created = int(time.time())
         self.chat_layout = req.kind == "chat" or completions_layout == "chat"
 
-    def usage(self) -> dict[str, int]:
+    def usage(self) -> dict[str, Any]:
         done = sum(s.completion_tokens for s in self.samples)
-        return {
+        usage: dict[str, Any] = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": done,
             "total_tokens": self.prompt_tokens + done,
         }
+        reported = [s for s in self.samples if s.reasoning_tokens and s.reasoning_reported]
+        if reported:
+            thought = sum(len(s.reasoning_tokens) for s in reported)
+            usage["completion_tokens_details"] = {"reasoning_tokens": thought}
+        return usage
 
     def logprobs(self, lps: list[TokenLogprob] | None, offset: int = 0) -> Any:
         if lps is None:
@@ -286,6 +295,8 @@ class Job:
             choice: dict[str, Any] = {"index": i}
             if self.req.kind == "chat":
                 choice["message"] = {"role": "assistant", "content": s.text}
+                if s.reasoning:
+                    choice["message"]["reasoning_content"] = s.reasoning
                 if s.tool_calls:
                     choice["message"]["content"] = s.text or None
                     choice["message"]["tool_calls"] = tool_calls_json(s, self.id, i)
@@ -317,6 +328,10 @@ class Job:
 
     def token_chunk(self, c: int, t: int) -> bytes:
         s = self.samples[c]
+        if t < len(s.reasoning_tokens):
+            choice = {"index": c, "delta": {"reasoning_content": s.reasoning_tokens[t]}}
+            return self.chunk([{**choice, "logprobs": None, "finish_reason": None}])
+        t -= len(s.reasoning_tokens)
         if t == len(s.tokens):  # the step after the text: the function calls
             calls = [{"index": k, **call} for k, call in enumerate(tool_calls_json(s, self.id, c))]
             choice = {"index": c, "delta": {"tool_calls": calls}}

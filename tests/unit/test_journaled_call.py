@@ -65,7 +65,9 @@ async def test_plain_and_streamed_calls_record_the_same_shape_live_and_replayed(
     assert outcome.status == "succeeded", outcome.error
 
     live = await model_spans(runtime, job_id)
-    common = {"role", "model", "key", "n", "journal", "endpoint", "latency_ms", "attempts"}
+    # The simulator's pools have no prices: every call's cost is unknown ("n/a").
+    usage = {"reasoning_tokens", "cost_known"}
+    common = {"role", "model", "key", "n", "journal", "endpoint", "latency_ms", "attempts"} | usage
     assert set(live["small.generate"]) == common | {"emulated_n", "finish_reasons"}
     assert set(live["small.stream"]) == common | {"stream", "finish_reasons"}
     for name in ("small.generate", "small.stream"):
@@ -80,9 +82,9 @@ async def test_plain_and_streamed_calls_record_the_same_shape_live_and_replayed(
         plain, streamed = sorted(
             await repo.list_calls(session, job_id), key=lambda e: "deltas" in e.response
         )
-    assert set(plain.response) == {"model", "choices", "emulated_n"}
+    assert set(plain.response) == {"model", "choices", "emulated_n", "cost_known"}
     assert set(streamed.response) == {
-        "model", "choices", "deltas", "emulated_n", "prompt_tokens_estimated"
+        "model", "choices", "deltas", "emulated_n", "prompt_tokens_estimated", "cost_known"
     }  # fmt: skip
     for entry in (plain, streamed):
         assert entry.response["choices"][0]["text"] == REPLY
@@ -98,7 +100,7 @@ async def test_plain_and_streamed_calls_record_the_same_shape_live_and_replayed(
     assert child.usage is not None and outcome.usage is not None
     assert child.usage["completion_tokens"] == outcome.usage["completion_tokens"]
     replayed = await model_spans(runtime, child_id)
-    hit = {"role", "model", "key", "n", "journal", "endpoint", "recorded_latency_ms"}
+    hit = {"role", "model", "key", "n", "journal", "endpoint", "recorded_latency_ms"} | usage
     assert set(replayed["small.generate"]) == hit
     assert set(replayed["small.stream"]) == hit | {"stream", "finish_reasons"}
     assert {a["journal"] for a in replayed.values()} == {"hit"}

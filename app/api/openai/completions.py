@@ -21,14 +21,17 @@ from core.db.models import Job
 FinishReason = Literal["stop", "length", "tool_calls"]
 
 
-def usage(job: Job) -> dict[str, int]:
+def usage(job: Job) -> dict[str, Any]:
     spent = job.usage or {}
     prompt = int(spent.get("prompt_tokens", 0))
     completion = int(spent.get("completion_tokens", 0))
+    # Reasoning tokens are a part of completion_tokens, as OpenAI reports them.
+    reasoning = int(spent.get("reasoning_tokens", 0))
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
+        "completion_tokens_details": {"reasoning_tokens": reasoning},
     }
 
 
@@ -73,6 +76,7 @@ def extension(job: Job) -> dict[str, Any]:
         "budget_exhausted": stopped_on_budget(job),
         "calls": spent.get("calls", 0),
         "cost": spent.get("cost", 0.0),
+        "cost_known": spent.get("cost_known", True),
         "trace": f"/v1/jobs/{job.id}/trace",
     }
     if job.error:

@@ -131,7 +131,7 @@ function summaryTable(arms) {
         h("td", { class: "num", text: s.mean_tokens === null ? "–" : (s.mean_tokens ?? 0).toFixed(1) }),
         h("td", { class: "num", text: s.latency_p50 === null || s.latency_p50 === undefined ? "–" : s.latency_p50.toFixed(2) }),
         h("td", { class: "num", text: s.latency_p90 === null || s.latency_p90 === undefined ? "–" : s.latency_p90.toFixed(2) }),
-        h("td", { class: "num", text: fmtCost(s.mean_cost) }),
+        h("td", { class: "num", text: s.cost_known === false ? "n/a" : fmtCost(s.mean_cost) }),
         h("td", { class: "num", text: fmtInt(s.failed) }));
     })));
 }

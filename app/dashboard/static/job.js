@@ -271,10 +271,14 @@ class JobView {
     const liveCalls = m.calls.length;
     const liveTokens = m.calls.reduce((s, c) => s + c.prompt_tokens + c.completion_tokens, 0);
     const liveCost = m.calls.reduce((s, c) => s + c.cost, 0);
+    // A call on a pool without prices has no known cost: the sum would understate it.
+    const costUnknown = u ? u.cost_known === false : m.calls.some((c) => c.cost_known === false);
+    const reasoning = u ? u.reasoning_tokens || 0 : m.calls.reduce((s, c) => s + (c.reasoning_tokens || 0), 0);
+    const ofWhich = !spent && reasoning ? ` (${fmtInt(reasoning)} reasoning)` : "";
     clear(this.els.usage).append(h("h3", { text: spent ? `Usage at step ${step}` : "Usage" }), h("dl", { class: "kv" },
       h("dt", { text: "calls" }), h("dd", { text: spent ? fmtInt(spent.calls) : u ? `${fmtInt(u.calls)} (${fmtInt(u.live_calls)} live, ${fmtInt(u.journal_hits)} from journal)` : fmtInt(liveCalls) }),
-      h("dt", { text: "tokens" }), h("dd", { text: spent ? fmtInt(spent.tokens) : u ? `${fmtInt(u.prompt_tokens)} prompt + ${fmtInt(u.completion_tokens)} completion` : fmtInt(liveTokens) }),
-      h("dt", { text: "cost" }), h("dd", { text: fmtCost(spent ? spent.cost : u ? u.cost : liveCost) }),
+      h("dt", { text: "tokens" }), h("dd", { text: spent ? fmtInt(spent.tokens) : u ? `${fmtInt(u.prompt_tokens)} prompt + ${fmtInt(u.completion_tokens)} completion${ofWhich}` : `${fmtInt(liveTokens)}${ofWhich}` }),
+      h("dt", { text: "cost" }), h("dd", { text: costUnknown ? "n/a" : fmtCost(spent ? spent.cost : u ? u.cost : liveCost), title: costUnknown ? "a pool used has no prices" : null }),
       h("dt", { text: "latency" }), h("dd", { text: fmtMs(jobLatencyMs(job)) })));
     this.renderBudget(step);
     if (step !== null) {

@@ -143,7 +143,7 @@ export function jobsView(main, params, shell) {
       h("td", { class: "question-cell" }, h("a", { href: open, text: job.question, title: job.question })),
       h("td", { class: "answer-cell", text: answer, title: answer }),
       h("td", { class: "num", text: fmtInt(jobTokens(job)) }),
-      h("td", { class: "num", text: job.usage ? fmtCost(job.usage.cost) : "–" }),
+      h("td", { class: "num", text: !job.usage ? "–" : job.usage.cost_known === false ? "n/a" : fmtCost(job.usage.cost) }),
       h("td", { class: "num", text: fmtMs(jobLatencyMs(job)) }),
       h("td", {}, job.parent_job_id ? h("a", { href: `#/jobs/${job.parent_job_id}`, text: `${job.fork_point !== null ? "fork" : "replay"} of ${shortId(job.parent_job_id)}` }) : ""));
   }
