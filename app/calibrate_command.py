@@ -4,6 +4,7 @@
         [--arm LABEL | --strategy SPEC] [--tolerance POINTS | --target-large-share S]
         [--live] [--preset NAME] [--tenant T] [--json]
     ponder calibrate difficulty_router (--results ... | --dataset ...) [same options]
+    ponder calibrate spec_reason (--results ... | --dataset ...) [same options]
     ponder calibrate compute_optimal --results RESULTS.json [--budget-tokens B]
         [--difficulty easy|normal|hard] [--preset NAME] [--json]
 
@@ -18,7 +19,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from core.calibration.fit import Calibration, Objective, calibrate_difficulty, calibrate_glimp
+from core.calibration.fit import (
+    Calibration,
+    Objective,
+    SpecCandidate,
+    calibrate_difficulty,
+    calibrate_glimp,
+    calibrate_spec_reason,
+)
 from core.calibration.replay import ProblemJobs, jobs_by_question, load_sources
 from core.calibration.table import choose_arm, table_from_results
 from core.errors import InvalidInput
@@ -31,7 +39,11 @@ from evals.results import load_results
 from strategies.collaboration.compute_optimal import TableArm
 from strategies.collaboration.difficulty_router import Level
 
-FITTED = ("glimp_router", "difficulty_router")
+FITTED = {
+    "glimp_router": calibrate_glimp,
+    "difficulty_router": calibrate_difficulty,
+    "spec_reason": calibrate_spec_reason,
+}
 KINDS = (*FITTED, "compute_optimal")
 SHOWN = 20
 """Most candidate rows printed (difficulty_router has one per threshold pair)."""
@@ -61,7 +73,7 @@ def add_arguments(cal: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="S",
-        help="glimp_router: most steps (fraction) the large model may write",
+        help="glimp_router, spec_reason: most steps (fraction) the large model may write",
     )
     cal.add_argument("--live", action="store_true", help="call the model on journal misses")
     cal.add_argument("--budget-tokens", type=int, default=None, metavar="B")
@@ -199,8 +211,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     async with Runtime(settings, roles=roles if args.live else None) as rt:
         if args.live:
             await rt.check_pools(sorted(roles))
-        fit = calibrate_glimp if args.kind == "glimp_router" else calibrate_difficulty
-        calibration = await fit(
+        calibration = await FITTED[args.kind](
             rt,
             sources,
             base,
@@ -249,6 +260,8 @@ def _print_calibration(calibration: Calibration, preset: str | None, as_json: bo
         return
     names = list(calibration.chosen.values)
     header = [*names, "coverage", "accuracy", "mean tokens", "large tokens", "large share"]
+    if calibration.kind == "spec_reason":
+        header += ["accepted", "latency ms"]
     print("  ".join(f"{h:>12}" for h in header))
     shown = calibration.candidates
     if len(shown) > SHOWN:
@@ -262,9 +275,11 @@ def _print_calibration(calibration: Calibration, preset: str | None, as_json: bo
             f"{c.covered}/{c.problems}",
             _fmt(c.accuracy, pct=True),
             _fmt(c.mean_tokens),
-            _fmt(c.mean_large_tokens) if calibration.kind == "glimp_router" else "–",
+            _fmt(c.mean_large_tokens) if calibration.kind != "difficulty_router" else "–",
             _fmt(c.large_share, pct=True),
         ]
+        if isinstance(c, SpecCandidate):
+            cells += [_fmt(c.acceptance, pct=True), _fmt(c.mean_latency_ms)]
         print("  ".join(f"{x:>12}" for x in cells) + mark)
     if len(shown) < len(calibration.candidates):
         print(f"({len(calibration.candidates) - len(shown)} more candidates; --json lists all)")

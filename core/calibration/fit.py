@@ -1,18 +1,20 @@
-"""Fitting thresholds from replays: glimp_router's ``tau`` and difficulty_router's
-``easy_max`` / ``hard_min``.
+"""Fitting thresholds from replays: glimp_router's ``tau``, difficulty_router's
+``easy_max`` / ``hard_min`` and spec_reason's ``threshold``.
 
 Candidates come from the data: the first-token entropies the source jobs' ``route``
-events recorded (glimp_router), the probe values of the problems (difficulty_router).
+events recorded (glimp_router), the probe values of the problems (difficulty_router),
+the judge's scores in the ``judgement`` events (spec_reason).
 Between two neighbouring observed values every threshold routes alike, so the candidates
 are the midpoints between neighbours, plus one below the lowest and one above the
 highest value (at most ``MAX_CUTS`` of them, by quantile, on large sets).
 
 Objective (``Objective``): among the candidates scored on every problem, the best
 accuracy; every candidate within ``tolerance`` of it qualifies, and the cheapest of
-those wins: the fewest large-model tokens (glimp_router), the fewest tokens
+those wins: the fewest large-model tokens (glimp_router, spec_reason), the fewest tokens
 (difficulty_router); remaining ties go to the larger threshold. With
-``target_large_share`` (glimp_router) only candidates whose share of steps written by the
-large model is at most the target qualify, and the most accurate of them wins.
+``target_large_share`` (glimp_router, spec_reason) only candidates whose share of steps
+written by the large model is at most the target qualify, and the most accurate of them
+wins.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.calibration.replay import Replayed, Source, replay
+from core.db import repo
 from core.errors import InvalidInput
 from core.runtime import Runtime
 from core.specs import validate_spec
-from strategies.collaboration import difficulty_router, glimp_router
+from strategies.collaboration import difficulty_router, glimp_router, spec_reason
 
 MAX_CUTS = 41
 LEVELS = ("easy", "normal", "hard")
@@ -38,7 +41,7 @@ class Objective:
     tolerance: float = 0.0
     """Accuracy (a fraction: 0.02 = 2 points) a candidate may give up for cost."""
     target_large_share: float | None = None
-    """glimp_router only: most steps the large model may write, as a fraction."""
+    """glimp_router and spec_reason: most steps the large model may write (a fraction)."""
     live: bool = False
     """Call the model for journal misses instead of leaving them uncovered."""
 
@@ -85,6 +88,35 @@ class Candidate:
             "mean_large_tokens": self.mean_large_tokens,
             "large_share": self.large_share,
             "live_calls": self.live_calls,
+        }
+
+
+@dataclass
+class SpecCandidate(Candidate):
+    """A spec_reason threshold: also the judge's verdicts and the estimated latency."""
+
+    accepted: int = 0
+    rejected: int = 0
+    latency_ms: float = 0.0
+    """Summed over covered problems: the recorded model latency on the critical path
+    (``critical_path_ms``)."""
+
+    @property
+    def acceptance(self) -> float | None:
+        judged = self.accepted + self.rejected
+        return self.accepted / judged if judged else None
+
+    @property
+    def mean_latency_ms(self) -> float | None:
+        return self.latency_ms / self.covered if self.covered else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **super().to_json(),
+            "accepted": self.accepted,
+            "rejected": self.rejected,
+            "acceptance": self.acceptance,
+            "mean_latency_ms": self.mean_latency_ms,
         }
 
 
@@ -260,7 +292,8 @@ async def calibrate_difficulty(
     """
     if objective.target_large_share is not None:
         raise InvalidInput(
-            "target_large_share: applies to glimp_router only", field="target_large_share"
+            "target_large_share: applies to glimp_router and spec_reason only",
+            field="target_large_share",
         )
     spec = _spec_of(base, "difficulty_router")
     children = {level: json.dumps(spec[level], sort_keys=True) for level in LEVELS}
@@ -320,3 +353,127 @@ def _level(value: float | None, easy_max: float, hard_min: float) -> str:
     if value >= hard_min:
         return "hard"
     return "normal"
+
+
+async def calibrate_spec_reason(
+    rt: Runtime,
+    sources: Sequence[Source],
+    base: dict[str, Any],
+    objective: Objective,
+    *,
+    tenant: str,
+    source_field: str,
+    skipped: Sequence[str] = (),
+) -> Calibration:
+    """Fit spec_reason's acceptance ``threshold`` from the judge's recorded scores.
+
+    A draft is accepted when its score is at least the threshold, so between two
+    neighbouring observed scores every threshold decides alike: the candidates are the
+    midpoints (``cuts``, at most 9). Each is replayed strictly on every problem; the
+    cost is the large model's tokens (its judgements and the steps it wrote).
+    """
+    spec = _spec_of(base, "spec_reason")
+    scores = [
+        float(a["score"])
+        for s in sources
+        for name, a in s.events
+        if name == "judgement" and a.get("score") is not None
+    ]
+    if not scores:
+        raise InvalidInput(
+            f"{source_field}: its journaled jobs have no spec_reason judgement events with a "
+            "score to fit the threshold to",
+            field=source_field,
+        )
+    upper = float(spec_reason.Params.model_json_schema()["properties"]["threshold"]["maximum"])
+    large = str(spec["large_role"])
+    candidates: list[Candidate] = []
+    for threshold in cuts(scores, upper):
+        cand = SpecCandidate({"threshold": threshold}, len(sources))
+        fitted = {**spec, "threshold": threshold}
+        for source in sources:
+            done = await replay(rt, source, fitted, live=objective.live, tenant=tenant)
+            _add(cand, done, large)
+            if not done.covered:
+                continue
+            steps_by = done.details.get("steps_by") or {}
+            cand.large_steps += int(steps_by.get(large, 0))
+            cand.steps += int(done.details.get("steps", 0))
+            cand.accepted += int(done.details.get("accepted", 0))
+            cand.rejected += int(done.details.get("rejected", 0))
+            cand.latency_ms += await job_critical_path_ms(
+                rt, done.job_id, large, bool(spec["pipeline"])
+            )
+        candidates.append(cand)
+    chosen = pick(candidates, objective, lambda c: c.mean_large_tokens or 0.0, source_field)
+    fitted_spec = validate_spec({**spec, **chosen.values}).model_dump(mode="json")
+    return Calibration(
+        kind="spec_reason",
+        spec=fitted_spec,
+        defaults={"threshold": float(spec["threshold"])},
+        chosen=chosen,
+        candidates=candidates,
+        problems=len(sources),
+        skipped=list(skipped),
+        objective=objective,
+        live_calls=sum(c.live_calls for c in candidates),
+    )
+
+
+@dataclass(frozen=True)
+class CallTime:
+    """One model call of a replay, as ``critical_path_ms`` needs it."""
+
+    step: str | None
+    """The id of the ``step`` span it was made in."""
+    role: str
+    judge: bool
+    latency_ms: float
+
+
+def critical_path_ms(calls: Sequence[CallTime], large_role: str, pipeline: bool) -> float:
+    """The model latency a spec_reason job waits for, from its calls in issue order.
+
+    Calls run one after another, except that with ``pipeline`` the small model's
+    speculative draft of the next step runs during the judgement: in a step, a small
+    call issued after the judge overlaps it, so the pair costs the longer of the two.
+    """
+    total = sum(c.latency_ms for c in calls)
+    if not pipeline:
+        return total
+    judges: dict[str | None, CallTime] = {}
+    for call in calls:
+        if call.judge and call.role == large_role:
+            judges[call.step] = call
+        elif call.role != large_role and call.step in judges:
+            total -= min(judges.pop(call.step).latency_ms, call.latency_ms)
+    return total
+
+
+async def job_critical_path_ms(rt: Runtime, job_id: str, large_role: str, pipeline: bool) -> float:
+    """``critical_path_ms`` of a finished replay, from its model-call spans: a hit
+    carries the latency recorded by the job that made the call, a live call its own."""
+    async with rt.sessions() as session:
+        spans = await repo.list_spans(session, job_id)
+        calls = await repo.list_calls(session, job_id)
+    judgements = {
+        c.key[:16]
+        for c in calls
+        if (c.request or {}).get("max_tokens") == 1 and (c.request or {}).get("logprobs")
+    }
+    steps = {s.id for s in spans if s.kind == "span" and s.name == "step"}
+    timed: list[CallTime] = []
+    for span in spans:
+        if span.kind != "model_call":
+            continue
+        a = span.attributes or {}
+        latency = a.get("recorded_latency_ms", a.get("latency_ms"))
+        timed.append(
+            CallTime(
+                step=span.parent_id if span.parent_id in steps else None,
+                role=str(a.get("role")),
+                judge=a.get("key") in judgements,
+                latency_ms=float(latency or 0.0),
+            )
+        )
+    return critical_path_ms(timed, large_role, pipeline)

@@ -11,6 +11,13 @@ steps to the large model: the data implies tau = 1.6, not the default 1.0.
 difficulty_router data: the entropy probe reads 0.3 / 0.7 (small right) and 1.2 / 2.0
 (small wrong); easy and normal run direct on small, hard direct on large (a longer,
 always right reply). Every problem right at the least tokens: easy_max = hard_min = 0.95.
+
+spec_reason data (the same four sums, chains of three steps): step 0 "We add A and B."
+and the last step "The answer is N." are the same from both models and the judge scores
+them 8. Step 1 is "A + B = N." from the large model, and from the small model on the
+first two sums (judged 6); on the last two the small model writes "A + B = N+1." (judged
+3) and concludes from it. Candidates: 1.5, 4.5, 7.0 (the default) and 8.5; every
+threshold above 3 is fully accurate, and 4.5 gives the large model the fewest tokens.
 """
 
 from __future__ import annotations
@@ -29,7 +36,16 @@ import pytest
 
 from app.cli import main
 from core import presets
-from core.calibration.fit import Objective, calibrate_difficulty, calibrate_glimp
+from core.calibration.fit import (
+    CallTime,
+    Objective,
+    SpecCandidate,
+    calibrate_difficulty,
+    calibrate_glimp,
+    calibrate_spec_reason,
+    critical_path_ms,
+    job_critical_path_ms,
+)
 from core.calibration.replay import ProblemJobs, load_sources
 from core.errors import InvalidInput
 from core.runtime import Runtime
@@ -39,7 +55,7 @@ from core.simulator.server import Simulator
 from core.specs import validate_spec
 from strategies.collaboration import compute_optimal
 from tests.fixtures.runtime import simulator_settings
-from tests.strategies.helpers import solve
+from tests.strategies.helpers import SolvedJob, solve
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -93,6 +109,35 @@ def difficulty_script() -> SimulatorConfig:
             Rule(
                 model="sim-large", match=q, replies=[f"Adding {a} and {b} gives {s}. Answer: {s}."]
             ),
+        ]
+    return SimulatorConfig(models=["sim-small", "sim-large"], rules=rules)
+
+
+ACCEPT_ALL = {"kind": "spec_reason", "threshold": 0}
+REJECT_ALL = {"kind": "spec_reason", "threshold": 9}  # the judge never says 9 here
+JUDGE = r"\nuser: Score the last step\."
+
+
+def spec_script() -> SimulatorConfig:
+    rules = []
+    for a, b, _, right in SUMS:
+        q = re.escape(f"What is {a} + {b}?") + ".*"
+        s, wrong = a + b, a + b + 1
+        large = f"We add {a} and {b}.\n\n{a} + {b} = {s}.\n\nThe answer is {s}."
+        small = (
+            large
+            if right
+            else large.replace(f"= {s}.", f"= {wrong}.").replace(f"is {s}.", f"is {wrong}.")
+        )
+        rules += [
+            # Judgements: the draft ends the assistant message before the question.
+            Rule(model="sim-large", match=q + re.escape(f"= {s}.") + JUDGE, replies=["6"]),
+            Rule(model="sim-large", match=q + re.escape(f"= {wrong}.") + JUDGE, replies=["3"]),
+            Rule(model="sim-large", match=q + JUDGE, replies=["8"]),
+            Rule(model="sim-large", match=q, replies=[large]),
+            # On the large model's step 1 the small model continues rightly.
+            Rule(model="sim-small", match=q + re.escape(f"= {s}.\n\n"), replies=[large]),
+            Rule(model="sim-small", match=q, replies=[small]),
         ]
     return SimulatorConfig(models=["sim-small", "sim-large"], rules=rules)
 
@@ -240,6 +285,115 @@ async def test_difficulty_thresholds_are_fitted_without_model_calls(
             source_field="results",
         )
     assert caught.value.field == "target_large_share"
+
+
+async def test_spec_reason_threshold_is_fitted_from_the_journals_without_model_calls(
+    rt: Runtime, simulator: Simulator
+) -> None:
+    simulator.set_config(spec_script())
+    problems = await run_set(rt, ACCEPT_ALL, REJECT_ALL)
+    before = simulator.stats.requests
+
+    sources, skipped = await load_sources(rt, problems, kind="spec_reason", source_field="results")
+    default = {"kind": "spec_reason"}  # threshold 7
+    fit = await calibrate_spec_reason(
+        rt, sources, default, Objective(), tenant="default", source_field="results"
+    )
+
+    assert simulator.stats.requests == before  # zero model calls
+    assert fit.live_calls == 0 and skipped == []
+    by_t = {c.values["threshold"]: c for c in fit.candidates if isinstance(c, SpecCandidate)}
+    assert sorted(by_t) == [1.5, 4.5, 7.0, 8.5]  # between the judge's 3, 6 and 8
+    assert all(c.complete for c in fit.candidates)  # mixed routes too: pooled journals
+    assert [by_t[t].accuracy for t in sorted(by_t)] == [0.5, 1.0, 1.0, 1.0]
+    # Large tokens: a judgement is 1 token, "A + B = N." 6, "We add A and B." 6,
+    # "The answer is N." 5. All accepted: 3; step 1 rejected: 3 + 6; nothing: 3 + 17.
+    assert [by_t[t].mean_large_tokens for t in sorted(by_t)] == [3, 6, 9, 20]
+    rows = {t: (c.large_steps, c.steps, c.accepted, c.rejected) for t, c in by_t.items()}
+    assert rows == {1.5: (0, 12, 12, 0), 4.5: (2, 12, 10, 2), 7.0: (4, 12, 8, 4),
+                    8.5: (12, 12, 0, 12)}  # fmt: skip
+    chosen = fit.chosen
+    assert isinstance(chosen, SpecCandidate)
+    assert chosen.values == {"threshold": 4.5} and fit.defaults == {"threshold": 7.0}
+    assert chosen.acceptance == 10 / 12 and chosen.large_share == 2 / 12
+    assert all((c.mean_latency_ms or 0) > 0 for c in by_t.values())  # recorded latencies
+    # The replays' spans show each judgement with the draft that ran during it.
+    for job_id in by_t[1.5].job_ids:
+        serial = await job_critical_path_ms(rt, job_id, "large", pipeline=False)
+        assert await job_critical_path_ms(rt, job_id, "large", pipeline=True) < serial
+    assert fit.spec["threshold"] == 4.5 and fit.spec["pipeline"] is True
+    report = fit.to_json()
+    # Tokens: 17 small + 3 judgements on the first two sums; on the last two also the
+    # large step 1 (6) and the discarded speculative draft of step 2 (5): 25.5 a sum.
+    assert report["candidates"][1] == {
+        "threshold": 4.5, "coverage": "4/4", "accuracy": 1.0, "mean_tokens": 25.5,
+        "mean_large_tokens": 6.0, "large_share": 2 / 12, "live_calls": 0, "accepted": 10,
+        "rejected": 2, "acceptance": 10 / 12, "mean_latency_ms": chosen.mean_latency_ms,
+    }  # fmt: skip
+
+    # Other objectives from the same data: 50 points of tolerance buy the all-small
+    # chain; at most 20 % of steps on the large model still allows 4.5.
+    loose = await calibrate_spec_reason(
+        rt, sources, default, Objective(tolerance=0.5), tenant="default", source_field="r"
+    )
+    assert loose.chosen.values == {"threshold": 1.5}
+    share = await calibrate_spec_reason(
+        rt, sources, default, Objective(target_large_share=0.2), tenant="d", source_field="r"
+    )
+    assert share.chosen.values == {"threshold": 4.5}
+    assert simulator.stats.requests == before
+
+
+async def test_spec_reason_thin_journal_is_reported_and_live_mode_counts_its_calls(
+    rt: Runtime, simulator: Simulator
+) -> None:
+    simulator.set_config(spec_script())
+    default = {"kind": "spec_reason"}  # threshold 7 only
+    problems = await run_set(rt, default)
+    sources, _ = await load_sources(rt, problems, kind="spec_reason", source_field="results")
+    before = simulator.stats.requests
+
+    strict = await calibrate_spec_reason(
+        rt, sources, default, Objective(), tenant="default", source_field="results"
+    )
+    assert simulator.stats.requests == before
+    coverage = {c.values["threshold"]: (c.covered, c.problems) for c in strict.candidates}
+    # 1.5 accepts the wrong step 1 of the last two sums: nobody judged the conclusion
+    # drawn from it. 8.5 rejects step 0: nobody asked the large model to write it.
+    assert coverage == {1.5: (2, 4), 4.5: (4, 4), 7.0: (4, 4), 8.5: (0, 4)}
+    by_t = {c.values["threshold"]: c for c in strict.candidates}
+    assert by_t[8.5].accuracy is None and by_t[8.5].to_json()["mean_latency_ms"] is None
+    assert strict.chosen.values == {"threshold": 4.5} and strict.live_calls == 0
+
+    live = await calibrate_spec_reason(
+        rt, sources, default, Objective(live=True), tenant="default", source_field="results"
+    )
+    assert all(c.complete for c in live.candidates)
+    # 1.5: one judgement on each of two sums; 8.5, per sum: the large model's step 0 and
+    # last step, and the small model's second identical draft of step 1.
+    assert {c.values["threshold"]: c.live_calls for c in live.candidates} == {
+        1.5: 2,
+        4.5: 0,
+        7.0: 0,
+        8.5: 12,
+    }
+    assert simulator.stats.requests - before == live.live_calls == 14
+    assert live.chosen.values == {"threshold": 4.5}
+
+
+def test_critical_path_overlaps_the_judgement_with_the_speculative_draft() -> None:
+    calls = [
+        CallTime("s0", "small", False, 10.0),  # draft of step 0
+        CallTime("s0", "large", True, 4.0),  # its judgement ...
+        CallTime("s0", "small", False, 9.0),  # ... while step 1 is drafted: 9
+        CallTime("s1", "large", True, 12.0),  # judgement of step 1 ...
+        CallTime("s1", "small", False, 5.0),  # ... with the (discarded) draft of step 2: 12
+        CallTime("s1", "large", False, 20.0),  # the large model writes step 1
+        CallTime("s2", "small", False, 7.0),  # draft of step 2, the last
+        CallTime("s2", "large", True, 3.0),  # judged alone
+    ]
+    assert critical_path_ms(calls, "large", pipeline=True) == 10 + 9 + 12 + 20 + 7 + 3
+    assert critical_path_ms(calls, "large", pipeline=False) == 70
 
 
 # --- the command, as a user runs it ------------------------------------------------
@@ -449,3 +603,60 @@ def test_bad_input_exits_2_with_one_message(
     assert code == 2
     assert err.startswith(message), err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_spec_reason_calibration_by_command_prints_the_table_and_writes_the_preset(
+    simulator: Simulator,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    simulator.set_config(spec_script())
+    data_dir = tmp_path / "data"
+    url = f"sqlite:///{(data_dir / 'ponder.db').resolve()}"
+    settings = simulator_settings(simulator.url, url, data_dir)
+
+    async def run_jobs() -> None:
+        async with Runtime(settings, roles={"small", "large"}) as rt:
+            await run_set(rt, ACCEPT_ALL, REJECT_ALL)
+
+    asyncio.run(run_jobs())
+    before = simulator.stats.requests
+    sums = str(write_dataset(tmp_path / "sums.jsonl"))
+    code, out, err = run_cli(monkeypatch, capsys, tmp_path, "spec_reason", "--dataset", sums,
+                             "--strategy", "spec_reason", "--preset", "sums-spec",
+                             "--json")  # fmt: skip
+    assert code == 0, err
+    assert simulator.stats.requests == before
+    report = json.loads(out)
+    assert report["fitted"] == {"threshold": 4.5} and report["defaults"] == {"threshold": 7.0}
+    assert report["accuracy"] == 1.0 and report["live_calls"] == 0
+    assert report["preset"] == "sums-spec"
+    assert [(c["threshold"], c["coverage"], c["acceptance"]) for c in report["candidates"]] == [
+        (1.5, "4/4", 1.0), (4.5, "4/4", 10 / 12), (7.0, "4/4", 8 / 12), (8.5, "4/4", 0.0)
+    ]  # fmt: skip
+    stored = asyncio.run(stored_preset(data_dir, "sums-spec"))
+    assert stored["kind"] == "spec_reason" and stored["threshold"] == 4.5
+
+    # The table; the base spec is the newest spec_reason job's (threshold 9).
+    code, out, err = run_cli(monkeypatch, capsys, tmp_path, "spec_reason", "--dataset", sums)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split() == ["threshold", "coverage", "accuracy", "mean", "tokens",
+                                "large", "tokens", "large", "share", "accepted", "latency",
+                                "ms"]  # fmt: skip
+    chosen = next(line for line in lines if line.endswith(" *"))
+    assert chosen.split()[:7] == ["4.5", "4/4", "100.0%", "25.5", "6.0", "16.7%", "83.3%"]
+    assert lines[-1] == "fitted threshold=4.5 (was threshold=9) on 4 problems; model calls: 0 live"
+    assert simulator.stats.requests == before
+
+    # The preset by name: the wrong step 1 of 6 + 1 (judged 3) is rewritten by large.
+    async def run_preset() -> SolvedJob:
+        async with Runtime(settings, roles={"small", "large"}) as rt:
+            return await solve(rt, {"preset": "sums-spec"}, question=PROBLEMS[2]["question"])
+
+    job = asyncio.run(run_preset())
+    assert job.answer == "7"
+    assert [(a["score"], a["threshold"]) for a in job.events_named("judgement")] == [
+        (8.0, 4.5), (3.0, 4.5), (8.0, 4.5)
+    ]  # fmt: skip
