@@ -48,6 +48,8 @@ _MODULES = [
     "collaboration.difficulty_router",
     "collaboration.compute_optimal",
     "tool_use.program_of_thought",
+    "tool_use.tool_agent",
+    "tool_use.divide_then_aggregate",
 ]
 
 

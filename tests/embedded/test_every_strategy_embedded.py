@@ -59,6 +59,8 @@ SMOKE_PARAMS: dict[str, dict[str, Any]] = {
     "cascade": {"samples": 2, "max_tokens": 96},
     "difficulty_router": {"probe_tokens": 32, "probe_samples": 2},
     "program_of_thought": {"max_tokens": 160},
+    "tool_agent": {"max_steps": 3, "max_tokens": 160},
+    "divide_then_aggregate": {"max_rounds": 1, "plan_tokens": 256, "answer_tokens": 64},
 }
 
 pytestmark = [pytest.mark.embedded, pytest.mark.slow]
