@@ -369,8 +369,8 @@ async def calibrate_spec_reason(
 
     A draft is accepted when its score is at least the threshold, so between two
     neighbouring observed scores every threshold decides alike: the candidates are the
-    midpoints (``cuts``, at most 9). Each is replayed strictly on every problem; the
-    cost is the large model's tokens (its judgements and the steps it wrote).
+    midpoints (``cuts``; the threshold is at most 9). Each is replayed on every problem;
+    the cost is the large model's tokens (its judgements and the steps it wrote).
     """
     spec = _spec_of(base, "spec_reason")
     scores = [
