@@ -211,7 +211,11 @@ async def run(problem: str, ctx: Context, params: Params) -> StrategyResult:
             return StrategyResult(
                 answer=None,
                 text=reply,
-                details={"error": "no valid plan", "rounds": round_ + 1, "calls": len(results)},
+                details={
+                    "error": "no valid plan",
+                    "rounds": round_ + 1,
+                    "tool_calls": len(results),
+                },
             )
         for depth, level in enumerate(levels):
             ctx.trace("level", round=round_, level=depth, width=len(level),
@@ -219,17 +223,19 @@ async def run(problem: str, ctx: Context, params: Params) -> StrategyResult:
             async with ctx.span("level", round=round_, level=depth, width=len(level)):
                 runs = [_run_call(ctx, call, results) for call in level]
                 outcomes = await asyncio.gather(*runs, return_exceptions=True)
+            spent: BudgetExhausted | None = None
             for call, outcome in zip(level, outcomes, strict=True):
                 if isinstance(outcome, BudgetExhausted):
-                    exhausted = True
+                    spent = spent or outcome
                 elif isinstance(outcome, BaseException):
                     raise outcome
                 else:
                     results[call.id] = outcome
                     if outcome.ok and answer_of(outcome.output) is not None:
                         best = answer_of(outcome.output)
-            if exhausted:
-                ctx.trace("budget_exhausted", what="tools", round=round_, level=depth)
+            if spent is not None:
+                ctx.trace("budget_exhausted", what=spent.what, round=round_, level=depth)
+                exhausted = True
                 break
         if exhausted:
             break

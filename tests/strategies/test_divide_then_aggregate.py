@@ -166,3 +166,17 @@ def test_a_plan_is_cut_into_levels_of_independent_calls_in_plan_order() -> None:
     assert [[c.id for c in level] for level in levels] == [["a", "c", "e"], ["b"], ["d"]]
     with pytest.raises(PlanError, match="5 calls; a plan may hold at most 4"):
         read_plan(text, ["python"], {"p"}, max_calls=4)
+
+
+async def test_a_spent_tool_budget_answers_with_the_last_output_so_far(
+    rt: Runtime, simulator: Simulator
+) -> None:
+    require_sandbox()
+    simulator.set_config(script(Rule(match="muffins", replies=[DAG])))
+    # Two tool calls allowed: level 0 (a, b) runs, c is refused by the budget.
+    job = await solve(rt, SPEC, question=QUESTION, budget={"max_tool_calls": 2})
+    assert job.answer == "36" and job.result["budget_exhausted"] is True
+    (spent,) = job.events_named("budget_exhausted")
+    assert spent == {"what": "tool_calls", "round": 0, "level": 1}
+    assert job.events_named("answer") == [{"answer": "36", "source": "last tool output"}]
+    assert job.calls_to("small") == 1  # no aggregation was paid for
