@@ -381,6 +381,28 @@ async def test_spec_reason_thin_journal_is_reported_and_live_mode_counts_its_cal
     assert live.chosen.values == {"threshold": 4.5}
 
 
+async def test_spec_reason_needs_judgements_and_a_spec_reason_base(
+    rt: Runtime, simulator: Simulator
+) -> None:
+    simulator.set_config(glimp_script())
+    problems = await run_set(rt, ALL_SMALL)
+    sources, _ = await load_sources(rt, problems, kind="spec_reason", source_field="results")
+    before = simulator.stats.requests
+    with pytest.raises(InvalidInput) as caught:
+        await calibrate_spec_reason(
+            rt, sources, {"kind": "spec_reason"}, Objective(), tenant="default",
+            source_field="results",
+        )  # fmt: skip
+    assert caught.value.field == "results"
+    assert "no spec_reason judgement events" in caught.value.message
+    with pytest.raises(InvalidInput) as caught:
+        await calibrate_spec_reason(
+            rt, sources, ALL_SMALL, Objective(), tenant="default", source_field="results"
+        )
+    assert caught.value.field == "strategy.kind"
+    assert simulator.stats.requests == before
+
+
 def test_critical_path_overlaps_the_judgement_with_the_speculative_draft() -> None:
     calls = [
         CallTime("s0", "small", False, 10.0),  # draft of step 0
