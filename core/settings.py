@@ -1,4 +1,5 @@
-"""Layered settings: defaults < ``.env`` < ``PONDER_*`` env vars < per-request params.
+"""Layered settings: defaults < ``PONDER_CONFIG`` file < ``.env`` < ``PONDER_*`` env vars
+< per-request params (the file: ``core.config_file``).
 
 Nested values use ``__``: ``PONDER_POOLS__LARGE__ENDPOINTS='["http://gpu1:8000"]'``.
 Loading settings has no side effects (no network, no directories created).
@@ -12,7 +13,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from core.tools.sandbox import SandboxLimits
 
@@ -286,6 +291,21 @@ class Settings(BaseSettings):
     tools: dict[str, ToolSettings] = Field(default_factory=dict)
 
     """Operator-configured MCP tools by name (``PONDER_TOOLS__<NAME>__*``, below)."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # PONDER_CONFIG's pools and tools, below .env and the environment (core.config_file).
+        from core.config_file import API_SECTION, CORE_SECTIONS, ConfigFileSource
+
+        config_file = ConfigFileSource(settings_cls, CORE_SECTIONS, allowed=(API_SECTION,))
+        return init_settings, env_settings, dotenv_settings, config_file, file_secret_settings
 
     def tool_names(self) -> list[str]:
         """Every tool a job may name here."""

@@ -84,6 +84,9 @@ def describe(exc: ValidationError | SettingsError, prefix: str = PREFIX) -> list
             (a list or object variable that is not valid JSON).
         prefix: the settings class's ``env_prefix`` (``PONDER_API_`` for the API's own).
     """
+    sentences = getattr(exc, "sentences", None)
+    if isinstance(sentences, list):  # core.config_file.ConfigFileError: already by line
+        return [str(s) for s in sentences]
     if isinstance(exc, SettingsError):
         match = re.search(r'field "(\w+)"', str(exc))
         field = match.group(1).upper() if match else "*"

@@ -8,17 +8,29 @@ inherited from the parent), and tasks submit coroutines to it and wait.
 
 Waiting in the task's own thread keeps Celery's soft time limit working: prefork raises
 ``SoftTimeLimitExceeded`` in that thread, which then asks the loop to stop the job.
+
+SIGHUP reloads the config file (``PONDER_CONFIG``) instead of Celery's default (a
+restart of the whole worker, after its running jobs end). The main process checks the
+file and, when it is good, tells its pool processes with SIGUSR2 (billiard makes SIGHUP
+end a pool process), and each swaps its pool clients and tools (``Runtime.reload``):
+running jobs finish on the clients they hold. A bad file is logged in one sentence per
+error and changes nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import os
+import signal
 import threading
 from collections.abc import Coroutine
+from types import FrameType
 from typing import Any, TypeVar
+
+from celery.signals import worker_ready
 
 from core.breaker_reports import BreakerReporter
 from core.cancel import JobMonitor, StopReason, worker_identity
@@ -26,6 +38,7 @@ from core.logs import bound
 from core.runner import ReleasedLease, RunOutcome
 from core.runtime import Runtime
 from core.settings import Settings
+from core.settings_errors import BadSettings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +76,7 @@ class WorkerRuntime:
     def start(self) -> None:
         self._thread.start()
         self.call(self._open(), timeout=_OPEN_TIMEOUT_S)
+        install_reload_handler(POOL_RELOAD_SIGNAL)
 
     async def _open(self) -> None:
         # Every configured pool: which roles a job needs is known only per job. No
@@ -92,6 +106,18 @@ class WorkerRuntime:
             heartbeat_engine=runtime.sync_engine,
         )
         log.info("worker runtime ready: %s, pools %s", self.worker, sorted(roles) or "none")
+
+    def reload(self, settings: Settings) -> list[str]:
+        """Serve ``settings``' pools and tools from now on (thread-safe; blocks until done)."""
+        return self.call(self._reload(settings), timeout=_OPEN_TIMEOUT_S)
+
+    async def _reload(self, settings: Settings) -> list[str]:
+        assert self._runtime is not None
+        changed = self._runtime.reload(settings)
+        self.settings = self._runtime.settings
+        if self.breakers is not None and any(c.startswith("pools") for c in changed):
+            self.breakers.watch(self._runtime.pools)  # the new clients' breakers
+        return changed
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
@@ -140,6 +166,10 @@ class WorkerRuntime:
             await self._runtime.__aexit__(None, None, None)
 
 
+POOL_RELOAD_SIGNAL = signal.SIGUSR2
+"""What the main process sends its pool processes on a good SIGHUP: billiard resets a
+pool process's SIGHUP to "exit" after Celery's initializer, but leaves SIGUSR2 alone."""
+
 _lock = threading.Lock()
 _current: WorkerRuntime | None = None
 
@@ -164,3 +194,65 @@ def shutdown_worker_runtime() -> None:
         runtime, _current = _current, None
     if runtime is not None and runtime.pid == os.getpid():
         runtime.close()
+
+
+def _current_runtime() -> WorkerRuntime | None:
+    with _lock:
+        runtime = _current
+    return runtime if runtime is not None and runtime.pid == os.getpid() else None
+
+
+def reload_config() -> bool:
+    """Re-read the settings (the config file and the environment) and apply them to this
+    process's runtime, if it has one, and to its Celery pool processes (by
+    ``POOL_RELOAD_SIGNAL``).
+
+    Returns whether the new settings were good. Bad ones are logged, one sentence per
+    error, and the process keeps what it had.
+    """
+    try:
+        settings = load_settings()
+    except BadSettings as exc:
+        for sentence in exc.sentences:
+            log.error("config not reloaded, keeping the previous one: %s", sentence)
+        return False
+    runtime = _current_runtime()
+    if runtime is not None:
+        changed = runtime.reload(settings)
+        log.info("config reloaded: %s", "; ".join(changed) or "nothing changed")
+    from billiard.process import active_children
+
+    children = [child.pid for child in active_children() if child.pid is not None]
+    for pid in children:
+        # A pool process that just exited is gone; its replacement reads the file itself.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, POOL_RELOAD_SIGNAL)
+    if children:
+        log.info("config file good: pool processes %s reload it", children)
+    return True
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    # Off the signal handler: the main thread may be inside the logging machinery or
+    # waiting for a job, and the reload waits for the runtime's loop.
+    threading.Thread(target=_reload_logged, name="ponder-config-reload", daemon=True).start()
+
+
+def _reload_logged() -> None:
+    try:
+        reload_config()
+    except Exception:
+        log.exception("config reload failed; the previous configuration stays")
+
+
+def install_reload_handler(signum: int = signal.SIGHUP) -> None:
+    """``signum`` reloads the config (``reload_config``), in the main thread of a Celery
+    process only: a thread pool's runtime is reloaded by its main process's handler."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signum, _on_signal)
+
+
+@worker_ready.connect
+def _install_main_reload_handler(**_: Any) -> None:
+    # After Celery's platform tweaks, which make SIGHUP restart the whole worker.
+    install_reload_handler()

@@ -27,6 +27,7 @@ from app.api.key_cache import KeyCache
 from app.api.limits import Limiter, enforce_rate
 from app.api.metrics import ApiMetrics, HttpMetricsMiddleware
 from app.api.openai_compat import router as openai_router
+from app.api.reload import ConfigReloader
 from app.api.routes.catalog import router as catalog_router
 from app.api.routes.experiments import router as experiments_router
 from app.api.routes.jobs import router as jobs_router
@@ -34,7 +35,7 @@ from app.api.routes.presets import router as presets_router
 from app.api.routes.system import router as system_router
 from app.api.routes.traces import router as traces_router
 from app.api.schemas import V1_ERRORS
-from app.api.settings import ApiSettings
+from app.api.settings import ApiSettings, api_settings_or_exit
 from app.api.telemetry import JobTraceMiddleware
 from app.api.telemetry import start as start_telemetry
 from app.dashboard.router import router as dashboard_router
@@ -112,9 +113,13 @@ def create_app(
             )
             app.state.ponder = state
             app.state.limiter = limiter = Limiter(api, core_settings.broker_url)
+            # SIGHUP re-reads PONDER_CONFIG: pools, tools, tenant limits (app/api/reload.py).
+            reloader = ConfigReloader(state, runtime, limiter, pools=pools is None)
+            reloader.install()
             try:
                 yield
             finally:
+                reloader.remove()
                 await limiter.close()
                 await chosen.close()
 
@@ -165,7 +170,8 @@ def __getattr__(name: str) -> FastAPI:
         # The process's logging (PONDER_LOG_*): uvicorn configured its own before loading
         # the app; in JSON mode its lines are routed through Ponder's handler too.
         configure_logging()
-        built = create_app()
+        # The HTTP layer's own (PONDER_API_*, the config file's `api:` section), likewise.
+        built = create_app(api_settings=api_settings_or_exit())
         globals()["app"] = built
         return built
     raise AttributeError(name)

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
+
+from core.config_file import API_FIELDS, API_SECTION, ConfigFileSource
+from core.settings_errors import BadSettings, describe
 
 
 def _rate(value: str | None) -> str | None:
@@ -135,8 +143,43 @@ class ApiSettings(BaseSettings):
     tenant_limits: dict[str, TenantLimitsOverride] = Field(default_factory=dict)
     """Per-tenant overrides (``PONDER_API_TENANT_LIMITS__<TENANT>__*``)."""
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # PONDER_CONFIG's `api:` section (limits, tenant_limits), below .env and the
+        # environment, as core's Settings reads its sections (core.config_file).
+        config_file = ConfigFileSource(settings_cls, API_FIELDS, API_SECTION)
+        return init_settings, env_settings, dotenv_settings, config_file, file_secret_settings
+
     def limits_for(self, tenant: str) -> TenantLimits:
         override = self.tenant_limits.get(tenant)
         if override is None:
             return self.limits
         return self.limits.model_copy(update=override.model_dump(exclude_none=True))
+
+
+def load_api_settings() -> ApiSettings:
+    """``ApiSettings()``, or ``BadSettings`` with one sentence per error (naming the
+    ``PONDER_API_*`` variable, or the config file's line)."""
+    try:
+        return ApiSettings()
+    except (ValidationError, SettingsError) as exc:
+        raise BadSettings(describe(exc, prefix="PONDER_API_")) from None
+
+
+def api_settings_or_exit(program: str = "ponder api") -> ApiSettings:
+    """For the API's entry point: the settings, or each sentence on stderr and exit 2."""
+    import sys
+
+    try:
+        return load_api_settings()
+    except BadSettings as exc:
+        for sentence in exc.sentences:
+            print(f"{program}: bad settings: {sentence}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,4 +1,5 @@
-"""Pools: the role name -> PoolClient map that the worker builds from settings."""
+"""Pools: the role name -> PoolClient map that the worker builds from settings, swapped
+in place when the config file is reloaded (``Pools.swap``)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,24 @@ class Pools(Mapping[str, PoolClient]):
 
     def __len__(self) -> int:
         return len(self._clients)
+
+    @property
+    def http(self) -> httpx.AsyncClient | None:
+        """The HTTP client these clients share, if this ``Pools`` owns it."""
+        return self._http
+
+    def swap(self, new: Pools) -> Pools:
+        """Serve ``new``'s clients from now on; return the old ones, as a ``Pools`` that
+        owns the old HTTP client, for the caller to close once no job holds them.
+
+        In place, in one assignment: whoever holds this ``Pools`` (the runner, the API's
+        routes) sees the new clients on its next lookup, while a running job keeps the
+        clients it looked up when it started (``core.runner``). ``new`` is left empty.
+        """
+        old = Pools(self._clients, self._http)
+        self._clients, self._http = new._clients, new._http
+        new._clients, new._http = {}, None
+        return old
 
     async def aclose(self) -> None:
         for client in self._clients.values():
