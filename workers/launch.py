@@ -26,6 +26,7 @@ from core.embedded.manager import EmbeddedModels
 from core.errors import ConfigError, InvalidInput
 from core.jobs import PRIORITIES
 from core.settings import PoolSettings, Settings, pool_env
+from workers import metrics as worker_metrics
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ def run_worker(
 
         app = configure(settings)
         ensure_broker_dir(settings)
+        worker_metrics.serve()  # before the pool forks: children count into its files
         if reaper:
             reaper_proc = subprocess.Popen([sys.executable, "-m", "workers.reaper"])
         argv = [

@@ -304,9 +304,13 @@ async def any_api_key(session: AsyncSession) -> bool:
     return found is not None
 
 
-async def count_jobs_by_status(session: AsyncSession) -> dict[str, int]:
-    rows = await session.execute(select(Job.status, func.count()).group_by(Job.status))
-    return {status: int(count) for status, count in rows.all()}
+async def count_jobs_by_status_and_priority(session: AsyncSession) -> dict[tuple[str, str], int]:
+    """(status, priority) -> jobs: ``/metrics``'s job gauges, queue depth and jobs in
+    flight from one grouped query."""
+    rows = await session.execute(
+        select(Job.status, Job.priority, func.count()).group_by(Job.status, Job.priority)
+    )
+    return {(status, priority): int(count) for status, priority, count in rows.all()}
 
 
 async def live_call_stats(

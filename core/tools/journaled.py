@@ -15,6 +15,7 @@ import json
 import time
 from typing import Any
 
+from core import metrics
 from core.budget import JobBudget
 from core.errors import JournalMiss
 from core.journal import Journal
@@ -120,6 +121,7 @@ class JournaledTool:
         return result
 
     def _close(self, span: Any, result: ToolResult, journal: str, latency_ms: float) -> None:
+        metrics.tool_call(self.name, hit=journal == "hit", ok=result.ok, error=None)
         span.attributes = {
             **span.attributes,
             "journal": journal,
@@ -134,6 +136,7 @@ class JournaledTool:
             self.tracer.writer.submit([span])
 
     def _fail(self, span: Any, exc: BaseException) -> None:
+        metrics.tool_call(self.name, hit=False, ok=False, error=exc)
         span.attributes = {**span.attributes, "error": f"{type(exc).__name__}: {exc}"}
         span.end_ts = now()
         self.tracer.writer.submit([span])

@@ -673,7 +673,11 @@ def test_strategies_pools_health_metrics_docs(client: httpx.Client, simulator: S
     assert metrics.headers["content-type"].startswith("text/plain")
     text = metrics.text
     assert 'ponder_jobs{status="succeeded"} 1.0' in text
-    assert 'ponder_model_calls_total{role="small"} 1.0' in text
+    # This process's count (core.metrics; other tests in the process add to it).
+    assert 'ponder_model_calls_total{model="sim-small",outcome="ok",role="small"}' in text
+    assert 'ponder_queue_depth{priority="default"} 0.0' in text
+    assert "ponder_jobs_in_flight 0.0" in text
+    assert 'ponder_breaker_state{endpoint="1",pool="small"} 0.0' in text
     assert 'ponder_model_tokens_total{kind="completion",role="small"}' in text
     assert 'ponder_model_call_latency_seconds_bucket{le="+Inf",role="small"} 1.0' in text
     assert 'ponder_http_requests_total{method="POST",route="/v1/jobs",status="202"} 1.0' in text

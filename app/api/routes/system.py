@@ -43,7 +43,7 @@ async def metrics(request: Request, state: State) -> Response:
     `Authorization: Bearer <PONDER_API_METRICS_TOKEN>`; without that setting, an admin
     API key (or nothing, while no key exists: the loopback-only open mode)."""
     await _operator_only(request, state)
-    body = await request.app.state.metrics.render(state.sessions)
+    body = await request.app.state.metrics.render(state.sessions, state.pools)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
