@@ -238,6 +238,11 @@ class RestStore:
             "strategies": [
                 {k: a[k] for k in ("label", "spec", "params", "roles")} for a in experiment["arms"]
             ],
-            "summary": [a["summary"] for a in experiment["arms"]],
+            # The API's summary leaves out what the arm already says (label, spec).
+            "summary": [
+                {**a["summary"], "strategy": a["label"], "spec": a["spec"]}
+                for a in experiment["arms"]
+                if a["summary"] is not None
+            ],
             "rows": [{k: v for k, v in r.items() if k != "arm"} for r in grid["rows"]],
         }

@@ -166,9 +166,10 @@ def test_eval_is_stored_served_and_replayed_with_zero_model_calls(
     rows = api.get(f"/v1/experiments/{child_id}/rows")["rows"]
     assert {r["parent_job_id"] for r in rows} == {r["job_id"] for r in grid["rows"]}
 
-    # n=5 needs samples no journal holds: those rows fail, and nothing is called.
+    # n=5 needs samples no journal holds: those rows fail, and nothing is called. (An
+    # id prefix will do, as for jobs.)
     _, failing_id = ponder_eval(
-        env, "--replay", experiment_id, "-p", "self_consistency.n=5",
+        env, "--replay", experiment_id[:8], "-p", "self_consistency.n=5",
         "--out", str(tmp_path / "n5"),
     )  # fmt: skip
     assert simulator.stats.requests == requests
@@ -181,7 +182,7 @@ def test_eval_is_stored_served_and_replayed_with_zero_model_calls(
 
 
 def test_eval_over_url_is_stored_for_its_tenant_only(
-    stack: Stack, dataset: Path, tmp_path: Path
+    stack: Stack, simulator: Simulator, dataset: Path, tmp_path: Path
 ) -> None:
     api, rival = stack.api(f"acme-{uuid.uuid4().hex[:6]}"), stack.api("rival")
     key = api.http.headers["Authorization"].removeprefix("Bearer ")
@@ -194,6 +195,17 @@ def test_eval_over_url_is_stored_for_its_tenant_only(
     assert experiment["settings"]["backend"] == stack.url
     grid = api.get(f"/v1/experiments/{experiment_id}/rows")
     assert len(grid["rows"]) == 6
+    # A what-if replay on the server: strict replays there, zero model calls.
+    requests = simulator.stats.requests
+    out, child_id = ponder_eval(
+        stack.env, "--url", stack.url, "--api-key", key, "--replay", experiment_id,
+        "-p", "self_consistency.n=2", "--out", str(tmp_path / "n2"),
+    )  # fmt: skip
+    assert simulator.stats.requests == requests
+    assert "model calls: 0 live, 9 replayed from journals" in out
+    child = api.get(f"/v1/experiments/{child_id}")
+    assert child["parent_experiment_id"] == experiment_id
+    assert [a["summary"]["failed"] for a in child["arms"]] == [0, 0]
 
     # Another tenant: it does not exist, and its rows cannot be written.
     rival.get(f"/v1/experiments/{experiment_id}", status=404)
