@@ -31,17 +31,55 @@ from core.settings import (
 from core.tools.sandbox import SandboxLimits
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+EXAMPLE = DOC.parent / "ponder.example.yaml"
+"""An example config file, shown whole on the page (a test validates it)."""
 
 HEADER = """# Configuration
 
 Generated from the settings models by `python -m app.settings_reference`; do not edit
 by hand (a test fails when this page is stale).
 
-Settings are read, lowest precedence first, from defaults, a `.env` file in the working
-directory, and environment variables. Nested settings use `__`:
-`PONDER_WORKER__HEARTBEAT_S=2`. Lists and objects are JSON:
-`PONDER_POOLS__SMALL__ENDPOINTS='["http://gpu1:8000","http://gpu2:8000"]'`. A bad value
-stops `ponder` and the API at start with one sentence naming the variable.
+Settings are read, lowest precedence first, from defaults, the config file named by
+`PONDER_CONFIG` (below), a `.env` file in the working directory, and environment
+variables. Nested settings use `__`: `PONDER_WORKER__HEARTBEAT_S=2`. Lists and objects
+are JSON: `PONDER_POOLS__SMALL__ENDPOINTS='["http://gpu1:8000","http://gpu2:8000"]'`. A
+bad value stops `ponder` and the API at start with one sentence naming the variable.
+
+## Config file
+
+`PONDER_CONFIG=ponder.yaml` names one YAML file holding the model pools (roles, servers,
+keys, prices, tuning), the MCP tools and the tenant limits (default and largest budgets,
+jobs in flight, rates), validated by the same models as the variables below. A key path
+in the file is a variable's name with `__` as `.`: `pools.large.max_concurrency` is
+`PONDER_POOLS__LARGE__MAX_CONCURRENCY`, and the HTTP layer's `PONDER_API_*` settings sit
+under `api:` (`api.limits.default_budget` is `PONDER_API_LIMITS__DEFAULT_BUDGET`). The
+file holds `pools`, `tools` and `api.limits` / `api.tenant_limits` only; everything else
+stays in the environment.
+
+- **Precedence**: defaults < the file < `.env` < environment variables, merged field by
+  field: `PONDER_POOLS__SMALL__MAX_CONCURRENCY=8` overrides that one field of a pool the
+  file defines. `PONDER_CONFIG` itself is read from the environment only.
+- **Secrets** come from environment variables the file names: `api_key: ${VLLM_API_KEY}`
+  (the docker-compose syntax; `${VAR:-default}` gives a default, `$$` a literal `$`). An
+  unset variable is an error naming its line.
+- **Errors** are one sentence each, naming the file, the line and the key path, and
+  unknown keys are errors (a typo is never silently ignored):
+  `ponder.yaml line 7: pools.large.max_concurrency: Input should be greater than or equal to 1`,
+  `ponder.yaml line 8: pools.large.max_concurency: unknown key (did you mean max_concurrency?)`.
+  At start, `ponder`, the API and the workers stop with exit code 2.
+- **Reload**: `kill -HUP` the API process (uvicorn's) and the worker's main process
+  (`ponder worker`). Each re-reads the file (and its variables); on an error it logs the
+  sentence and keeps the configuration it had. Otherwise new jobs use the new pools,
+  prices, tools and tenant limits at once, while jobs already running finish on the pool
+  clients they started with. Replaced pool clients are closed once no job holds them (at
+  the latest after `PONDER_WORKER__TIME_LIMIT_S` + `HARD_LIMIT_EXTRA_S`, the longest a
+  run may last); replaced tools (MCP sessions) after that time. A reload that changes
+  any pool builds every pool's client anew, circuit breakers closed. Settings outside
+  the file (the database, the broker,
+  worker timings) need a restart. Under `uvicorn --workers N`, SIGHUP to uvicorn's
+  supervisor restarts its workers instead; signal each worker process.
+
+An example with every section (`docs/ponder.example.yaml`):
 """
 
 SECTIONS: list[tuple[str, str, type[BaseModel], str]] = [
@@ -132,7 +170,7 @@ def _bounds(info: FieldInfo) -> str:
 
 
 def render() -> str:
-    lines = [HEADER]
+    lines = [HEADER, "```yaml", EXAMPLE.read_text().rstrip("\n"), "```", ""]
     for title, prefix, model, intro in SECTIONS:
         lines += [f"## {title}", "", intro, "", "| variable | type | default | |"]
         lines.append("|---|---|---|---|")

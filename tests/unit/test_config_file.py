@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import core.runtime
+from app import settings_reference
 from app.api.settings import ApiSettings, load_api_settings
 from core.config_file import ConfigFileError, read
 from core.runtime import Runtime
@@ -189,6 +190,18 @@ def test_the_api_section_is_checked_by_the_api_settings(config: Path) -> None:
         "ponder.yaml line 22: api.executor: not read from the config file (it holds limits, "
         "tenant_limits); set PONDER_API_EXECUTOR in the environment",
     ]
+
+
+def test_the_documented_example_is_a_valid_file(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PONDER_CONFIG", str(settings_reference.EXAMPLE))
+    monkeypatch.setenv("VLLM_API_KEY", "k")
+    settings, api = load_settings(), load_api_settings()
+    assert sorted(settings.pools) == ["large", "small", "verifier"]
+    assert settings.pools["verifier"].max_n == 4 and sorted(settings.tools) == ["search"]
+    assert api.limits_for("acme").default_budget == {"max_tokens": 20000, "max_seconds": 120}
+    assert "```yaml\n" + settings_reference.EXAMPLE.read_text() in settings_reference.render()
 
 
 def test_a_missing_file_is_named(tmp_path: Path) -> None:
