@@ -31,6 +31,7 @@ count as ``other``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
@@ -38,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.errors import JournalMiss, ModelTimeout
@@ -49,6 +50,8 @@ JOB_TOKENS_BUCKETS = (
     100.0, 300.0, 1000.0, 3000.0, 10_000.0, 30_000.0, 100_000.0, 300_000.0, 1_000_000.0,
 )  # fmt: skip
 OTHER_TENANT = "other"
+
+log = logging.getLogger(__name__)
 
 
 class MetricsSettings(BaseSettings):
@@ -253,12 +256,20 @@ _current_lock = threading.Lock()
 
 
 def current() -> ProcessMetrics:
-    """This process's metrics, made on first use from ``PONDER_METRICS_*``."""
+    """This process's metrics, made on first use from ``PONDER_METRICS_*``.
+
+    A bad value there falls back to the defaults with an error in the log: counting must
+    never fail a job (``ponder worker`` refuses to start with it, ``workers.metrics``)."""
     global _current
     if _current is None:
         with _current_lock:
             if _current is None:
-                _current = ProcessMetrics()
+                try:
+                    settings = MetricsSettings()
+                except ValidationError as exc:
+                    log.error("bad PONDER_METRICS_* settings, using the defaults: %s", exc)
+                    settings = MetricsSettings.model_construct()
+                _current = ProcessMetrics(settings)
     return _current
 
 

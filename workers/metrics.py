@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, multiprocess, start_http_server, values
+from pydantic import ValidationError
 
 from core.errors import ConfigError
 from core.metrics import MetricsSettings
@@ -57,7 +58,11 @@ def serve(settings: MetricsSettings | None = None) -> int | None:
 
     Returns the port, or None when the operator asked for none.
     """
-    settings = settings or MetricsSettings()
+    if settings is None:
+        try:
+            settings = MetricsSettings()
+        except ValidationError as exc:
+            raise ConfigError(f"bad PONDER_METRICS_* setting: {_first(exc)}") from exc
     if settings.worker_port is None:
         return None
     folder = use_multiprocess_files()
@@ -74,3 +79,9 @@ def serve(settings: MetricsSettings | None = None) -> int | None:
         ) from exc
     log.info("worker metrics on http://%s:%d/metrics", settings.worker_host, settings.worker_port)
     return settings.worker_port
+
+
+def _first(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    name = "PONDER_METRICS_" + "_".join(str(part) for part in error["loc"]).upper()
+    return f"{name}: {error['msg']}"
