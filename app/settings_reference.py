@@ -20,6 +20,7 @@ from pydantic_core import PydanticUndefined
 
 from app.api.settings import ApiSettings, TenantLimits
 from core.logs import LogSettings
+from core.metrics import MetricsSettings
 from core.settings import (
     DatabasePoolSettings,
     EmbeddedSettings,
@@ -122,6 +123,13 @@ SECTIONS: list[tuple[str, str, type[BaseModel], str]] = [
         LogSettings,
         "Every process: the API, the workers and the reaper. JSON lines carry `job_id`, "
         "`tenant`, `request_id` and `trace_id` where known.",
+    ),
+    (
+        "Metrics",
+        "PONDER_METRICS_",
+        MetricsSettings,
+        "What every process counts (the API, each worker) and the port a worker serves "
+        "it on; docs/observability.md#metrics.",
     ),
     ("HTTP API", "PONDER_API_", ApiSettings, "Read by the API process only."),
     (

@@ -6,6 +6,7 @@ from pydantic import BaseModel
 
 from app import settings_reference
 from app.api.settings import ApiSettings, TenantLimits
+from core.metrics import MetricsSettings
 from core.settings import (
     DatabasePoolSettings,
     EmbeddedSettings,
@@ -33,6 +34,7 @@ def test_every_setting_is_documented_with_a_description() -> None:
         "PONDER_SANDBOX__": SandboxLimits,
         "PONDER_TOOLS__<NAME>__": ToolSettings,
         "PONDER_DB_POOL__": DatabasePoolSettings,
+        "PONDER_METRICS_": MetricsSettings,
         "PONDER_API_": ApiSettings,
         "PONDER_API_LIMITS__": TenantLimits,
     }
