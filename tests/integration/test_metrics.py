@@ -191,6 +191,49 @@ def test_a_job_through_api_and_worker_fills_every_series_the_dashboard_uses(
 
 
 @pytest.mark.postgres
+@pytest.mark.usefixtures("fresh_metrics")
+def test_failed_calls_their_retries_and_journal_hits_are_counted(
+    clean_pg_database_url: str, simulator: Simulator, tmp_path: Path
+) -> None:
+    simulator.set_config(script(Rule(replies=["The answer is 5."])))
+    dead = f"http://127.0.0.1:{free_port()}"
+    base = simulator_settings(simulator.url, clean_pg_database_url, tmp_path)
+    small = PoolSettings(
+        endpoints=[dead], model="sim-small", kind="simulator",
+        max_attempts=3, backoff_base_s=0.01, backoff_max_s=0.02, breaker_failures=3,
+    )  # fmt: skip
+    settings = base.model_copy(update={"pools": {**base.pools, "small": small}})
+    api_settings = ApiSettings(_env_file=None, metrics_cache_s=0)  # type: ignore[call-arg]
+    app = create_app(settings, executor=InProcessExecutor(), api_settings=api_settings)
+    with ApiServer(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+        failed = client.post("/v1/jobs", json={"question": "2 + 3?", "strategy": "direct"})
+        assert wait_finished(client, failed.json()["id"])["status"] == "failed"
+        # The same role on the live pool, then a strict replay of that job: no model call.
+        ok = client.post(
+            "/v1/jobs",
+            json={"question": "2 + 3?", "strategy": "direct", "roles": {"small": "large"}},
+        ).json()
+        assert wait_finished(client, ok["id"])["status"] == "succeeded"
+        replay = client.post(f"/v1/jobs/{ok['id']}/replay", json={"mode": "strict"}).json()
+        assert wait_finished(client, replay["id"])["status"] == "succeeded"
+        samples = parse(client.get("/metrics").text)
+
+    dead_pool = {"role": "small", "model": "sim-small"}
+    assert value(samples, "ponder_model_calls_total", outcome="error", **dead_pool) == 1.0
+    # Three attempts: the first two were retried, the third ended the call.
+    assert value(samples, "ponder_model_call_retries_total", **dead_pool) == 2.0
+    live = {"role": "small", "model": "sim-large"}
+    assert value(samples, "ponder_model_calls_total", outcome="ok", **live) == 1.0
+    assert value(samples, "ponder_model_calls_total", outcome="journal_hit", **live) == 1.0
+    assert value(samples, "ponder_model_call_retries_total", **live) == 0.0
+    direct = {"strategy": "direct"}
+    assert value(samples, "ponder_job_duration_seconds_count", outcome="failed", **direct) == 1.0
+    assert value(samples, "ponder_job_duration_seconds_count", outcome="succeeded", **direct) == 2.0
+    # The API ran these jobs: its own breaker for the dead endpoint is open.
+    assert value(samples, "ponder_breaker_state", pool="small", endpoint="1") == 2.0
+
+
+@pytest.mark.postgres
 def test_the_tenant_label_is_opt_in_and_bounded(
     clean_pg_database_url: str, simulator: Simulator, tmp_path: Path
 ) -> None:
