@@ -7,10 +7,22 @@ a task, a request) owns the transaction boundary.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, case, delete, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    TextClause,
+    and_,
+    case,
+    delete,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import live
@@ -192,25 +204,98 @@ async def get_job_by_idempotency_key(session: AsyncSession, tenant: str, key: st
     return rows.scalars().first()
 
 
+@dataclass(frozen=True)
+class JobFilters:
+    """What ``GET /v1/jobs`` narrows a listing by; None is no filter on that field.
+
+    ``q`` matches a substring of the question or the answer (case-insensitive), or the
+    start of an id (a short id, as lists show; inside ids, digits would match at random).
+    Cost and latency filters skip jobs without the figure (unfinished, or cost unknown on
+    an unpriced pool).
+    """
+
+    status: str | None = None
+    strategy: str | None = None
+    model: str | None = None
+    q: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    min_cost: float | None = None
+    max_cost: float | None = None
+    min_latency_ms: float | None = None
+    max_latency_ms: float | None = None
+
+
+def _latency_ms(dialect: str) -> ColumnElement[Any]:
+    """A job's latency in ms: the runner's ``usage.wall_s``, else finished − started."""
+    if dialect == "postgresql":
+        elapsed_s: ColumnElement[Any] = func.extract("epoch", Job.finished_at - Job.started_at)
+    else:  # SQLite stores UTC text that julianday() reads, fractions of a second included
+        elapsed_s = (func.julianday(Job.finished_at) - func.julianday(Job.started_at)) * 86400.0
+    return func.coalesce(Job.usage["wall_s"].as_float(), elapsed_s) * 1000.0
+
+
+def _uses_model(dialect: str, model: str) -> TextClause:
+    """Some role of the job is bound to ``model`` (``roles``: ``{role: {pool, model}}``)."""
+    if dialect == "postgresql":
+        clause = text(
+            "EXISTS (SELECT 1 FROM jsonb_each(jobs.roles) AS r(role, bound) "
+            "WHERE jsonb_typeof(r.bound) = 'object' AND r.bound ->> 'model' = :model)"
+        )
+    else:
+        clause = text(
+            "EXISTS (SELECT 1 FROM json_each(jobs.roles) AS r "
+            "WHERE r.type = 'object' AND json_extract(r.value, '$.model') = :model)"
+        )
+    return clause.bindparams(model=model)
+
+
 async def list_jobs(
     session: AsyncSession,
-    tenant: str,
+    tenant: str | None,
     *,
     limit: int,
-    status: str | None = None,
-    strategy: str | None = None,
-    created_after: datetime | None = None,
+    filters: JobFilters = JobFilters(),
     before: tuple[datetime, str] | None = None,
 ) -> Sequence[Job]:
-    """A tenant's jobs, newest first; ``before`` is the keyset cursor ``(created_at, id)``
-    of the last job of the previous page (stable under concurrent inserts, unlike OFFSET)."""
-    query = select(Job).where(Job.tenant == tenant)
-    if status is not None:
-        query = query.where(Job.status == status)
-    if strategy is not None:
-        query = query.where(Job.strategy["kind"].as_string() == strategy)
-    if created_after is not None:
-        query = query.where(Job.created_at > created_after)
+    """A tenant's jobs (every tenant's with ``tenant=None``), newest first; ``before`` is
+    the keyset cursor ``(created_at, id)`` of the last job of the previous page (stable
+    under concurrent inserts, unlike OFFSET). JSON fields are read with each dialect's
+    JSON operators (``->>`` on PostgreSQL, ``json_extract`` on SQLite): no extra columns."""
+    f = filters
+    dialect = session.get_bind().dialect.name
+    query = select(Job)
+    if tenant is not None:
+        query = query.where(Job.tenant == tenant)
+    if f.status is not None:
+        query = query.where(Job.status == f.status)
+    if f.strategy is not None:
+        query = query.where(Job.strategy["kind"].as_string() == f.strategy)
+    if f.model is not None:
+        query = query.where(_uses_model(dialect, f.model))
+    if f.q:
+        query = query.where(
+            or_(
+                Job.question.icontains(f.q, autoescape=True),
+                Job.result["answer"].as_string().icontains(f.q, autoescape=True),
+                Job.id.startswith(f.q.lower(), autoescape=True),
+            )
+        )
+    if f.created_after is not None:
+        query = query.where(Job.created_at > f.created_after)
+    if f.created_before is not None:
+        query = query.where(Job.created_at < f.created_before)
+    cost = Job.usage["cost"].as_float()
+    if f.min_cost is not None:
+        query = query.where(cost >= f.min_cost)
+    if f.max_cost is not None:
+        query = query.where(cost <= f.max_cost)
+    if f.min_latency_ms is not None or f.max_latency_ms is not None:
+        latency = _latency_ms(dialect)
+        if f.min_latency_ms is not None:
+            query = query.where(latency >= f.min_latency_ms)
+        if f.max_latency_ms is not None:
+            query = query.where(latency <= f.max_latency_ms)
     if before is not None:
         created, job_id = before
         query = query.where(

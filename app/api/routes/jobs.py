@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Depends, Header, Query, Response, status
 
-from app.api.deps import Session, State, Tenant
+from app.api.deps import Session, State, Tenant, get_principal
 from app.api.inputs import Id, IsoDatetime
 from app.api.schemas import JobCreate, JobOut, JobPage, JobStatusName, ReplayCreate
 from app.api.services import jobs
+from core.keys import Principal
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -40,26 +41,47 @@ async def submit_job(
     return JobOut.of(job)
 
 
+Money = Annotated[float | None, Query(ge=0, allow_inf_nan=False)]
+Millis = Annotated[float | None, Query(ge=0, allow_inf_nan=False)]
+
+
 @router.get("", response_model=JobPage)
 async def list_jobs(
     session: Session,
     state: State,
-    tenant: Tenant,
+    principal: Annotated[Principal, Depends(get_principal)],
     status: JobStatusName | None = None,
     strategy: str | None = None,
+    model: Annotated[str | None, Query(max_length=200)] = None,
+    q: Annotated[str | None, Query(max_length=200)] = None,
+    tenant: Annotated[str | None, Query(max_length=64)] = None,
     created_after: IsoDatetime | None = None,
+    created_before: IsoDatetime | None = None,
+    min_cost: Money = None,
+    max_cost: Money = None,
+    min_latency_ms: Millis = None,
+    max_latency_ms: Millis = None,
     cursor: str | None = None,
     limit: Annotated[int | None, Query(ge=1)] = None,
 ) -> JobPage:
-    """Newest first; follow `next_cursor` for older pages."""
+    """Newest first; follow `next_cursor` for older pages. Every filter applies to all
+    the tenant's jobs, in the database: `q` matches the question, the answer or the id."""
     size = min(limit or state.api.page_size, state.api.max_page_size)
     page, next_cursor = await jobs.list_jobs(
         session,
-        tenant,
+        principal,
         limit=size,
+        tenant=tenant,
         status=status,
         strategy=strategy,
+        model=model,
+        q=q,
         created_after=created_after,
+        created_before=created_before,
+        min_cost=min_cost,
+        max_cost=max_cost,
+        min_latency_ms=min_latency_ms,
+        max_latency_ms=max_latency_ms,
         cursor=cursor,
     )
     return JobPage(items=[JobOut.of(j) for j in page], next_cursor=next_cursor)

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.deps import ApiState
-from app.api.errors import EnqueueFailed
+from app.api.errors import EnqueueFailed, Forbidden
 from app.api.inputs import ID_PATTERN, bounded_datetime
 from app.api.limits import apply_budget
 from app.api.schemas import JobCreate, JobStatusName, ReplayCreate
@@ -28,11 +28,14 @@ from core.cancel import request_cancel
 from core.db import repo
 from core.db.models import Job
 from core.errors import InvalidInput, NotFound
+from core.keys import TENANT_PATTERN, Principal
 from strategies.registry import STRATEGIES
 
 log = logging.getLogger(__name__)
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+ALL_TENANTS = "*"
+"""``GET /v1/jobs?tenant=*``: an admin's listing over every tenant."""
 
 
 def strategy_spec(strategy: dict[str, Any] | str | None, default: str) -> dict[str, Any]:
@@ -131,15 +134,54 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     return when, job_id
 
 
+def _range(low: float | None, high: float | None, field: str) -> None:
+    if low is not None and high is not None and low > high:
+        raise InvalidInput(f"{field} must not be below its minimum", field=field)
+
+
+def _text_filter(value: str | None, field: str) -> str | None:
+    # Control characters never occur in what is searched, and PostgreSQL refuses NUL.
+    if value is not None and any(ord(c) < 32 for c in value):
+        raise InvalidInput(f"{field} must not contain control characters", field=field)
+    return value
+
+
+def listing_tenant(principal: Principal, tenant: str | None) -> str | None:
+    """Whose jobs a listing shows: the key's tenant; an admin may name another tenant,
+    or ``*`` for every tenant (None)."""
+    if tenant is None or tenant == principal.tenant:
+        return principal.tenant
+    if not principal.admin:
+        raise Forbidden(
+            "only an admin key may list another tenant's jobs; omit `tenant` to list this key's",
+            field="tenant",
+        )
+    if tenant == ALL_TENANTS:
+        return None
+    if not TENANT_PATTERN.fullmatch(tenant):
+        raise InvalidInput(
+            "tenant must be a tenant name (letters, digits, `_.-`) or `*`", field="tenant"
+        )
+    return tenant
+
+
 async def list_jobs(
     session: AsyncSession,
-    tenant: str,
+    principal: Principal,
     *,
     limit: int,
-    status: JobStatusName | None,
-    strategy: str | None,
-    created_after: datetime | None,
-    cursor: str | None,
+    tenant: str | None = None,
+    status: JobStatusName | None = None,
+    strategy: str | None = None,
+    model: str | None = None,
+    q: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    min_cost: float | None = None,
+    max_cost: float | None = None,
+    min_latency_ms: float | None = None,
+    max_latency_ms: float | None = None,
+    cursor: str | None = None,
 ) -> tuple[list[Job], str | None]:
     if strategy is not None and strategy not in STRATEGIES:
         valid = sorted(STRATEGIES)
@@ -148,19 +190,29 @@ async def list_jobs(
             field="strategy",
             valid=valid,
         )
+    owner = listing_tenant(principal, tenant)
     created_after = bounded_datetime(created_after, "created_after")  # no zone means UTC
+    created_before = bounded_datetime(created_before, "created_before")
+    if created_after and created_before and created_after >= created_before:
+        raise InvalidInput("created_before must be after created_after", field="created_before")
+    _range(min_cost, max_cost, "max_cost")
+    _range(min_latency_ms, max_latency_ms, "max_latency_ms")
+    filters = repo.JobFilters(
+        status=status,
+        strategy=strategy,
+        model=_text_filter(model, "model"),
+        q=_text_filter(q.strip() if q else None, "q") or None,
+        created_after=created_after,
+        created_before=created_before,
+        min_cost=min_cost,
+        max_cost=max_cost,
+        min_latency_ms=min_latency_ms,
+        max_latency_ms=max_latency_ms,
+    )
     before = decode_cursor(cursor) if cursor else None
     # One extra row tells whether another page exists without a COUNT.
     rows = list(
-        await repo.list_jobs(
-            session,
-            tenant,
-            limit=limit + 1,
-            status=status,
-            strategy=strategy,
-            created_after=created_after,
-            before=before,
-        )
+        await repo.list_jobs(session, owner, limit=limit + 1, filters=filters, before=before)
     )
     page = rows[:limit]
     next_cursor = encode_cursor(page[-1]) if len(rows) > limit and page else None
