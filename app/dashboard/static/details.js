@@ -91,8 +91,9 @@ function callDetails(pane, call, view) {
     ["n", call.n ?? 1],
     ["latency", fmtMs(call.latency_ms)],
     ["attempts", call.attempts ?? "–"],
-    ["tokens", `${fmtInt(call.prompt_tokens)} prompt → ${fmtInt(call.completion_tokens)} completion`],
-    ["cost", fmtCost(call.cost)],
+    ["tokens", `${fmtInt(call.prompt_tokens)} prompt → ${fmtInt(call.completion_tokens)} completion` +
+      (call.reasoning_tokens ? ` (${call.reasoning_tokens_estimated ? "~" : ""}${fmtInt(call.reasoning_tokens)} reasoning)` : "")],
+    ["cost", call.cost_known === false ? "n/a (the pool has no prices)" : fmtCost(call.cost)],
     call.attributes.finish_reasons && ["finish", call.attributes.finish_reasons.join(", ")],
     call.error && ["error", call.error],
   ]));
