@@ -11,9 +11,11 @@
 #      override: local base images, the simulator as the pools, short reaper timings);
 #   3. `ponder db upgrade` in a `docker run` against the compose PostgreSQL works;
 #   4. a job submitted with curl through the API succeeds with the scripted answer;
-#   5. with `--scale worker=2`, jobs run on both worker containers (jobs.worker records
+#   5. a program_of_thought job is answered from its program's run in the worker's
+#      bubblewrap sandbox (a `python` tool_call span: journal miss, ok, printed 4900);
+#   6. with `--scale worker=2`, jobs run on both worker containers (jobs.worker records
 #      the host, i.e. the container, that ran each job);
-#   6. SIGKILL of the worker container running a job: the reaper requeues it, the other
+#   7. SIGKILL of the worker container running a job: the reaper requeues it, the other
 #      worker finishes it `succeeded`, and the simulator receives after the kill exactly
 #      the calls the journal gained after the kill (no journaled call paid twice).
 # In cpu mode: 1-4 on the embedded models (the answer must contain 5).
