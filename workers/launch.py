@@ -183,6 +183,14 @@ def serve_embedded(settings: Settings, *, host: str, port: int, worker_concurren
     previous_int = signal.signal(signal.SIGINT, _raise_stop)
     embedded: EmbeddedModels | None = None
     procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def reload(signum: int, frame: FrameType | None) -> None:
+        # The config file (PONDER_CONFIG): the API and the worker each re-read it.
+        for proc in list(procs.values()):  # one C call: safe between two bytecodes
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGHUP)
+
+    previous_hup = signal.signal(signal.SIGHUP, reload)
     code = 0
     try:
         embedded, pools = _start_embedded(settings)
@@ -215,6 +223,7 @@ def serve_embedded(settings: Settings, *, host: str, port: int, worker_concurren
         # Late signals must not interrupt the orderly stop below.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         try:
             _stop(procs.get("api"))
             _stop(procs.get("worker"))
@@ -223,6 +232,7 @@ def serve_embedded(settings: Settings, *, host: str, port: int, worker_concurren
                 embedded.stop()
             signal.signal(signal.SIGTERM, previous)
             signal.signal(signal.SIGINT, previous_int)
+            signal.signal(signal.SIGHUP, previous_hup)
     return code
 
 

@@ -11,10 +11,10 @@ Waiting in the task's own thread keeps Celery's soft time limit working: prefork
 
 SIGHUP reloads the config file (``PONDER_CONFIG``) instead of Celery's default (a
 restart of the whole worker, after its running jobs end). The main process checks the
-file and, when it is good, tells its pool processes with SIGUSR2 (billiard makes SIGHUP
-end a pool process), and each swaps its pool clients and tools (``Runtime.reload``):
-running jobs finish on the clients they hold. A bad file is logged in one sentence per
-error and changes nothing.
+file and, when it is good, tells its pool processes with ``POOL_RELOAD_SIGNAL``
+(billiard makes SIGHUP end a pool process); each swaps its pool clients and tools
+(``Runtime.reload``), and running jobs finish on the clients they hold. A bad file is
+logged in one sentence per error and changes nothing.
 """
 
 from __future__ import annotations
@@ -166,9 +166,13 @@ class WorkerRuntime:
             await self._runtime.__aexit__(None, None, None)
 
 
-POOL_RELOAD_SIGNAL = signal.SIGUSR2
-"""What the main process sends its pool processes on a good SIGHUP: billiard resets a
-pool process's SIGHUP to "exit" after Celery's initializer, but leaves SIGUSR2 alone."""
+POOL_RELOAD_SIGNAL = signal.SIGURG
+"""What the main process sends its pool processes on a good SIGHUP. After Celery's
+initializer, billiard makes every terminating signal (SIGHUP, SIGUSR1, and with a broker
+without async I/O, such as the filesystem one, SIGUSR2 and the rest) end a pool process.
+It leaves SIGURG alone, whose default is to be ignored: a process that has not yet
+installed the handler ignores it rather than dying. Nothing else sends it here (no
+socket of ours asks for out-of-band data signals)."""
 
 _lock = threading.Lock()
 _current: WorkerRuntime | None = None

@@ -198,20 +198,6 @@ def test_api_reload_on_sighup_swaps_pools_and_budgets_without_dropping_a_job(
     assert proc.poll() is None
 
 
-def test_api_refuses_to_start_on_a_bad_file_naming_the_line(tmp_path: Path) -> None:
-    config = tmp_path / "ponder.yaml"
-    config.write_text(BROKEN.replace("max_concurrency: 0", "max_concurency: 3"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PONDER_")}
-    env |= {"PONDER_CONFIG": str(config), "PONDER_DATA_DIR": str(tmp_path)}
-    argv = [sys.executable, "-m", "uvicorn", "app.api.main:app", "--port", str(free_port())]
-    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2
-    assert (
-        f"ponder api: bad settings: {config} line 5: pools.small.max_concurency: unknown key "
-        "(did you mean max_concurrency?)"
-    ) in done.stderr
-
-
 # -- a Celery worker -------------------------------------------------------------------
 
 
@@ -280,6 +266,7 @@ async def test_worker_reload_on_sighup_keeps_running_jobs_on_the_old_pool(
                 assert worker.proc.poll() is None
                 # Celery's own SIGHUP handler would have restarted the worker.
                 assert "Restarting celery worker" not in log_path.read_text()
+                assert "exited with" not in log_path.read_text()  # no pool process was lost
     finally:
         purge_redis_prefix(redis_url, prefix)
 
@@ -296,3 +283,45 @@ async def _wait_job(rt: Runtime, job_id: str, timeout: float = 20) -> Any:
             return job
         assert time.monotonic() < deadline, f"job {job_id} still {job.status}"
         await asyncio.sleep(0.05)
+
+
+# -- ponder serve ----------------------------------------------------------------------
+
+
+def test_ponder_serve_passes_sighup_on_to_its_api_and_worker(
+    simulator: Simulator, new_simulator: Simulator, tmp_path: Path
+) -> None:
+    simulator.set_config(script(5))
+    config = tmp_path / "ponder.yaml"
+    config.write_text(pool_file(simulator.url, 0.001, 5000))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PONDER_")}
+    env |= {
+        "PONDER_CONFIG": str(config),
+        "SIM_KEY": "sim-secret",
+        "PONDER_DATA_DIR": str(tmp_path / "data"),
+        "PONDER_PYTHON_TOOL": "false",
+    }
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    argv = [sys.executable, "-m", "app.cli", "serve", "--port", str(port)]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    api = Api(url)
+    try:
+        wait_healthy(f"{url}/healthz", proc, log_path)
+        before = api.wait(api.submit({"kind": "direct"}))
+        assert before["result"]["answer"] == "5", before
+        config.write_text(pool_file(new_simulator.url, 0.002, 6000))
+        proc.send_signal(signal.SIGHUP)
+        wait_log(log_path, "config reloaded from")  # the API
+        wait_log(log_path, "config reloaded: pools: small", 2)  # the worker's two processes
+        after = api.wait(api.submit({"kind": "direct"}))  # run by the worker
+        assert after["result"]["answer"] == "7", after
+        assert after["budget"]["max_tokens"] == 6000
+        assert proc.poll() is None
+        assert "exited with" not in log_path.read_text()  # no pool process was lost
+    finally:
+        api.http.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)

@@ -13,11 +13,11 @@ import pytest
 
 import core.runtime
 from app import settings_reference
-from app.api.settings import ApiSettings, load_api_settings
+from app.api.settings import ApiSettings, api_settings_or_exit, load_api_settings
 from core.config_file import ConfigFileError, read
 from core.runtime import Runtime
-from core.settings import PoolSettings, Settings, ToolSettings
-from core.settings_errors import BadSettings, load_settings
+from core.settings import PoolSettings, Settings, ToolSettings, get_settings
+from core.settings_errors import BadSettings, load_settings, settings_or_exit
 from core.simulator import Simulator, SimulatorConfig
 from core.simulator.config import Rule
 from strategies.protocol import ModelRequest
@@ -202,6 +202,30 @@ def test_the_documented_example_is_a_valid_file(
     assert settings.pools["verifier"].max_n == 4 and sorted(settings.tools) == ["search"]
     assert api.limits_for("acme").default_budget == {"max_tokens": 20000, "max_seconds": 120}
     assert "```yaml\n" + settings_reference.EXAMPLE.read_text() in settings_reference.render()
+
+
+def test_entry_points_exit_2_with_the_sentences(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config.write_text(GOOD.replace("max_concurrency: 32", "max_concurency: 32"))
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(SystemExit) as exited:
+            settings_or_exit("ponder api")
+    finally:
+        get_settings.cache_clear()
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == (
+        "ponder api: bad settings: ponder.yaml line 7: pools.small.max_concurency: unknown key "
+        "(did you mean max_concurrency?)\n"
+    )
+    config.write_text(GOOD.replace("50000,", "lots,"))
+    with pytest.raises(SystemExit):
+        api_settings_or_exit()
+    assert capsys.readouterr().err == (
+        "ponder api: bad settings: ponder.yaml line 19: api.limits.default_budget.max_tokens: "
+        "Input should be a valid integer, unable to parse string as an integer\n"
+    )
 
 
 def test_a_missing_file_is_named(tmp_path: Path) -> None:
