@@ -64,6 +64,7 @@ def bound(**ids: str | None) -> Iterator[None]:
     unknown = set(ids) - set(IDS)
     if unknown:
         raise TypeError(f"unknown log ids: {sorted(unknown)}")
+    ids = _with_trace(ids)
     tokens = [(_VARS[name], _VARS[name].set(value)) for name, value in ids.items()]
     try:
         yield
@@ -75,7 +76,7 @@ def bound(**ids: str | None) -> Iterator[None]:
 def bind(**ids: str | None) -> None:
     """Bind ids for the rest of the current context (a request, a task): for code that
     cannot wrap what follows in ``bound`` (a FastAPI dependency)."""
-    for name, value in ids.items():
+    for name, value in _with_trace(ids).items():
         _VARS[name].set(value)
 
 
@@ -88,8 +89,14 @@ class ContextIds(logging.Filter):
         for name, value in current_ids().items():
             if getattr(record, name, None) is None:
                 setattr(record, name, value)
+        if getattr(record, "trace_id", None) is None and getattr(record, "job_id", None):
+            record.trace_id = record.job_id  # a job's trace id is its id (``_with_trace``)
         shown = [(n, getattr(record, n, None)) for n in IDS]
-        record.ids = "".join(f" {k}={v}" for k, v in shown if v is not None)
+        # In text, a trace id equal to the job id says nothing new (JSON keeps both).
+        job = getattr(record, "job_id", None)
+        record.ids = "".join(
+            f" {k}={v}" for k, v in shown if v is not None and not (k == "trace_id" and v == job)
+        )
         return True
 
 
@@ -140,3 +147,11 @@ _RESERVED = [
     "lineno", "module", "msecs", "msg", "pathname", "process", "processName",
     "relativeCreated", "stack_info", "thread", "threadName", "taskName",
 ]  # fmt: skip
+
+
+def _with_trace(ids: dict[str, str | None]) -> dict[str, str | None]:
+    """A job's OpenTelemetry trace id is its job id (``core.telemetry``): lines about a
+    job carry it, so a log search and a trace search meet."""
+    if ids.get("job_id") and "trace_id" not in ids:
+        return {**ids, "trace_id": ids["job_id"]}
+    return ids

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -132,8 +133,9 @@ def sandbox_argv(
 NAMESPACES_NEEDED = (
     "the kernel must let an unprivileged process create user namespaces "
     "(sysctl user.max_user_namespaces > 0, and kernel.unprivileged_userns_clone=1 where that "
-    "exists) and, in a container, the runtime must allow it too (CAP_SYS_ADMIN or an "
-    "unconfined seccomp profile, and apparmor=unconfined where AppArmor runs)"
+    "exists) and, in a container, the runtime must allow it too (Docker: security_opt "
+    "seccomp=unconfined and systempaths=unconfined, plus apparmor=unconfined where AppArmor "
+    "runs; CAP_SYS_ADMIN alone does not do)"
 )
 
 
@@ -188,6 +190,9 @@ def probe(bwrap: str | None, run_as: RunAs) -> str | None:
         return None
     said = done.stderr.decode("utf-8", "replace").strip().splitlines()
     detail = said[-1] if said else f"exit code {done.returncode}"
+    # bubblewrap's own messages may carry a link (<https://deb.li/bubblewrap>), which job
+    # errors would show as "<endpoint>" (URLs are stripped from what tenants read).
+    detail = re.sub(r"\s*<?https?://\S+>?", "", detail)
     return (
         f"bubblewrap cannot create its sandbox here ({detail}): {NAMESPACES_NEEDED}; Ponder "
         "never runs code unsandboxed."

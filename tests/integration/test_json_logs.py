@@ -73,3 +73,5 @@ def test_one_jobs_lines_from_api_and_worker_share_its_id(
     assert any(f"job {job_id} succeeded" in x["message"] for x in worker), mine
     # Celery's own lines are JSON and name the job too (its task-success line).
     assert any(x["logger"] == "celery.app.trace" for x in worker), mine
+    # A job's OpenTelemetry trace id is its id: a log search and a trace search meet.
+    assert all(x.get("trace_id") == job_id for x in mine), mine
