@@ -274,7 +274,7 @@ async def test_reload_swaps_pools_in_place_and_closes_old_ones_when_released(
             assert rt.reload(rt.settings) == []  # the same settings: nothing to do
 
             del held
-            gc.collect()
+            gc.collect()  # (refcounting alone frees them here too; a cycle would wait for this)
             for _ in range(200):
                 if old_http.is_closed:
                     break
