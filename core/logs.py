@@ -90,7 +90,7 @@ class ContextIds(logging.Filter):
             if getattr(record, name, None) is None:
                 setattr(record, name, value)
         if getattr(record, "trace_id", None) is None and getattr(record, "job_id", None):
-            record.trace_id = record.job_id  # a job's trace id is its id (``_with_trace``)
+            record.trace_id = getattr(record, "job_id")  # noqa: B009 - not a LogRecord field
         shown = [(n, getattr(record, n, None)) for n in IDS]
         # In text, a trace id equal to the job id says nothing new (JSON keeps both).
         job = getattr(record, "job_id", None)

@@ -51,9 +51,11 @@ from core.context import ANSWER_DELTA
 from core.db import repo
 from core.db.models import Job, JobStatus, Preset
 from core.errors import InvalidInput, NotFound
+from core.specs import validate_spec
+from core.tools.backends import unavailable_here
 from core.trace import SpanListener
 from strategies.protocol import AnswerKind
-from strategies.registry import STRATEGIES
+from strategies.registry import STRATEGIES, tools_used
 
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute)
 
@@ -226,6 +228,8 @@ async def chat_completions(
     """Run a strategy preset as if it were a model; see the module doc."""
     request = _job_request(body, await _base_spec(state, tenant, body.model))
     lane = state.executor if isinstance(state.executor, LaneExecutor) else None
+    if lane is not None and await _tools_need_a_worker(state, tenant, request):
+        lane = None
     with lane.claim() if lane is not None else nullcontext(Claim()) as claim:
         deltas: asyncio.Queue[str] = asyncio.Queue()
         if body.stream:
@@ -349,3 +353,24 @@ async def _merged(
             next_event = asyncio.ensure_future(anext(events))
     finally:
         next_event.cancel()
+
+
+async def _tools_need_a_worker(state: ApiState, tenant: str, request: JobCreate) -> bool:
+    """Whether the job names a tool this API process cannot run (the sandbox in an API
+    container without a worker's privileges): the lane then leaves it to the workers,
+    which can, instead of failing it here."""
+    if isinstance(request.strategy, str):
+        spec: dict[str, Any] = {"kind": request.strategy}
+    else:
+        spec = dict(request.strategy or {})
+    if not spec:
+        return False
+    resolved = await presets.resolve_strategy(state.sessions, tenant, spec)
+    try:
+        names = tools_used(validate_spec(resolved))
+    except InvalidInput:
+        return False  # the submit names the field
+    for name in names:
+        if await asyncio.to_thread(unavailable_here, name, state.settings) is not None:
+            return True
+    return False

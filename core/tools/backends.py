@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
 from core.settings import Settings
+from core.tools.bwrap import RunAs, probe
 from core.tools.sandbox import PythonSandbox, SandboxLimits
 from strategies.protocol import ToolResult
 
@@ -126,3 +127,12 @@ class ToolBackends(Mapping[str, ToolBackend]):
 
     def __len__(self) -> int:
         return len(self._backends)
+
+
+def unavailable_here(name: str, settings: Settings) -> str | None:
+    """Why this process cannot run the configured tool ``name`` (None: it can). Only the
+    built-in sandbox depends on the process (an API container is not granted the
+    namespaces a worker's is); the sentence is the sandbox's refusal."""
+    if name != PYTHON or not settings.python_tool:
+        return None
+    return probe(None, RunAs.for_current_user())

@@ -1,13 +1,15 @@
-"""``stream: true`` on the OpenAI face streams ``direct``'s answer token by token when the
-API runs the job itself (the interactive lane), journaled as a streamed call: a strict
-replay gives the same text with no model call."""
+"""The interactive lane of the OpenAI face: ``stream: true`` streams ``direct``'s answer
+token by token when the API runs the job itself, journaled as a streamed call (a strict
+replay gives the same text with no model call); a job naming a tool the API process
+cannot run goes to the workers instead."""
 
 from __future__ import annotations
 
 import httpx
 import pytest
 
-from app.api.executor import InProcessExecutor
+from app.api import openai_compat
+from app.api.executor import CeleryExecutor, InProcessExecutor
 from app.api.interactive import LaneExecutor
 from core.simulator import Latency, Rule, Simulator
 from tests.integration.test_openai_fidelity import (  # noqa: F401 - serve is a fixture
@@ -74,3 +76,30 @@ def test_a_vote_still_sends_its_answer_once_at_the_end(
             if chunk.choices and chunk.choices[0].delta.content
         ]
     assert pieces == [ANSWER]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_tool_job_the_api_cannot_sandbox_goes_to_the_workers(
+    serve: Serve,  # noqa: F811 - the fixture
+    simulator: Simulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An API container has no namespaces for the sandbox (a worker's has): the lane must
+    # not take a program_of_thought job it would fail, but hand it to the broker.
+    monkeypatch.setattr(
+        openai_compat, "unavailable_here", lambda name, settings: "no sandbox in the API"
+    )
+    enqueued: list[str] = []
+    url = serve(
+        executor=LaneExecutor(CeleryExecutor(enqueue=lambda job_id, **_: enqueued.append(job_id)),
+                              max_jobs=4),
+        chat_timeout_s=0.5,
+    )  # fmt: skip
+    body = {"model": "ponder/program_of_thought", "messages": USER}
+    answer = httpx.post(f"{url}/v1/chat/completions", json=body, headers={"x-should-retry": ""})
+    assert answer.status_code == 504  # nobody consumes the broker in this test
+    assert len(enqueued) == 1
+    # A job without tools still takes the lane.
+    simulator.set_config(script(Rule(replies=[ANSWER])))
+    direct = httpx.post(f"{url}/v1/chat/completions", json={**body, "model": "ponder/direct"})
+    assert direct.status_code == 200 and len(enqueued) == 1
