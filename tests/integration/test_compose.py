@@ -230,7 +230,7 @@ def test_cpu_env_points_the_pools_at_the_embedded_models(
     assert (ROOT / command[1]).is_file()
     assert command[command.index("--small-port") + 1] == "8101"
     assert command[command.index("--large-port") + 1] == "8102"
-    assert models["build"]["args"] == {"EXTRAS": "embedded"}
+    assert models["build"]["args"] == {"EXTRAS": "embedded,mcp,otel"}
     assert json.loads(env["PONDER_SMALL_ENDPOINTS"]) == ["http://models:8101"]
 
 
