@@ -213,6 +213,12 @@ class JobBudget:
         self._reserved_tool_calls += 1
         return min(known) if known else None
 
+    def charge_tool_hit(self, seconds: float) -> None:
+        """A tool call answered by the journal spends what it spent when it ran, as a
+        model call's journal hit does: a replay reports the same tool budget."""
+        self.tools.calls += 1
+        self.tools.seconds += seconds
+
     def settle_tool(self, seconds: float | None) -> None:
         """Release a tool reservation; ``seconds`` None: the call never ran."""
         self._reserved_tool_calls -= 1

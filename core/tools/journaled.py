@@ -76,6 +76,7 @@ class JournaledTool:
         )
         entry = self.journal.lookup_tool(key)
         if entry is not None:
+            self.budget.charge_tool_hit(entry.latency_ms / 1000)
             result = ToolResult.model_validate({**entry.response, "replayed": True})
             self._close(span, result, "hit", entry.latency_ms)
             return result

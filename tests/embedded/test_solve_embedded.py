@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.sandbox import require_sandbox
+
 ROOT = Path(__file__).resolve().parents[2]
 QUESTION = (
     "A baker makes 12 muffins in the morning and 3 times as many in the afternoon. "
@@ -64,3 +66,26 @@ def test_self_consistency_on_the_embedded_model_then_strict_replay(env: dict[str
     assert replayed["live_calls"] == 0
     assert replayed["journal_hits"] == usage["calls"]
     assert replayed["answer"] == solved["answer"] and replayed["votes"] == solved["votes"]
+
+
+def test_program_of_thought_answers_from_a_sandboxed_run_and_replays_without_one(
+    env: dict[str, str],
+) -> None:
+    require_sandbox()
+    # GSM8K dev problem 4: 1956 + 1956 / 2.
+    question = (
+        "Salvadore earned $1956. Santo earned half of what Salvadore earned. How much money "
+        "did the two men earn together?"
+    )
+    solved = ponder(env, "solve", question, "--strategy", "program_of_thought", "--seed", "1")
+    assert solved["answer"] == "2934"
+    usage = solved["usage"]
+    assert isinstance(usage, dict)
+    assert (usage["tool_calls"], usage["tool_executions"], usage["live_calls"]) == (1, 1, 1)
+
+    replayed = ponder(env, "replay", str(solved["job_id"]), "--strict")
+    again = replayed["usage"]
+    assert isinstance(again, dict) and replayed["answer"] == "2934"
+    # Zero model calls and zero executions, with the same spend reported.
+    assert (again["live_calls"], again["tool_executions"], again["tool_journal_hits"]) == (0, 0, 1)
+    assert again["tool_calls"] == usage["tool_calls"]
