@@ -1,6 +1,6 @@
 // Canvas charts: the model calls on a time axis packed into lanes (one lane per call in
 // flight at once, so parallel fan-out is visible as stacked bars), and spend over time
-// against the budget. Canvas, not DOM: 5,000 calls draw in a few milliseconds.
+// with the budget as a marker. Canvas, not DOM: 5,000 calls draw in a few milliseconds.
 
 import { fmtInt, fmtMs, h, roleColor } from "./dom.js";
 
@@ -191,27 +191,39 @@ export class BudgetChart {
     this.draw();
   }
 
+  // Scaled to what the job used, not to the budget: a job that spent 40 of 4,000
+  // tokens draws a readable curve, not a flat line at the bottom. The budget is a dashed
+  // marker: at its height when it is near the usage, else pinned to the top edge with
+  // an arrow (above the scale). The scale is on the canvas's data-* for tests and tools.
   draw() {
     if (this.t0 === null || this.t0 === undefined) return;
     const { ctx, width, height } = setupCanvas(this.canvas, 96);
     const plotH = height - AXIS_H - 4;
     ctx.clearRect(0, 0, width, height);
     const total = this.points.length ? this.points[this.points.length - 1].completion : 0;
-    const top = Math.max(1, total, this.limit || 0) * 1.08;
+    const used = Math.max(1, total);
+    const limitNear = Boolean(this.limit) && this.limit <= used * 1.5;
+    const top = limitNear ? Math.max(used, this.limit) * 1.08 : used * 1.12;
     const x = (t) => ((t - this.t0) / (this.t1 - this.t0)) * (width - 1);
-    const y = (v) => 4 + plotH - (v / top) * plotH;
+    const y = (v) => 4 + plotH - (Math.min(v, top) / top) * plotH;
+    Object.assign(this.canvas.dataset, {
+      scaleMax: String(Math.round(top)), used: String(total),
+      budget: this.limit ? String(this.limit) : "", budgetMarker: !this.limit ? "none" : limitNear ? "line" : "above",
+    });
+    ctx.font = "10px system-ui, sans-serif";
     if (this.limit) {
+      const at = limitNear ? y(this.limit) : 4;
       ctx.strokeStyle = "#e03131";
       ctx.setLineDash([4, 3]);
       ctx.beginPath();
-      ctx.moveTo(0, y(this.limit));
-      ctx.lineTo(width, y(this.limit));
+      ctx.moveTo(0, at);
+      ctx.lineTo(width, at);
       ctx.stroke();
       ctx.setLineDash([]);
       ctx.fillStyle = "#e03131";
-      ctx.font = "10px system-ui, sans-serif";
-      ctx.textBaseline = "bottom";
-      ctx.fillText(`max_tokens ${fmtInt(this.limit)}`, 4, y(this.limit) - 1);
+      ctx.textBaseline = limitNear ? "bottom" : "top";
+      const label = limitNear ? `max_tokens ${fmtInt(this.limit)}` : `↑ max_tokens ${fmtInt(this.limit)} (${Math.round((100 * total) / this.limit)}% used)`;
+      ctx.fillText(label, width - ctx.measureText(label).width - 4, limitNear ? at - 1 : at + 2);
     }
     ctx.strokeStyle = "#1c7ed6";
     ctx.fillStyle = "rgba(28,126,214,0.12)";
@@ -231,6 +243,10 @@ export class BudgetChart {
     ctx.lineTo(endX, y(0));
     ctx.closePath();
     ctx.fill();
+    // The scale: what was generated, at its level.
+    ctx.fillStyle = "#1c7ed6";
+    ctx.textBaseline = "bottom";
+    ctx.fillText(`${fmtInt(last)} generated tokens`, 4, Math.max(14, y(last) - 2));
     if (this.cursor !== null) {
       ctx.fillStyle = "#e03131";
       ctx.fillRect(x(this.cursor), 0, 1.5, plotH + 4);

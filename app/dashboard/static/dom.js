@@ -57,12 +57,14 @@ export function fmtSigned(value, format) {
   return value > 0 ? `+${text}` : text;
 }
 
+// Date and time, always both, in the browser's time zone (lists span days; a bare time
+// was ambiguous): "2026-12-05 19:07:08".
 export function fmtTime(iso) {
   if (!iso) return "–";
   const d = new Date(iso);
-  const today = new Date().toDateString() === d.toDateString();
-  const time = d.toLocaleTimeString("en-GB", { hour12: false });
-  return today ? time : `${d.toISOString().slice(0, 10)} ${time}`;
+  if (Number.isNaN(d.getTime())) return "–";
+  const pad = (n) => String(n).padStart(2, "0");
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${d.toLocaleTimeString("en-GB", { hour12: false })}`;
 }
 
 // Timestamps carry microseconds; Date.parse keeps milliseconds only, and sub-millisecond

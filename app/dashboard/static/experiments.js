@@ -186,8 +186,16 @@ function pareto(arms, axisName) {
   for (let i = 0; i <= 4; i++) ticks.push(svg("text", { class: "xtick", x: X((span * i) / 4), y: T + ph + 14, "text-anchor": "middle" }, axis.fmt((span * i) / 4)));
   const front = frontier(points);
   const onFront = new Set(front);
-  for (const p of points) { p.px = X(p.x); p.py = Y(p.y); }
-  placeLabels(points, 13, T + 4, T + ph);
+  for (const p of points) { p.px = X(p.x); p.py = Y(p.y); p.text = p.arm.label.length > 34 ? `${p.arm.label.slice(0, 33)}…` : p.arm.label; }
+  placeLabels(points, 15, T + 4, T + ph);
+  // Beside its point only when the label's run is clear of every other point (~6.5 px a
+  // character at 11 px); else in the right margin with a leader line. Labels are drawn
+  // after every point and whisker, with a halo, so no marker hides a letter.
+  for (const p of points) {
+    const run = p.px + 9 + 6.5 * p.text.length;
+    const blocked = points.some((o) => o !== p && o.px >= p.px - 6 && o.px - 6 <= run && Math.abs(o.py - p.ly) < 12);
+    p.aside = Math.abs(p.ly - p.py) > 8 || blocked;
+  }
   const step = front.length > 1
     ? svg("path", { class: "frontier", d: front.map((p, i) => (i ? `H${X(p.x)}V${Y(p.y)}` : `M${X(p.x)},${Y(p.y)}`)).join("") })
     : null;
@@ -205,10 +213,9 @@ function pareto(arms, axisName) {
       svg("line", { class: "whisker", x1: p.px - 4, x2: p.px + 4, y1: Y(p.hi), y2: Y(p.hi) }),
       svg("line", { class: "whisker", x1: p.px - 4, x2: p.px + 4, y1: Y(p.lo), y2: Y(p.lo) }),
       svg("circle", { cx: p.px, cy: p.py, r: 5 }),
-      // A label pushed off its point goes to the right margin, with a leader line.
-      Math.abs(p.ly - p.py) > 8 ? svg("line", { class: "leader", x1: p.px + 6, y1: p.py, x2: L + pw + 6, y2: p.ly - 4 }) : null,
-      svg("text", { class: "point-label", x: Math.abs(p.ly - p.py) > 8 ? L + pw + 8 : p.px + 9, y: p.ly + 3 },
-        p.arm.label.length > 34 ? `${p.arm.label.slice(0, 33)}…` : p.arm.label))));
+      // A label moved off its point goes to the right margin, with a leader line.
+      p.aside ? svg("line", { class: "leader", x1: p.px + 6, y1: p.py, x2: L + pw + 6, y2: p.ly - 4 }) : null)),
+    svg("g", { class: "labels" }, points.map((p) => svg("text", { class: "point-label", "data-arm": p.arm.position, x: p.aside ? L + pw + 8 : p.px + 9, y: p.ly + 3 }, p.text))));
 }
 
 function problemGrid(e, grid) {

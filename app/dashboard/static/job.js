@@ -266,20 +266,25 @@ class JobView {
     votes.append(shownVotes && Object.keys(shownVotes).length ? voteBars(shownVotes, result.answer) : h("p", { class: "muted", text: none }));
     votes.hidden = !shownVotes && !m.decisions.length;
 
+    // At a replay step every figure is what the job had spent by then, from the trace's
+    // prefix sums; the elapsed time too (it read the finished job's wall time before).
     const u = job.usage;
-    const spent = step === null ? null : { calls: m.spent.calls[step], tokens: m.spent.tokens[step], cost: m.spent.cost[step] };
+    const spent = step === null ? null : this.spentAt(step);
     const liveCalls = m.calls.length;
     const liveTokens = m.calls.reduce((s, c) => s + c.prompt_tokens + c.completion_tokens, 0);
     const liveCost = m.calls.reduce((s, c) => s + c.cost, 0);
     // A call on a pool without prices has no known cost: the sum would understate it.
     const costUnknown = u ? u.cost_known === false : m.calls.some((c) => c.cost_known === false);
-    const reasoning = u ? u.reasoning_tokens || 0 : m.calls.reduce((s, c) => s + (c.reasoning_tokens || 0), 0);
-    const ofWhich = !spent && reasoning ? ` (${fmtInt(reasoning)} reasoning)` : "";
+    const reasoning = spent ? spent.reasoning : u ? u.reasoning_tokens || 0 : m.calls.reduce((s, c) => s + (c.reasoning_tokens || 0), 0);
+    const ofWhich = reasoning ? ` (${fmtInt(reasoning)} reasoning)` : "";
+    const calls = spent ? fmtInt(spent.calls) : u ? `${fmtInt(u.calls)} (${fmtInt(u.live_calls)} live, ${fmtInt(u.journal_hits)} from journal)` : fmtInt(liveCalls);
+    const tokens = spent ? `${fmtInt(spent.prompt)} prompt + ${fmtInt(spent.completion)} completion${ofWhich}`
+      : u ? `${fmtInt(u.prompt_tokens)} prompt + ${fmtInt(u.completion_tokens)} completion${ofWhich}` : `${fmtInt(liveTokens)}${ofWhich}`;
     clear(this.els.usage).append(h("h3", { text: spent ? `Usage at step ${step}` : "Usage" }), h("dl", { class: "kv" },
-      h("dt", { text: "calls" }), h("dd", { text: spent ? fmtInt(spent.calls) : u ? `${fmtInt(u.calls)} (${fmtInt(u.live_calls)} live, ${fmtInt(u.journal_hits)} from journal)` : fmtInt(liveCalls) }),
-      h("dt", { text: "tokens" }), h("dd", { text: spent ? fmtInt(spent.tokens) : u ? `${fmtInt(u.prompt_tokens)} prompt + ${fmtInt(u.completion_tokens)} completion${ofWhich}` : `${fmtInt(liveTokens)}${ofWhich}` }),
-      h("dt", { text: "cost" }), h("dd", { text: costUnknown ? "n/a" : fmtCost(spent ? spent.cost : u ? u.cost : liveCost), title: costUnknown ? "a pool used has no prices" : null }),
-      h("dt", { text: "latency" }), h("dd", { text: fmtMs(jobLatencyMs(job)) })));
+      h("dt", { text: "calls" }), h("dd", { class: "usage-calls", text: calls, title: spent ? `${fmtInt(spent.hits)} of them from the journal` : null }),
+      h("dt", { text: "tokens" }), h("dd", { class: "usage-tokens", text: tokens }),
+      h("dt", { text: "cost" }), h("dd", { class: "usage-cost", text: costUnknown ? "n/a" : fmtCost(spent ? spent.cost : u ? u.cost : liveCost), title: costUnknown ? "a pool used has no prices" : null }),
+      h("dt", { text: spent ? "elapsed" : "latency" }), h("dd", { class: "usage-latency", text: fmtMs(spent ? spent.elapsedMs : jobLatencyMs(job)) })));
     this.renderBudget(step);
     if (step !== null) {
       const span = step ? m.spans[step - 1] : null;
@@ -289,16 +294,27 @@ class JobView {
     }
   }
 
+  // What the job had spent after `step` events (seq order) and the time reached.
+  spentAt(step) {
+    const { spent, asOf, t0 } = this.model;
+    return {
+      calls: spent.calls[step], hits: spent.hits[step], prompt: spent.prompt[step], completion: spent.completion[step],
+      tokens: spent.tokens[step], reasoning: spent.reasoning[step], cost: spent.cost[step],
+      elapsedMs: t0 === null ? 0 : asOf[step] - t0,
+    };
+  }
+
   renderBudget(step) {
     const { job, model: m } = this;
     const b = job.budget || {};
     const last = m.spendSeries().at(-1) || { completion: 0, cost: 0, calls: 0 };
-    const used = step === null
-      ? { tokens: last.completion, calls: m.calls.length, cost: last.cost }
-      : { tokens: m.spent.completion[step], calls: m.spent.calls[step], cost: m.spent.cost[step] };
+    const at = step === null ? null : this.spentAt(step);
+    const used = at === null
+      ? { tokens: last.completion, calls: m.calls.length, cost: last.cost, seconds: (jobLatencyMs(job) || 0) / 1000 }
+      : { tokens: at.completion, calls: at.calls, cost: at.cost, seconds: at.elapsedMs / 1000 };
     const meters = [["generated tokens", used.tokens, b.max_tokens, fmtInt], ["calls", used.calls, b.max_calls, fmtInt],
       ["cost", used.cost, b.max_cost, fmtCost]];
-    if (b.max_seconds) meters.push(["seconds", (jobLatencyMs(job) || 0) / 1000, b.max_seconds, (v) => v.toFixed(1)]);
+    if (b.max_seconds) meters.push(["seconds", used.seconds, b.max_seconds, (v) => v.toFixed(1)]);
     clear(this.els.budgetText).append(...meters.map(([label, value, limit, fmt]) => {
       const fill = h("span", { class: "fill" });
       fill.style.width = limit ? `${Math.min(100, (100 * value) / limit)}%` : "0";

@@ -76,7 +76,8 @@ export class TraceModel {
     const n = this.spans.length;
     this.asOf = new Float64Array(n + 1);
     this.spent = { tokens: new Float64Array(n + 1), completion: new Float64Array(n + 1),
-      cost: new Float64Array(n + 1), calls: new Uint32Array(n + 1) };
+      prompt: new Float64Array(n + 1), reasoning: new Float64Array(n + 1),
+      cost: new Float64Array(n + 1), calls: new Uint32Array(n + 1), hits: new Uint32Array(n + 1) };
     let reached = this.t0 ?? 0;
     this.asOf[0] = reached;
     for (let i = 0; i < n; i++) {
@@ -91,6 +92,9 @@ export class TraceModel {
       this.spent.tokens[i + 1] = this.spent.tokens[i] + (isCall ? span.prompt_tokens + span.completion_tokens : 0);
       this.spent.cost[i + 1] = this.spent.cost[i] + (isCall ? span.cost : 0);
       this.spent.calls[i + 1] = this.spent.calls[i] + (isCall ? 1 : 0);
+      this.spent.prompt[i + 1] = this.spent.prompt[i] + (isCall ? span.prompt_tokens : 0);
+      this.spent.reasoning[i + 1] = this.spent.reasoning[i] + (isCall ? span.reasoning_tokens || 0 : 0);
+      this.spent.hits[i + 1] = this.spent.hits[i] + (isCall && span.journal === "hit" ? 1 : 0);
     }
   }
 
