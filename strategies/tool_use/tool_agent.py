@@ -10,10 +10,12 @@ their journal keys do not depend on timing. Every call goes through ``ctx.tools`
 resume executes none twice and a strict replay executes none.
 
 A call to a tool that was not offered, or with arguments that are not a JSON object,
-is not executed: its ``tool`` message says what was wrong, so the model can recover.
-The last of ``max_steps`` turns is asked to answer without tools (``tool_choice:
-"none"``). When the budget runs out first, the answer is the number the last successful
-tool call printed, if any. Cost: up to ``max_steps`` calls of up to ``max_tokens``, and
+is not executed: its ``tool`` message says what was wrong, so the model can recover; a
+call left in the text that the pool could not read back (broken JSON) is answered the
+same way rather than read as the answer. The last of ``max_steps`` turns is asked to
+answer without tools (``tool_choice: "none"``). When the budget runs out first, or the
+last turn still calls, the answer is the number the last successful tool call printed,
+if any. Cost: up to ``max_steps`` calls of up to ``max_tokens``, and
 the tool calls the model makes.
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -41,12 +44,19 @@ from strategies.shared.programs import answer_of
 from strategies.shared.prompts import solve_messages
 
 AGENT_SYSTEM = (
-    "Solve the problem. Call the tools you are given when they help: compute with them "
-    "rather than in your head, and make several calls at once when they do not depend on "
-    "each other. When you know the answer, reply without a tool call and finish with a "
-    "line of the form 'The answer is N.'"
+    "Solve the problem. Call the tools to compute (a program prints what you need); do "
+    "no arithmetic yourself, and make several calls at once when they do not depend on "
+    "each other. After you see the results, reply with the answer."
+)
+# No answer format in the instruction: with "finish with 'The answer is N.'" in it, both
+# embedded Qwen2.5-Coder models answered at once and called nothing (2026-12-05).
+UNREAD = (
+    "That tool call could not be read. Call the tool again with valid JSON arguments, "
+    "or reply with the answer."
 )
 FINAL = "No more tool calls. Reply with the answer now, as 'The answer is N.'"
+MAX_UNREAD = 400
+"""Characters kept of a reply holding a call that could not be read."""
 MAX_TOOL_MESSAGE = 4000
 """Characters of a tool's output shown to the model (prompt tokens are time on CPU)."""
 
@@ -103,9 +113,22 @@ async def run(problem: str, ctx: Context, params: Params) -> StrategyResult:
             ctx.trace("budget_exhausted", what=exc.what, step=step)
             break
         choice = generation.choices[0]
+        if not choice.tool_calls and not last and _unread_call(choice.text, params.tools):
+            # A call the server could not read back (broken JSON in the text): say so
+            # rather than take a number out of the call's arguments as the answer.
+            ctx.trace("step", step=step, tool_calls=[], unreadable=True)
+            # Kept short: a small model repeating its call fills the context in 3 turns.
+            shown = choice.text[:MAX_UNREAD] + ("…" if len(choice.text) > MAX_UNREAD else "")
+            messages.append({"role": "assistant", "content": shown})
+            messages.append({"role": "user", "content": UNREAD})
+            continue
         if not choice.tool_calls or last:
-            answer = extract_answer(choice.text)
-            ctx.trace("answer", step=step, answer=answer, tool_calls=executed)
+            if choice.tool_calls or _unread_call(choice.text, params.tools):
+                # Still calling when it must answer: the numbers in a call are no answer.
+                answer, source = best, "last tool output"
+            else:
+                answer, source = extract_answer(choice.text), "reply"
+            ctx.trace("answer", step=step, answer=answer, tool_calls=executed, source=source)
             return StrategyResult(
                 answer=answer,
                 text=choice.text,
@@ -190,8 +213,14 @@ async def _refused(problem: str) -> ToolResult:
     return ToolResult(error=f"not run: {problem}")
 
 
+def _unread_call(text: str, offered: list[str]) -> bool:
+    """Whether a reply without calls still reads like one: ``"name": "<offered tool>"``."""
+    names = "|".join(re.escape(name) for name in offered)
+    return re.search(rf'"name"\s*:\s*"(?:{names})"', text) is not None
+
+
 def _observation(result: ToolResult) -> str:
     text = result.output if result.ok else f"Error: {result.error}\n{result.output}".strip()
     if len(text) > MAX_TOOL_MESSAGE:
         text = text[:MAX_TOOL_MESSAGE] + "… (cut)"
-    return text or "(no output)"
+    return text or "(no output: a program must print what you need)"

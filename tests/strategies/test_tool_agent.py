@@ -191,3 +191,31 @@ async def test_an_mcp_tool_is_offered_with_its_servers_schema(
         strict = await replay(runtime, job.job_id)
         assert strict.answer == "48"
         assert (strict.outcome.usage or {})["tool_executions"] == 0
+
+
+async def test_a_call_left_unreadable_in_the_text_is_retried_not_read_as_the_answer(
+    rt: Runtime, simulator: Simulator
+) -> None:
+    require_sandbox()
+    # What the embedded 0.5B model does: a call in its text whose JSON does not parse, so
+    # the pool cannot read it back as a call. Its numbers must not become the answer.
+    broken = '{"name": "python", "arguments": {"code": "print(12 + 3 * 12)"}'
+    simulator.set_config(
+        script(
+            Rule(match="tool: 48", replies=["The answer is 48."]),
+            Rule(match="could not be read", replies=[""],
+                 tool_calls=[[python("print(12 + 3 * 12)")]]),
+            Rule(match="muffins", replies=[broken]),
+        )
+    )  # fmt: skip
+    job = await solve(rt, SPEC, question=QUESTION)
+    assert job.answer == "48"
+    assert job.events_named("step")[0] == {"step": 0, "tool_calls": [], "unreadable": True}
+    assert job.events_named("answer")[0]["source"] == "reply"
+
+    simulator.set_config(script(Rule(match="muffins", replies=[broken])))
+    stuck = await solve(rt, {**SPEC, "max_steps": 2}, question=QUESTION)
+    assert stuck.answer is None  # not 12, nor 3: nothing was computed
+    assert stuck.events_named("answer") == [
+        {"step": 1, "answer": None, "tool_calls": 0, "source": "last tool output"}
+    ]
