@@ -11,7 +11,8 @@ Here the model writes the plan as a JSON array (the format is in the prompt): ``
 in ``after`` the calls it needs, and may quote their output as ``{{id}}`` in a string
 argument. The plan is validated (shape, known tools, known and declared dependencies,
 no cycles, at most ``max_calls``); an invalid plan gets ``repair_rounds`` corrections,
-naming what is wrong, and then the job ends without an answer, saying why. Each level of
+naming what is wrong. A first plan still invalid ends the job without an answer, saying
+why; a later one (results are in) is followed by one request for the answer. Each level of
 the DAG runs concurrently through ``ctx.tools`` (journaled: a resume executes nothing
 twice, a strict replay nothing), issued in plan order. A call whose dependency failed is
 skipped. Then the model sees every result and answers, or plans another round (up to
@@ -48,9 +49,10 @@ PLAN_SYSTEM = """\
 Solve the problem with tool calls. The tools:
 {tools}
 
-Reply with a plan: a JSON array of calls and nothing else, e.g.
-[{{"id": "a", "tool": "python", "arguments": {{"code": "print(12 * 3)"}}, "after": []}},
- {{"id": "b", "tool": "python", "arguments": {{"code": "print(5 + 7)"}}, "after": []}},
+Reply with a plan: a JSON array of calls and nothing else. For example, for "How many \
+hours are in 3 weeks and 2 days?" with the python tool:
+[{{"id": "a", "tool": "python", "arguments": {{"code": "print(3 * 7 * 24)"}}, "after": []}},
+ {{"id": "b", "tool": "python", "arguments": {{"code": "print(2 * 24)"}}, "after": []}},
  {{"id": "c", "tool": "python", "arguments": {{"code": "print({{{{a}}}} + {{{{b}}}})"}}, \
 "after": ["a", "b"]}}]
 "id" names a call (letters, digits, _). "after" lists the calls whose results this call \
@@ -62,6 +64,7 @@ AGGREGATE = (
     "instead (new ids; they may use the results above)."
 )
 FINAL = "Results:\n{results}\n\nReply with the answer now, as 'The answer is N.'"
+ANSWER_NOW = "No more calls. Reply with the answer, as 'The answer is N.'"
 REPAIR = "That plan is invalid: {reason}. Reply with the corrected JSON array only."
 MAX_RESULT = 2000
 """Characters of one call's output shown to the model."""
@@ -142,7 +145,10 @@ def read_plan(
         raise PlanError(f"{len(calls)} calls; a plan may hold at most {max_calls}")
     ids = [c.id for c in calls]
     for call in calls:
-        if ids.count(call.id) > 1 or call.id in done:
+        if call.id in done:
+            taken = ", ".join(sorted(done))
+            raise PlanError(f"id {call.id!r} was used in an earlier round ({taken}); use new ids")
+        if ids.count(call.id) > 1:
             raise PlanError(f"id {call.id!r} is used twice")
         if call.tool not in tools:
             known = ", ".join(tools)
@@ -207,10 +213,22 @@ async def run(problem: str, ctx: Context, params: Params) -> StrategyResult:
         if reply is None:
             break
         levels = await _plan(ctx, params, reply, set(results), round_, messages, ask)
+        if levels is None and round_ > 0:
+            # Results are in, but neither an answer nor a valid plan came: ask once more.
+            messages.append({"role": "user", "content": ANSWER_NOW})
+            reply = await ask(params.answer_tokens)
+            if reply is not None and not _is_plan(reply):
+                answer = extract_answer(reply)
+                ctx.trace("aggregate", round=round_, decision="answer", answer=answer)
+                return StrategyResult(
+                    answer=answer,
+                    text=reply,
+                    details={"rounds": round_, "tool_calls": len(results)},
+                )
         if levels is None:
             return StrategyResult(
                 answer=None,
-                text=reply,
+                text=reply or "",
                 details={
                     "error": "no valid plan",
                     "rounds": round_ + 1,

@@ -180,3 +180,24 @@ async def test_a_spent_tool_budget_answers_with_the_last_output_so_far(
     assert spent == {"what": "tool_calls", "round": 0, "level": 1}
     assert job.events_named("answer") == [{"answer": "36", "source": "last tool output"}]
     assert job.calls_to("small") == 1  # no aggregation was paid for
+
+
+async def test_an_invalid_later_plan_is_followed_by_a_request_for_the_answer(
+    rt: Runtime, simulator: Simulator
+) -> None:
+    require_sandbox()
+    # What the embedded 0.5B model did: a second plan reusing the first round's ids.
+    simulator.set_config(
+        script(
+            Rule(match="No more calls", replies=["The answer is 48."]),
+            Rule(match=r"Results:\n- a \(python\): 36",
+                 replies=[plan(call("a", "print(12 + 36)"))]),
+            Rule(match="muffins", replies=[plan(call("a", "print(3 * 12)"))]),
+        )
+    )  # fmt: skip
+    job = await solve(rt, SPEC, question=QUESTION)
+    assert job.answer == "48"
+    reasons = [e["reason"] for e in job.events_named("plan_invalid")]
+    assert reasons == ["id 'a' was used in an earlier round (a); use new ids"] * 2
+    assert [e["decision"] for e in job.events_named("aggregate")] == ["plan", "answer"]
+    assert len([s for s in job.spans if s.kind == "tool_call"]) == 1
