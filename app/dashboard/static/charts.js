@@ -193,26 +193,36 @@ export class BudgetChart {
 
   // Scaled to what the job used, not to the budget: a job that spent 40 of 4,000
   // tokens draws a readable curve, not a flat line at the bottom. The budget is a dashed
-  // marker: at its height when it is near the usage, else pinned to the top edge with
-  // an arrow (above the scale). The scale is on the canvas's data-* for tests and tools.
+  // marker: at its height when it is near the usage, else pinned to the plot's top edge
+  // (above the scale). A strip above the plot names both, so no text covers the curve.
+  // The scale is on the canvas's data-* for tests and tools.
   draw() {
     if (this.t0 === null || this.t0 === undefined) return;
     const { ctx, width, height } = setupCanvas(this.canvas, 96);
-    const plotH = height - AXIS_H - 4;
+    const strip = 14;
+    const plotH = height - AXIS_H - 4 - strip;
     ctx.clearRect(0, 0, width, height);
     const total = this.points.length ? this.points[this.points.length - 1].completion : 0;
     const used = Math.max(1, total);
     const limitNear = Boolean(this.limit) && this.limit <= used * 1.5;
     const top = limitNear ? Math.max(used, this.limit) * 1.08 : used * 1.12;
     const x = (t) => ((t - this.t0) / (this.t1 - this.t0)) * (width - 1);
-    const y = (v) => 4 + plotH - (Math.min(v, top) / top) * plotH;
+    const y = (v) => strip + 4 + plotH - (Math.min(v, top) / top) * plotH;
     Object.assign(this.canvas.dataset, {
       scaleMax: String(Math.round(top)), used: String(total),
       budget: this.limit ? String(this.limit) : "", budgetMarker: !this.limit ? "none" : limitNear ? "line" : "above",
     });
     ctx.font = "10px system-ui, sans-serif";
+    // The strip: tokens so far on the left, the budget on the right (its share used
+    // dropped when the card is too narrow for both).
+    let reached = 0;
+    for (const p of this.points) if (this.cursor === null || p.t <= this.cursor) reached = p.completion;
+    const generated = this.cursor !== null && reached !== total ? `${fmtInt(reached)} of ${fmtInt(total)} tokens` : `${fmtInt(total)} tokens`;
+    ctx.textBaseline = "top";
+    ctx.fillStyle = "#1c7ed6";
+    ctx.fillText(generated, 4, 1);
     if (this.limit) {
-      const at = limitNear ? y(this.limit) : 4;
+      const at = limitNear ? y(this.limit) : strip + 3;
       ctx.strokeStyle = "#e03131";
       ctx.setLineDash([4, 3]);
       ctx.beginPath();
@@ -221,9 +231,10 @@ export class BudgetChart {
       ctx.stroke();
       ctx.setLineDash([]);
       ctx.fillStyle = "#e03131";
-      ctx.textBaseline = limitNear ? "bottom" : "top";
-      const label = limitNear ? `max_tokens ${fmtInt(this.limit)}` : `↑ max_tokens ${fmtInt(this.limit)} (${Math.round((100 * total) / this.limit)}% used)`;
-      ctx.fillText(label, width - ctx.measureText(label).width - 4, limitNear ? at - 1 : at + 2);
+      const share = (100 * total) / this.limit;
+      let label = `${limitNear ? "" : "↑ "}max_tokens ${fmtInt(this.limit)} (${share < 1 ? share.toFixed(1) : Math.round(share)}% used)`;
+      if (ctx.measureText(generated).width + ctx.measureText(label).width + 16 > width) label = `${limitNear ? "" : "↑ "}max ${fmtInt(this.limit)}`;
+      ctx.fillText(label, width - ctx.measureText(label).width - 4, 1);
     }
     ctx.strokeStyle = "#1c7ed6";
     ctx.fillStyle = "rgba(28,126,214,0.12)";
@@ -243,13 +254,9 @@ export class BudgetChart {
     ctx.lineTo(endX, y(0));
     ctx.closePath();
     ctx.fill();
-    // The scale: what was generated, at its level.
-    ctx.fillStyle = "#1c7ed6";
-    ctx.textBaseline = "bottom";
-    ctx.fillText(`${fmtInt(last)} generated tokens`, 4, Math.max(14, y(last) - 2));
     if (this.cursor !== null) {
       ctx.fillStyle = "#e03131";
-      ctx.fillRect(x(this.cursor), 0, 1.5, plotH + 4);
+      ctx.fillRect(x(this.cursor), strip, 1.5, plotH + 4);
     }
     drawAxis(ctx, width, height - AXIS_H + 2, this.t0, this.t1);
   }
