@@ -51,8 +51,8 @@ AGENT_SYSTEM = (
 # No answer format in the instruction: with "finish with 'The answer is N.'" in it, both
 # embedded Qwen2.5-Coder models answered at once and called nothing (2026-12-05).
 UNREAD = (
-    "That tool call could not be read. Call the tool again with valid JSON arguments, "
-    "or reply with the answer."
+    "That tool call could not be read. Call one of the tools ({tools}) with valid JSON "
+    "arguments, or reply with the answer."
 )
 FINAL = "No more tool calls. Reply with the answer now, as 'The answer is N.'"
 MAX_UNREAD = 400
@@ -92,6 +92,7 @@ class Params(BaseModel):
 async def run(problem: str, ctx: Context, params: Params) -> StrategyResult:
     model = ctx.models[params.role]
     functions = [ctx.tools[name].as_function() for name in params.tools]
+    tools = ", ".join(params.tools)
     messages: list[Message] = solve_messages(
         problem, params.system or AGENT_SYSTEM, ctx.conversation
     )
@@ -120,7 +121,7 @@ async def run(problem: str, ctx: Context, params: Params) -> StrategyResult:
             # Kept short: a small model repeating its call fills the context in 3 turns.
             shown = choice.text[:MAX_UNREAD] + ("…" if len(choice.text) > MAX_UNREAD else "")
             messages.append({"role": "assistant", "content": shown})
-            messages.append({"role": "user", "content": UNREAD})
+            messages.append({"role": "user", "content": UNREAD.format(tools=tools)})
             continue
         if not choice.tool_calls or last:
             if choice.tool_calls or _unread_call(choice.text, params.tools):
@@ -214,9 +215,13 @@ async def _refused(problem: str) -> ToolResult:
 
 
 def _unread_call(text: str, offered: list[str]) -> bool:
-    """Whether a reply without calls still reads like one: ``"name": "<offered tool>"``."""
+    """Whether a reply without calls still reads like one: ``"name": "<offered tool>"``,
+    or any ``"name": ..., "arguments"`` (a call to a function that was not offered)."""
     names = "|".join(re.escape(name) for name in offered)
-    return re.search(rf'"name"\s*:\s*"(?:{names})"', text) is not None
+    return (
+        re.search(rf'"name"\s*:\s*"(?:{names})"', text) is not None
+        or re.search(r'"name"\s*:\s*"[^"]*"\s*,\s*"(?:arguments|parameters)"', text) is not None
+    )
 
 
 def _observation(result: ToolResult) -> str:

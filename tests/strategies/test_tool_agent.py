@@ -7,6 +7,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 from core.db import repo
 from core.runtime import Runtime
 from core.settings import ToolSettings
@@ -193,17 +195,24 @@ async def test_an_mcp_tool_is_offered_with_its_servers_schema(
         assert (strict.outcome.usage or {})["tool_executions"] == 0
 
 
+@pytest.mark.parametrize(
+    "broken",
+    [
+        '{"name": "python", "arguments": {"code": "print(12 + 3 * 12)"}',  # JSON cut short
+        '```json\n{"name": "total_muffins", "arguments": {"morning": 12, "factor": 3}}\n```',
+    ],
+    ids=["broken-json", "function-not-offered"],
+)
 async def test_a_call_left_unreadable_in_the_text_is_retried_not_read_as_the_answer(
-    rt: Runtime, simulator: Simulator
+    rt: Runtime, simulator: Simulator, broken: str
 ) -> None:
     require_sandbox()
-    # What the embedded 0.5B model does: a call in its text whose JSON does not parse, so
-    # the pool cannot read it back as a call. Its numbers must not become the answer.
-    broken = '{"name": "python", "arguments": {"code": "print(12 + 3 * 12)"}'
+    # What the embedded 0.5B model did: a call in its text that the pool cannot read
+    # back as a call. Its numbers must not become the answer; the model is told.
     simulator.set_config(
         script(
             Rule(match="tool: 48", replies=["The answer is 48."]),
-            Rule(match="could not be read", replies=[""],
+            Rule(match=r"could not be read. Call one of the tools \(python\)", replies=[""],
                  tool_calls=[[python("print(12 + 3 * 12)")]]),
             Rule(match="muffins", replies=[broken]),
         )
