@@ -69,8 +69,9 @@ stays in the environment.
   `ponder.yaml line 8: pools.large.max_concurency: unknown key (did you mean max_concurrency?)`.
   At start, `ponder`, the API and the workers stop with exit code 2.
 - **Reload**: `kill -HUP` the API process (uvicorn's) and the worker's main process
-  (`ponder worker`), or `ponder serve`, which passes it on to both. Each re-reads the file (and its variables); on an error it logs the
-  sentence and keeps the configuration it had. Otherwise new jobs use the new pools,
+  (`ponder worker`), or `ponder serve`, which passes it on to both. Each re-reads the
+  file (and its variables); on an error it logs the sentence and keeps the
+  configuration it had. Otherwise new jobs use the new pools,
   prices, tools and tenant limits at once, while jobs already running finish on the pool
   clients they started with. Replaced pool clients are closed once no job holds them (at
   the latest after `PONDER_WORKER__TIME_LIMIT_S` + `HARD_LIMIT_EXTRA_S`, the longest a
