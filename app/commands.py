@@ -185,6 +185,14 @@ def eval_arguments(parser: argparse.ArgumentParser) -> None:
         help="re-run an eval from its journals; an experiment id: strict, zero model calls",
     )
     ev.add_argument("--param", "-p", action="append", type=_kv, default=[], metavar="K=V")
+    ev.add_argument(
+        "--difficulty-probe",
+        default=None,
+        metavar="agreement|entropy|none",
+        help="per-problem difficulty signal (default: agreement when a small role exists)",
+    )
+    ev.add_argument("--difficulty-thresholds", default=None, metavar="EASY_MAX,HARD_MIN")
+    ev.add_argument("--difficulty-probe-tokens", type=int, default=128, metavar="N")
 
 
 # -- handlers: ``(args, settings) -> exit code`` (or a coroutine returning it) ---------

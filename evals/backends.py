@@ -19,7 +19,7 @@ import httpx
 
 from core.db import repo
 from core.errors import InvalidInput, NotFound, PonderError
-from core.events import ModelCallEvent
+from core.events import DecisionEvent, ModelCallEvent
 from core.jobs import create_replay, submit_job
 from core.runtime import Runtime
 from ponder_client import AsyncPonderClient, PonderAPIError
@@ -36,6 +36,8 @@ class JobRecord:
     cost_by_role: dict[str, float] = field(default_factory=dict)
     cost_known: bool = True
     """False when a model call ran on a pool without prices: ``cost`` means nothing."""
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    """The trace's events (``ctx.trace``: name, attributes), in order."""
 
     @property
     def cost(self) -> float | None:
@@ -50,6 +52,7 @@ def _record(
     error: dict[str, Any] | None,
     cost_by_role: dict[str, float],
     cost_known: bool = True,
+    events: list[tuple[str, dict[str, Any]]] | None = None,
 ) -> JobRecord:
     result = result or {}
     return JobRecord(
@@ -61,6 +64,7 @@ def _record(
         usage=usage or {},
         cost_by_role=cost_by_role,
         cost_known=cost_known,
+        events=events or [],
     )
 
 
@@ -107,15 +111,19 @@ class LocalBackend:
         outcome = await self.rt.runner.run(job_id)
         cost: dict[str, float] = defaultdict(float)
         known = True
+        events: list[tuple[str, dict[str, Any]]] = []
         async with self.rt.sessions() as session:
             for span in await repo.list_spans(session, job_id):
                 if span.kind == "model_call":
                     attributes = span.attributes or {}
                     cost[str(attributes.get("role"))] += span.cost or 0.0
                     known = known and attributes.get("cost_known") is not False
+                elif span.kind == "event":
+                    events.append((span.name, dict(span.attributes or {})))
         return _record(
-            job_id, outcome.status, outcome.result, outcome.usage, outcome.error, dict(cost), known
-        )
+            job_id, outcome.status, outcome.result, outcome.usage, outcome.error, dict(cost),
+            known, events,
+        )  # fmt: skip
 
     async def missing(self, job_ids: list[str]) -> list[str]:
         async with self.rt.sessions() as session:
@@ -171,11 +179,16 @@ class RestBackend:
             raise _api_error(exc, f"GET /v1/jobs/{job_id}") from None
         cost: dict[str, float] = defaultdict(float)
         known = True
+        events: list[tuple[str, dict[str, Any]]] = []
         for event in trace.events:
             if isinstance(event, ModelCallEvent):
                 cost[str(event.role)] += event.cost
                 known = known and event.cost_known
-        return _record(job_id, job.status, job.result, job.usage, job.error, dict(cost), known)
+            elif isinstance(event, DecisionEvent):
+                events.append((event.name, dict(event.attributes)))
+        return _record(
+            job_id, job.status, job.result, job.usage, job.error, dict(cost), known, events
+        )
 
     async def missing(self, job_ids: list[str]) -> list[str]:
         absent = []

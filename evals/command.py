@@ -25,6 +25,7 @@ from evals import console
 from evals.arms import Arm, parse_arms
 from evals.backends import Backend, LocalBackend, RestBackend
 from evals.dataset import Dataset, load_dataset
+from evals.difficulty import PROBE_KINDS, ProbeSettings, parse_thresholds
 from evals.experiments import ExperimentStore, LocalStore, RestStore
 from evals.results import EvalRun, load_results
 from evals.runs import Options, evaluate, replay, replay_plan
@@ -42,6 +43,43 @@ def _check_numbers(args: argparse.Namespace) -> None:
             raise InvalidInput(f"--{flag} must be at least 1, got {value}", field=flag)
     if args.budget_tokens is not None:
         parse_budget({"max_tokens": args.budget_tokens})
+    tokens = args.difficulty_probe_tokens
+    if not 1 <= tokens <= 4096:
+        raise InvalidInput(
+            f"--difficulty-probe-tokens must be 1 to 4096, got {tokens}",
+            field="difficulty_probe_tokens",
+        )
+
+
+def has_small_role(settings: Settings) -> bool:
+    """A ``small`` pool is configured, or none is and the embedded models include one."""
+    if settings.pools:
+        return "small" in settings.pools
+    return settings.embedded.enabled and "small" in settings.embedded.roles
+
+
+def _probe(args: argparse.Namespace, settings: Settings) -> ProbeSettings | None:
+    """``--difficulty-probe``; by default agreement when this process has a ``small``
+    role (with ``--url`` the server's roles are unknown here: none unless asked)."""
+    kind = args.difficulty_probe
+    thresholds = args.difficulty_thresholds
+    if kind is None:
+        kind = "agreement" if not args.url and has_small_role(settings) else "none"
+    if kind not in PROBE_KINDS:
+        raise InvalidInput(
+            f"--difficulty-probe must be one of {', '.join(PROBE_KINDS)}, not {kind!r}",
+            field="difficulty_probe",
+            valid=list(PROBE_KINDS),
+        )
+    if kind == "none":
+        if thresholds is not None:
+            raise InvalidInput(
+                "--difficulty-thresholds needs a --difficulty-probe", field="difficulty_thresholds"
+            )
+        return None
+    easy, hard = parse_thresholds(thresholds, kind)
+    tokens = args.difficulty_probe_tokens
+    return ProbeSettings(probe=kind, easy_max=easy, hard_min=hard, probe_tokens=tokens)
 
 
 def _load(args: argparse.Namespace) -> Dataset | None:
@@ -67,10 +105,14 @@ def _load(args: argparse.Namespace) -> Dataset | None:
 
 @asynccontextmanager
 async def _backend(
-    args: argparse.Namespace, settings: Settings, arms: list[Arm]
+    args: argparse.Namespace,
+    settings: Settings,
+    arms: list[Arm],
+    probe: ProbeSettings | None = None,
 ) -> AsyncIterator[tuple[Backend, ExperimentStore, str]]:
     """The backend, checked: pools answer (in-process) or the server does (``--url``);
-    and where the run is stored as an experiment (the same database or server)."""
+    and where the run is stored as an experiment (the same database or server).
+    ``probe``: its role is needed too."""
     if args.url:
         timeout = httpx.Timeout(60.0, connect=5.0)
         # No --api-key: the client reads PONDER_API_KEY.
@@ -88,16 +130,26 @@ async def _backend(
     roles: set[str] = set()
     for arm in arms:
         roles |= arm.roles
+    if probe is not None:
+        roles.add(probe.probe_role)
     async with Runtime(settings, roles=roles or None) as rt:
         await rt.check_pools(roles)
         for arm in arms:  # a role without a pool is bad input, before any job is written
             resolve_roles(validate_spec(arm.params), rt.pools)
+        if probe is not None:
+            resolve_roles(validate_spec(probe.job_spec()), rt.pools)
         pools = ", ".join(f"{r}={p.settings.model}" for r, p in sorted(rt.pools.items()))
         described = f"in-process (pools: {pools or 'none: journals only'})"
         yield LocalBackend(rt), LocalStore(rt.sessions), described
 
 
-def _options(args: argparse.Namespace, settings: Settings, name: str, backend: str) -> Options:
+def _options(
+    args: argparse.Namespace,
+    settings: Settings,
+    name: str,
+    backend: str,
+    probe: ProbeSettings | None = None,
+) -> Options:
     out = Path(args.out) if args.out else settings.data_dir / "evals" / name
     return Options(
         out=out,
@@ -108,6 +160,7 @@ def _options(args: argparse.Namespace, settings: Settings, name: str, backend: s
         match_budget=args.match_budget,
         pilot=args.pilot,
         seed=args.seed,
+        difficulty=probe,
     )
 
 
@@ -123,16 +176,23 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
                 "change parameters with -p key=value",
                 field="replay",
             )
+        if args.difficulty_probe or args.difficulty_thresholds:
+            raise InvalidInput(
+                "--replay replays the earlier eval's difficulty probes (strictly); "
+                "--difficulty-probe and --difficulty-thresholds are for a new eval",
+                field="difficulty_probe",
+            )
         return await _replay(args, settings)
     if args.param:
         raise InvalidInput("-p is for --replay; put parameters in --strategy", field="param")
+    probe = _probe(args, settings)
     dataset = _load(args)
     if dataset is None:
         return 2
     arms = parse_arms(args.strategy)
     name = args.name or f"{dataset.path.stem}-{_stamp()}"
-    async with _backend(args, settings, arms) as (backend, store, described):
-        options = _options(args, settings, name, described)
+    async with _backend(args, settings, arms, probe) as (backend, store, described):
+        options = _options(args, settings, name, described, probe)
         progress = console.BarProgress()
         try:
             with progress:

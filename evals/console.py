@@ -90,7 +90,11 @@ def print_table(run: EvalRun) -> None:
         table.add_row(*row)
     out.print(table)
     live, replayed = run.calls()
-    out.print(f"model calls: {live} live, {replayed} replayed from journals", highlight=False)
+    line = f"model calls: {live} live, {replayed} replayed from journals"
+    if run.settings.get("difficulty"):
+        plive, preplayed = run.probe_calls()
+        line += f"; difficulty probes: {plive} live, {preplayed} replayed"
+    out.print(line, highlight=False)
 
 
 def note(text: str) -> None:

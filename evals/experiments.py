@@ -219,7 +219,7 @@ class RestStore:
         chunks = [rows[i : i + ROWS_PER_REQUEST] for i in range(0, len(rows), ROWS_PER_REQUEST)]
         for i, chunk in enumerate(chunks or [[]]):
             last = i == len(chunks or [[]]) - 1
-            body = {"rows": [asdict(r) for r in chunk], "interrupted": interrupted and last}
+            body = {"rows": [_sent(r) for r in chunk], "interrupted": interrupted and last}
             await self._call(Call("POST", path, json=body))
 
     async def load(self, experiment_id: str) -> dict[str, Any]:
@@ -244,5 +244,26 @@ class RestStore:
                 for a in experiment["arms"]
                 if a["summary"] is not None
             ],
-            "rows": [{k: v for k, v in r.items() if k != "arm"} for r in grid["rows"]],
+            "rows": _with_bins(
+                [{k: v for k, v in r.items() if k != "arm"} for r in grid["rows"]],
+                experiment["settings"],
+            ),
         }
+
+
+def _sent(row: Row) -> dict[str, Any]:
+    """A row as the API takes it: its row schema has the difficulty value but not the
+    bin, which the experiment's ``settings.difficulty`` records per problem."""
+    data = asdict(row)
+    data.pop("difficulty_bin", None)
+    return data
+
+
+def _with_bins(rows: list[dict[str, Any]], settings: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Rows with their problem's difficulty bin, from ``settings.difficulty``'s probes."""
+    probes = (settings.get("difficulty") or {}).get("problems") or []
+    bins = {int(p["problem_index"]): p.get("bin") for p in probes}
+    for row in rows:
+        if row.get("difficulty_bin") is None and int(row["problem_index"]) in bins:
+            row["difficulty_bin"] = bins[int(row["problem_index"])]
+    return rows

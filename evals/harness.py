@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Literal, Protocol
 
@@ -104,7 +104,17 @@ def error_row(
     )
 
 
-async def _bounded(concurrency: int, work: Sequence[Callable[[], Awaitable[None]]]) -> None:
+Signal = tuple[float | None, str | None]
+"""A problem's difficulty value and bin."""
+
+
+def _with_signal(row: Row, signal: Mapping[int, Signal] | None) -> Row:
+    if signal is not None and row.problem_index in signal:
+        row.difficulty, row.difficulty_bin = signal[row.problem_index]
+    return row
+
+
+async def bounded(concurrency: int, work: Sequence[Callable[[], Awaitable[None]]]) -> None:
     gate = asyncio.Semaphore(concurrency)
 
     async def one(item: Callable[[], Awaitable[None]]) -> None:
@@ -128,11 +138,14 @@ async def run_arm(
     seed: int,
     concurrency: int,
     progress: Progress,
+    signal: Mapping[int, Signal] | None = None,
 ) -> None:
     """Every problem through one strategy; rows go to ``sink`` as they finish.
 
     Problem ``i`` gets seed ``seed + i`` under every strategy, so arms draw from the
     same per-problem random streams and a rerun with the same seed makes the same jobs.
+    ``signal``: each problem's difficulty value and bin (``evals.difficulty``), put on
+    its row.
     """
     progress.start(arm.label, len(problems))
 
@@ -147,12 +160,12 @@ async def run_arm(
                 row = record_row(problem.id, problem.index, arm.label, problem.answer, record)
             except Exception as exc:  # recorded in the row and the report, not swallowed
                 row = error_row(problem.id, problem.index, arm.label, problem.answer, job_id, exc)
-            sink.append(row)
+            sink.append(_with_signal(row, signal))
             progress.advance(arm.label, row.correct)
 
         return go
 
-    await _bounded(concurrency, [work(p) for p in problems])
+    await bounded(concurrency, [work(p) for p in problems])
 
 
 def matched_budget(arms: Sequence[Arm], pilot_rows: Sequence[Row]) -> tuple[int, dict[str, float]]:
@@ -179,6 +192,7 @@ async def replay_arm(
     concurrency: int,
     progress: Progress,
     what_if: Literal["strict", "live"] = "live",
+    signal: Mapping[int, Signal] | None = None,
 ) -> None:
     """Replay one strategy's jobs: strict without ``overrides``, else what-ifs in mode
     ``what_if`` (strict: a call the journal lacks fails the row, nothing is called).
@@ -207,9 +221,9 @@ async def replay_arm(
                     parent.problem_id, parent.problem_index, label, parent.expected, job_id, exc
                 )
                 row.parent_job_id = parent.job_id
-            sink.append(row)
+            sink.append(_with_signal(row, signal))
             progress.advance(label, row.correct)
 
         return go
 
-    await _bounded(concurrency, [work(p) for p in parents])
+    await bounded(concurrency, [work(p) for p in parents])

@@ -104,6 +104,18 @@ def _settings_lines(run: EvalRun) -> list[str]:
     lines.append(f"- seed {s.get('seed')} (+ problem index), concurrency {s.get('concurrency')}")
     live, replayed = run.calls()
     lines.append(f"- model calls: {live} live, {replayed} replayed from journals")
+    probe = s.get("difficulty")
+    if probe:
+        bins = probe.get("bins") or {}
+        counts = ", ".join(f"{bins.get(k, 0)} {k}" for k in ("easy", "normal", "hard"))
+        if bins.get("unknown"):
+            counts += f", {bins['unknown']} unknown (probe failed)"
+        plive, preplayed = run.probe_calls()
+        lines.append(
+            f"- difficulty: {probe.get('probe')} probe on {probe.get('probe_role')}, easy <= "
+            f"{probe.get('easy_max')}, hard >= {probe.get('hard_min')}: {counts}; probe calls: "
+            f"{plive} live, {preplayed} replayed (not in the calls above)"
+        )
     if run.replay_of:
         r = run.replay_of
         lines.append(
@@ -135,6 +147,20 @@ def markdown(run: EvalRun) -> str:
             "",
             "Latency of a live replay is its own wall time, in which journal hits take no "
             "time: a lower bound on what a fresh run would take.",
+        ]
+    binned = run.by_difficulty()
+    if binned:
+        out += ["", "## By difficulty", ""]
+        out += _md_table(
+            ["strategy", "bin", "n", "accuracy", "mean tokens"],
+            [[b["strategy"], b["bin"], str(b["n"]), _pct(b["accuracy"]), _num(b["mean_tokens"])]
+             for b in binned],
+        )  # fmt: skip
+        out += [
+            "",
+            "Bins from each problem's difficulty probe (`difficulty`, `difficulty_bin` on "
+            "the rows; the probe jobs in `settings.difficulty`): `ponder calibrate "
+            "compute_optimal --results results.json --budget-tokens B` chooses an arm per bin.",
         ]
     if run.original:
         out += ["", "## Compared with the original run", ""]

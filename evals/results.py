@@ -18,6 +18,8 @@ from evals.arms import Arm
 from evals.stats import cost_of_pass, mean, percentile, wilson_interval
 
 FORMAT = "ponder-eval/1"
+LEVELS = ("easy", "normal", "hard")
+"""Difficulty bins (``difficulty_router``'s levels), easiest first."""
 
 
 @dataclass
@@ -51,6 +53,9 @@ class Row:
     """A per-problem difficulty signal, when the eval records one (stored with the row)."""
     reasoning_tokens: int = 0
     """The part of ``completion_tokens`` spent reasoning, all roles."""
+    difficulty_bin: str | None = None
+    """``easy``, ``normal`` or ``hard``: the problem's bin by ``difficulty``
+    (``evals.difficulty``); None when not probed."""
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Row:
@@ -150,6 +155,26 @@ class EvalRun:
     def summaries(self) -> list[Summary]:
         return [summarize(arm, self.rows_of(arm)) for arm in self.arms]
 
+    def by_difficulty(self) -> list[dict[str, Any]]:
+        """Accuracy and mean tokens per arm per difficulty bin (bins with rows only)."""
+        table = []
+        for arm in self.arms:
+            rows = self.rows_of(arm)
+            for level in LEVELS:
+                binned = [r for r in rows if r.difficulty_bin == level]
+                if binned:
+                    n, correct = len(binned), sum(r.correct for r in binned)
+                    tokens = sum(r.completion_tokens for r in binned) / n
+                    table.append({"strategy": arm.label, "bin": level, "n": n,
+                                  "correct": correct, "accuracy": correct / n,
+                                  "mean_tokens": tokens})  # fmt: skip
+        return table
+
+    def probe_calls(self) -> tuple[int, int]:
+        """(live, replayed) model calls of the difficulty probes (not in ``calls``)."""
+        calls = (self.settings.get("difficulty") or {}).get("calls") or {}
+        return int(calls.get("live", 0)), int(calls.get("replayed", 0))
+
     def calls(self) -> tuple[int, int]:
         """(live, replayed) model calls over every row."""
         return sum(r.live_calls for r in self.rows), sum(r.replayed_calls for r in self.rows)
@@ -173,6 +198,7 @@ class EvalRun:
                 for a in self.arms
             ],
             "summary": [_summary_json(s) for s in self.summaries()],
+            "difficulty_summary": self.by_difficulty(),
             "original_summary": (
                 [_summary_json(s) for s in self.original] if self.original else None
             ),

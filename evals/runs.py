@@ -20,6 +20,14 @@ from core.errors import InvalidInput
 from evals.arms import Arm, changed_label, split_overrides
 from evals.backends import Backend
 from evals.dataset import Dataset
+from evals.difficulty import (
+    ProbeSettings,
+    probe_problems,
+    record,
+    replay_probes,
+    settings_of,
+    signal_of,
+)
 from evals.experiments import ExperimentStore
 from evals.harness import NoProgress, Progress, matched_budget, replay_arm, run_arm
 from evals.report import write_all, write_results
@@ -38,6 +46,8 @@ class Options:
     pilot: int = 5
     """Problems in the ``--match-budget`` pilot."""
     seed: int = 0
+    difficulty: ProbeSettings | None = None
+    """Probe each problem's difficulty first (``evals.difficulty``); None: no signal."""
 
 
 def now() -> str:
@@ -120,14 +130,24 @@ async def evaluate(
         bad_lines=[{"line": b.line, "reason": b.reason} for b in dataset.bad_lines],
     )
     recorder = _Recorder(store, run)
+    signal = None
     async with _always_written(run, options.out, recorder):
+        if options.difficulty is not None:
+            # First, so every row is stored with its problem's bin; the settings (stored
+            # with the experiment when it is created) carry each problem's probe.
+            probed = await probe_problems(
+                backend, problems, options.difficulty, seed=options.seed,
+                concurrency=options.concurrency, progress=progress,
+            )  # fmt: skip
+            run.settings["difficulty"] = record(options.difficulty, probed)
+            signal = signal_of(probed)
         if options.match_budget:
             budget = await _pilot(backend, run, problems[: options.pilot], options, progress)
         await recorder.flush()  # the experiment exists (and shows) while it runs
         for arm in arms:
             await run_arm(
                 backend, arm, problems, run.rows, budget=budget, seed=options.seed,
-                concurrency=options.concurrency, progress=progress,
+                concurrency=options.concurrency, progress=progress, signal=signal,
             )  # fmt: skip
             write_results(run, options.out)
             await recorder.flush()
@@ -238,13 +258,23 @@ async def replay(
     )
     params = {"pairs": [[k, v] for k, v in changes], "by_arm": per_arm, "mode": what_if}
     recorder = _Recorder(store, run, previous.get("experiment_id"), params if changes else None)
+    probes = (previous.get("settings") or {}).get("difficulty") or {}
+    signal = None
     async with _always_written(run, options.out, recorder):
+        if probes.get("problems"):
+            # The probes are replayed strictly whatever -p says: the bins stay the same.
+            probed = await replay_probes(
+                backend, probes["problems"], concurrency=options.concurrency, progress=progress
+            )
+            run.settings["difficulty"] = record(settings_of(probes), probed)
+            signal = signal_of(probed)
         await recorder.flush()
         for arm, new_arm in zip(arms, new_arms, strict=True):
             await replay_arm(
                 backend, new_arm.label, [r for r in parents if r.strategy == arm.label],
                 run.rows, overrides=per_arm.get(arm.label, {}),
                 concurrency=options.concurrency, progress=progress, what_if=what_if,
+                signal=signal,
             )  # fmt: skip
             write_results(run, options.out)
             await recorder.flush()
