@@ -28,11 +28,12 @@ from core.calibration.fit import (
     calibrate_spec_reason,
 )
 from core.calibration.replay import ProblemJobs, jobs_by_question, load_sources
-from core.calibration.table import choose_arm, table_from_results
+from core.calibration.table import choices, choose_arm, probe_params, table_from_results
 from core.errors import InvalidInput
 from core.presets import save_preset, validate_name
 from core.runtime import Runtime
 from core.settings import Settings
+from core.specs import validate_spec
 from evals.arms import parse_arm
 from evals.dataset import load_dataset
 from evals.results import load_results
@@ -298,16 +299,23 @@ async def _compute_optimal(args: argparse.Namespace, settings: Settings) -> int:
     table = table_from_results(data)
     level: Level | None = args.difficulty
     chosen: TableArm | None = None
+    per_bin: dict[str, TableArm | None] = {}
     if args.budget_tokens is not None:
         chosen = choose_arm(table, args.budget_tokens, level)
+        if level is None:
+            per_bin = choices(table, args.budget_tokens)
+    # The table, the budget, and the eval's probe settings: served, it probes each
+    # problem as the eval did and runs the bin's choice.
+    spec = {
+        "kind": "compute_optimal",
+        "arms": [a.model_dump(mode="json") for a in table],
+        "budget_tokens": args.budget_tokens,
+        "difficulty": level,
+        **probe_params(data),
+    }
+    validate_spec(spec)
     preset = None
     if args.preset is not None:
-        spec = {
-            "kind": "compute_optimal",
-            "arms": [a.model_dump(mode="json") for a in table],
-            "budget_tokens": args.budget_tokens,
-            "difficulty": level,
-        }
         async with Runtime(settings) as rt:
             await save_preset(
                 rt.sessions,
@@ -323,7 +331,9 @@ async def _compute_optimal(args: argparse.Namespace, settings: Settings) -> int:
             json.dumps(
                 {
                     "chosen": chosen.model_dump(mode="json") if chosen else None,
+                    "choices": {b: a.label if a else None for b, a in per_bin.items()},
                     "table": [a.model_dump(mode="json") for a in table],
+                    "spec": spec,
                     "preset": preset,
                 }
             )
@@ -338,6 +348,10 @@ async def _compute_optimal(args: argparse.Namespace, settings: Settings) -> int:
     if chosen is not None:
         where = f"{level} problems" if level else "a problem"
         print(f"best for {where} within {args.budget_tokens} tokens: {chosen.label}")
+    for bin_, arm_ in per_bin.items():
+        if bin_ != "all":
+            label = arm_.label if arm_ is not None else "no arm fits"
+            print(f"best for {bin_} problems within {args.budget_tokens} tokens: {label}")
     if preset is not None:
         print(f'preset {preset!r} written: {{"preset": "{preset}"}} or model ponder/{preset}')
     return 0
