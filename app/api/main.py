@@ -34,7 +34,7 @@ from app.api.routes.jobs import router as jobs_router
 from app.api.routes.presets import router as presets_router
 from app.api.routes.system import router as system_router
 from app.api.routes.traces import router as traces_router
-from app.api.schemas import V1_ERRORS
+from app.api.schemas import OPENAI_ERRORS, V1_ERRORS
 from app.api.settings import ApiSettings, api_settings_or_exit
 from app.api.telemetry import JobTraceMiddleware
 from app.api.telemetry import start as start_telemetry
@@ -139,7 +139,7 @@ def create_app(
     for router in (jobs_router, traces_router, catalog_router, presets_router, experiments_router):
         app.include_router(router, responses=V1_ERRORS, dependencies=strict_query)
     # OpenAI clients may add query parameters of their own (Azure's api-version): ignored.
-    app.include_router(openai_router, responses=V1_ERRORS, dependencies=[rate])
+    app.include_router(openai_router, responses=OPENAI_ERRORS, dependencies=[rate])
     app.include_router(system_router)
     app.include_router(dashboard_router)
     # Outermost last: metrics see every request, including those refused for size.

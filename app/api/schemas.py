@@ -358,6 +358,17 @@ V1_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 """Failures any /v1 operation may answer (each operation adds its own)."""
 
+OPENAI_ERRORS: dict[int | str, dict[str, Any]] = {
+    **V1_ERRORS,
+    400: _error("Bad input, as OpenAI answers it; `error.param` names the field."),
+    409: _error("The job was cancelled, or an Idempotency-Key was reused for another body."),
+    500: _error("The job failed for a reason a retry cannot fix (`x-should-retry: false`)."),
+    502: _error("A model server failed the job; a retry replays it from its journal."),
+    504: _error("The job did not finish in time, or a model call timed out; retry to wait."),
+}
+"""The OpenAI face's failures, in OpenAI's error shape (``error.type``, ``error.param``),
+with Ponder's ``code`` and ``request_id`` (docs/api.md: statuses and retries)."""
+
 
 def _public_error(error: dict[str, Any] | None) -> dict[str, Any] | None:
     """A job's error as a tenant may see it: rows saved before errors named endpoints by
