@@ -98,12 +98,16 @@ class Journal:
         return CallKey(key, occurrence)
 
     def lookup_tool(self, call: CallKey) -> ModelCall | None:
+        """The recorded result, counted as a hit; a miss is counted by ``executed``, once
+        the call really runs (the budget may refuse it first)."""
         entry = self._entries.get((call.key, call.occurrence))
-        if entry is None:
-            self.tool_misses += 1
-        else:
+        if entry is not None:
             self.tool_hits += 1
         return entry
+
+    def executed(self) -> None:
+        """Count a tool call that ran (``usage.tool_executions``)."""
+        self.tool_misses += 1
 
     def schema(self, tool: str) -> tuple[str, dict[str, Any]] | None:
         """A tool's description and parameters as recorded for this job, if they were."""

@@ -97,6 +97,7 @@ class JournaledTool:
             raise
         started = time.perf_counter()
         seconds: float | None = None
+        self.journal.executed()
         try:
             self.tracer.notify("tool_start", {"tool": self.name})
             result = await self.backend.execute(args, timeout_s)
