@@ -26,13 +26,14 @@ from core.runtime import Runtime
 from core.simulator.config import Rule, SimulatorConfig
 from core.simulator.server import Simulator
 from evals.arms import parse_arms
-from evals.backends import LocalBackend
+from evals.backends import LocalBackend, RestBackend
 from evals.dataset import load_dataset
 from evals.difficulty import ProbeSettings
-from evals.experiments import LocalStore
+from evals.experiments import LocalStore, RestStore
 from evals.results import EvalRun, load_results
 from evals.runs import Options, evaluate, replay
 from tests.evals.conftest import write_lines
+from tests.evals.test_rest import api_url, backend  # noqa: F401 - fixtures
 
 EASY = {"e1": ("What is 1 + 1?", "2"), "e2": ("What is 2 + 2?", "4"), "e3": ("What is 3 + 3?", "6")}
 HARD = {"h1": ("What is 3 + 4?", "7"), "h2": ("What is 4 + 4?", "8"), "h3": ("What is 4 + 5?", "9")}
@@ -206,3 +207,33 @@ def test_bad_probe_flags_exit_2_before_anything_runs(
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "data" / "evals").exists()
+
+
+async def test_over_rest_the_bins_are_stored_and_the_replay_calls_nothing(
+    backend: RestBackend,  # noqa: F811 - the fixture
+    sim: Simulator,
+    dataset: Path,
+    tmp_path: Path,
+) -> None:
+    """`ponder eval --url --difficulty-probe agreement`: the probes are jobs on the server;
+    the server stores each row's value, the bins come back from the experiment's
+    settings."""
+    store = RestStore(backend.client)
+    options = Options(tmp_path / "out", "rest", concurrency=3, difficulty=ProbeSettings())
+    arms = parse_arms([CHEAP, EXPENSIVE])
+    run = await evaluate(backend, load_dataset(dataset), arms, options, store=store)
+    assert sim.stats.requests == 18 and run.probe_calls() == (6, 0)
+    assert run.experiment_id is not None
+    stored = await store.load(run.experiment_id)
+    signal = {(r.strategy, r.problem_id): (r.difficulty, r.difficulty_bin) for r in run.rows}
+    assert {(r["strategy"], r["problem_id"]): (r["difficulty"], r["difficulty_bin"])
+            for r in stored["rows"]} == signal  # fmt: skip
+    assert signal[(EXPENSIVE_LABEL, "h2")] == (0.75, "hard")
+
+    again = await replay(
+        backend, stored, "experiment", [], Options(tmp_path / "re", "re"), store=store,
+        what_if="strict",
+    )  # fmt: skip
+    assert sim.stats.requests == 18
+    assert again.calls() == (0, 12) and again.probe_calls() == (0, 6)
+    assert again.by_difficulty() == run.by_difficulty()

@@ -53,7 +53,14 @@ from core.settings import Settings
 from core.simulator.config import Rule, SimulatorConfig
 from core.simulator.server import Simulator
 from core.specs import validate_spec
+from evals.arms import parse_arms
+from evals.backends import LocalBackend
+from evals.dataset import load_dataset
+from evals.difficulty import ProbeSettings
+from evals.runs import Options, evaluate
 from strategies.collaboration import compute_optimal
+from tests.evals import test_difficulty as binned
+from tests.evals.conftest import write_lines
 from tests.fixtures.runtime import simulator_settings
 from tests.strategies.helpers import SolvedJob, solve
 
@@ -682,3 +689,79 @@ def test_spec_reason_calibration_by_command_prints_the_table_and_writes_the_pres
     assert [(a["score"], a["threshold"]) for a in job.events_named("judgement")] == [
         (8.0, 4.5), (3.0, 4.5), (8.0, 4.5)
     ]  # fmt: skip
+
+
+def test_compute_optimal_chooses_per_bin_from_an_eval_with_a_difficulty_probe(
+    simulator: Simulator,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """`ponder eval` probes each problem (tests/evals/test_difficulty.py's script: e1-e3
+    easy, h1-h3 hard); the table per bin picks the cheap arm on easy problems and the
+    expensive one on hard ones, and the preset, served, probes and chooses alike."""
+    simulator.set_config(binned.difficulty_script())
+    data_dir = tmp_path / "data"
+    settings = simulator_settings(
+        simulator.url, f"sqlite:///{(data_dir / 'ponder.db').resolve()}", data_dir
+    )
+    out = tmp_path / "out"
+    dataset = load_dataset(write_lines(tmp_path / "six.jsonl", binned.PROBLEMS))
+
+    async def run_eval() -> None:
+        async with Runtime(settings, roles={"small", "large"}) as rt:
+            arms = parse_arms([binned.CHEAP, binned.EXPENSIVE])
+            options = Options(out=out, name="six", difficulty=ProbeSettings())
+            await evaluate(LocalBackend(rt), dataset, arms, options)
+
+    asyncio.run(run_eval())
+    before = simulator.stats.requests
+    results = str(out / "results.json")
+
+    def calibrate(*args: str) -> tuple[int, str, str]:
+        return run_cli(monkeypatch, capsys, tmp_path, "compute_optimal", "--results", results,
+                       *args)  # fmt: skip
+
+    code, stdout, err = calibrate("--budget-tokens", "100", "--preset", "co-bins", "--json")
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert report["choices"] == {
+        "all": binned.EXPENSIVE_LABEL, "easy": binned.CHEAP_LABEL, "hard": binned.EXPENSIVE_LABEL,
+    }  # fmt: skip
+    assert report["chosen"]["label"] == binned.EXPENSIVE_LABEL  # overall, as before
+    bins = {(a["label"], a["bin"]): (a["n"], a["accuracy"]) for a in report["table"]}
+    assert bins[(binned.CHEAP_LABEL, "easy")] == (3, 1.0)
+    assert bins[(binned.EXPENSIVE_LABEL, "easy")] == (3, pytest.approx(2 / 3))
+    assert bins[(binned.CHEAP_LABEL, "hard")] == (3, 0.0)
+    spec = report["spec"]
+    assert (spec["probe"], spec["probe_samples"], spec["easy_max"], spec["hard_min"]) == (
+        "agreement", 4, 0.0, 0.5,
+    )  # fmt: skip
+    assert simulator.stats.requests == before  # calibration reads the table only
+
+    # Within 10 tokens the expensive arm (14) fits nowhere; --difficulty keeps working.
+    code, stdout, _ = calibrate("--budget-tokens", "10")
+    assert code == 0
+    assert f"best for easy problems within 10 tokens: {binned.CHEAP_LABEL}" in stdout
+    assert f"best for hard problems within 10 tokens: {binned.CHEAP_LABEL}" in stdout
+    code, stdout, _ = calibrate("--budget-tokens", "100", "--difficulty", "easy", "--json")
+    assert code == 0
+    assert json.loads(stdout)["chosen"]["label"] == binned.CHEAP_LABEL
+    assert json.loads(stdout)["spec"]["difficulty"] == "easy"
+
+    # Served by name: the preset probes each problem as the eval did, then runs its choice.
+    stored = asyncio.run(stored_preset(data_dir, "co-bins"))
+    assert {k: v for k, v in stored.items() if k in spec} == spec  # stored concrete
+
+    async def serve(question: str) -> SolvedJob:
+        async with Runtime(settings, roles={"small", "large"}) as rt:
+            return await solve(rt, {"preset": "co-bins"}, question=question)
+
+    easy = asyncio.run(serve(binned.EASY["e3"][0]))
+    hard = asyncio.run(serve(binned.HARD["h1"][0]))
+    assert easy.events_named("difficulty")[0]["level"] == "easy"
+    assert easy.events_named("choice")[0]["label"] == binned.CHEAP_LABEL
+    assert easy.answer == "6"  # the expensive arm would have said 7
+    assert hard.events_named("difficulty")[0]["level"] == "hard"
+    assert hard.events_named("choice")[0]["label"] == binned.EXPENSIVE_LABEL
+    assert hard.answer == "7"
