@@ -167,16 +167,19 @@ async def probe_problems(
 ) -> list[Probed]:
     """One probe job per problem (seed ``seed + index``, no budget), in index order.
 
-    A probe job that cannot be created for bad input (an unknown role) is bad input for
-    the whole eval; one that fails while running leaves its problem without a bin."""
+    A probe that fails leaves its problem without a bin (recorded with its error); when
+    every probe fails (a server without the role, say) that is bad input, raised before
+    any arm runs.
+    """
     found: dict[int, Probed] = {}
     progress.start(PROGRESS_LABEL, len(problems))
     spec = settings.job_spec()
 
     def work(problem: Problem) -> Callable[[], Awaitable[None]]:
         async def go() -> None:
-            job_id = await backend.submit(problem.question, spec, {}, seed + problem.index)
+            job_id: str | None = None
             try:
+                job_id = await backend.submit(problem.question, spec, {}, seed + problem.index)
                 record = await backend.run(job_id)
                 probed = read_probe(problem.id, problem.index, record)
             except Exception as exc:  # recorded with the probe, not swallowed
@@ -187,7 +190,14 @@ async def probe_problems(
         return go
 
     await bounded(concurrency, [work(p) for p in problems])
-    return [found[i] for i in sorted(found)]
+    probed = [found[i] for i in sorted(found)]
+    if probed and all(p.bin is None for p in probed):
+        raise InvalidInput(
+            f"difficulty_probe: every {settings.probe} probe on role {settings.probe_role!r} "
+            f"failed (first: {probed[0].error}); pass --difficulty-probe none to run without",
+            field="difficulty_probe",
+        )
+    return probed
 
 
 async def replay_probes(

@@ -15,6 +15,7 @@ Per bin: easy cheap 3/3 at 5 tokens, expensive 2/3 at 14; hard cheap 0/3, expens
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import pytest
 
 from app.cli import main
 from core.calibration.table import choices, probe_params, table_from_results
+from core.errors import InvalidInput
 from core.runtime import Runtime
 from core.simulator.config import Rule, SimulatorConfig
 from core.simulator.server import Simulator
@@ -33,6 +35,7 @@ from evals.experiments import LocalStore, RestStore
 from evals.results import EvalRun, load_results
 from evals.runs import Options, evaluate, replay
 from tests.evals.conftest import write_lines
+from tests.evals.test_cli import cli_env
 from tests.evals.test_rest import api_url, backend  # noqa: F401 - fixtures
 
 EASY = {"e1": ("What is 1 + 1?", "2"), "e2": ("What is 2 + 2?", "4"), "e3": ("What is 3 + 3?", "6")}
@@ -237,3 +240,45 @@ async def test_over_rest_the_bins_are_stored_and_the_replay_calls_nothing(
     assert sim.stats.requests == 18
     assert again.calls() == (0, 12) and again.probe_calls() == (0, 6)
     assert again.by_difficulty() == run.by_difficulty()
+
+
+def test_the_command_probes_by_default_and_its_replay_calls_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    sim: Simulator,
+    dataset: Path,
+    tmp_path: Path,
+) -> None:
+    """`ponder eval` with a `small` pool probes (agreement) without being asked."""
+    for name in [n for n in os.environ if n.startswith("PONDER_")]:
+        monkeypatch.delenv(name)
+    for name, value in cli_env(tmp_path, sim.url).items():
+        if name.startswith("PONDER_"):
+            monkeypatch.setenv(name, value)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exited:
+        main(["eval", "--dataset", str(dataset), "--strategy", CHEAP, "--strategy", EXPENSIVE,
+              "--out", str(out), "--name", "six"])  # fmt: skip
+    printed = capsys.readouterr()
+    assert exited.value.code == 0, printed.err
+    assert "model calls: 12 live, 0 replayed from journals; difficulty probes: 6 live" in (
+        printed.out
+    )
+    rows = load_results(out / "results.json")["rows"]
+    assert [r["difficulty_bin"] for r in rows] == (["easy"] * 3 + ["hard"] * 3) * 2
+    requests = sim.stats.requests
+    with pytest.raises(SystemExit) as exited:
+        main(["eval", "--replay", str(out / "results.json"), "--out", str(tmp_path / "re")])
+    printed = capsys.readouterr()
+    assert exited.value.code == 0, printed.err
+    assert sim.stats.requests == requests
+    assert "0 live, 12 replayed from journals; difficulty probes: 0 live, 6 replayed" in printed.out
+
+
+async def test_an_eval_whose_every_probe_fails_stops_before_the_arms(
+    rt: Runtime, sim: Simulator, dataset: Path, tmp_path: Path
+) -> None:
+    options = Options(tmp_path / "out", "six", difficulty=ProbeSettings(probe_role="nobody"))
+    with pytest.raises(InvalidInput, match="every agreement probe on role 'nobody' failed"):
+        await evaluate(LocalBackend(rt), load_dataset(dataset), parse_arms([CHEAP]), options)
+    assert sim.stats.requests == 0
