@@ -197,6 +197,13 @@ class _Run:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            # A pump cancelled before its EOF (a cancelled run, a grace period run out)
+            # leaves its pipe open until garbage collection, which then warns in whatever
+            # runs next. asyncio's Process has no public close; its transport's close is
+            # idempotent and closes every pipe now.
+            transport = getattr(self.process, "_transport", None)
+            if transport is not None:
+                transport.close()
 
     async def _pump(self, stream: asyncio.StreamReader, sink: bytearray) -> None:
         # Reads to the end even past the cap (discarding): a pipe left unread stays paused,
