@@ -52,7 +52,7 @@ from core.db import repo
 from core.db.models import Job, JobStatus, Preset
 from core.errors import InvalidInput, NotFound
 from core.specs import validate_spec
-from core.tools.backends import unavailable_here
+from core.tools.backends import PYTHON, unavailable_here
 from core.trace import SpanListener
 from strategies.protocol import AnswerKind
 from strategies.registry import STRATEGIES, tools_used
@@ -358,7 +358,10 @@ async def _merged(
 async def _tools_need_a_worker(state: ApiState, tenant: str, request: JobCreate) -> bool:
     """Whether the job names a tool this API process cannot run (the sandbox in an API
     container without a worker's privileges): the lane then leaves it to the workers,
-    which can, instead of failing it here."""
+    which can, instead of failing it here. Only the sandbox depends on the process, and
+    its probe is cached: where it can run, no spec is parsed twice on this hot path."""
+    if await asyncio.to_thread(unavailable_here, PYTHON, state.settings) is None:
+        return False
     if isinstance(request.strategy, str):
         spec: dict[str, Any] = {"kind": request.strategy}
     else:
@@ -367,10 +370,6 @@ async def _tools_need_a_worker(state: ApiState, tenant: str, request: JobCreate)
         return False
     resolved = await presets.resolve_strategy(state.sessions, tenant, spec)
     try:
-        names = tools_used(validate_spec(resolved))
+        return PYTHON in tools_used(validate_spec(resolved))
     except InvalidInput:
         return False  # the submit names the field
-    for name in names:
-        if await asyncio.to_thread(unavailable_here, name, state.settings) is not None:
-            return True
-    return False
