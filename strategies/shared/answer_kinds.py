@@ -24,9 +24,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-import jsonschema
+from typing import TYPE_CHECKING, Any
 
 from strategies.protocol import (
     ANSWER_KINDS,
@@ -37,6 +35,9 @@ from strategies.protocol import (
     ToolCall,
 )
 from strategies.shared.answers import extract_answer, parse_json_answer
+
+if TYPE_CHECKING:
+    import jsonschema
 
 KindName = AnswerKind
 KINDS = ANSWER_KINDS
@@ -102,6 +103,10 @@ class JsonAnswers:
 
     def __init__(self, schema: dict[str, Any] | None = None) -> None:
         self.schema = schema
+        # Imported here, not at module load: every process loads the strategies at
+        # start-up, and only JSON answers need a validator (~20 ms of imports).
+        import jsonschema
+
         self._validator: jsonschema.protocols.Validator | None = None
         if schema is not None:
             cls = jsonschema.validators.validator_for(schema, jsonschema.Draft202012Validator)
@@ -118,7 +123,9 @@ class JsonAnswers:
         except ValueError as exc:
             return f"not JSON: {exc}"
         if self._validator is not None:
-            error = jsonschema.exceptions.best_match(self._validator.iter_errors(value))
+            from jsonschema.exceptions import best_match
+
+            error = best_match(self._validator.iter_errors(value))
             if error is not None:
                 where = "/".join(str(p) for p in error.absolute_path) or "<root>"
                 return f"{where}: {error.message}"
