@@ -5,8 +5,10 @@ round-robin so that machine noise hits all three alike:
 
   raw      httpx.AsyncClient.post, JSON decode — the floor
   pool     PoolClient.generate — balancing, retries bookkeeping, parsing
-  journal  ctx.models[role].generate — pool + budget + journal key + span, with the
-           journal row and span committed to the database before returning
+  journal  ctx.models[role].generate — pool + budget + journal key + span; the journal
+           row and span are queued, and the next journaled call commits them in the
+           writer's thread while it runs (core.trace): what a strategy waits for, with
+           the commits' CPU still on this process
 
 Each call carries a new seed, so every journaled call is a miss that writes a row.
 

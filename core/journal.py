@@ -1,5 +1,5 @@
 """The journal: every model call and tool call of a job, keyed deterministically,
-recorded before use.
+committed no later than anything built on it (``core.trace``).
 
 A call's key is ``sha256(role, model, canonical request)`` plus its *occurrence*: the
 how-many-th identical request this job has issued, counted when the call is issued (in

@@ -2,7 +2,7 @@
 
 One model call, in order: reserve budget (may lower max_tokens) -> assign the journal
 key -> open the model_call span -> journal hit? answer from it : (strict? fail : call the
-pool, then write journal row + span in one transaction) -> settle the budget -> return.
+pool, then queue journal row + span for the job's next commit) -> settle the budget -> return.
 Everything before the first ``await`` is synchronous, which is what makes keys, span
 sequence numbers and reservations follow program order under concurrent fan-out.
 
@@ -14,7 +14,6 @@ ends as ``BudgetExhausted("seconds")``, plain or streamed.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
@@ -171,7 +170,7 @@ class RoleModel:
             result: PoolResult = await call.live().generate(
                 call.request, timeout_s=call.reservation.timeout_s
             )
-            await call.recorded(
+            call.recorded(
                 response={
                     "model": result.model,
                     "choices": _choices_to_json(result.choices),
@@ -295,7 +294,7 @@ class RoleModel:
             }
             if handle.out_of_time:
                 response["budget_exhausted"] = "seconds"
-            await call.recorded(
+            call.recorded(
                 response=response,
                 choices=_choices_from_json([choice]),
                 usage=usage,
@@ -303,7 +302,6 @@ class RoleModel:
                 latency_ms=pool_stream.latency_ms,
                 attempts=pool_stream.attempts,
                 span={"finish_reasons": [finish]},
-                shielded=True,
             )
             handle.result = call.result
             if consumer_error is not None:
@@ -433,13 +431,19 @@ class _JournaledCall:
         )
 
     def live(self) -> PoolClient:
-        """The pool to call on a miss (announced to listeners as ``call_start``)."""
+        """The pool to call on a miss (announced to listeners as ``call_start``).
+
+        Journal rows still uncommitted (earlier calls) are committed now, in the
+        writer's thread while this call runs: the job is about to pay again, and a crash
+        during this call must not cost those twice.
+        """
         model = self.model
         assert model.pool is not None  # __aenter__ raised JournalMiss otherwise
+        model.tracer.writer.commit_soon()
         model.tracer.notify("call_start", {"role": model.name, "n": self.request.n})
         return model.pool
 
-    async def recorded(
+    def recorded(
         self,
         *,
         response: dict[str, Any],
@@ -449,9 +453,11 @@ class _JournaledCall:
         latency_ms: float,
         attempts: list[Attempt],
         span: dict[str, Any],
-        shielded: bool = False,
     ) -> None:
-        """Journal a live call with its span, before the strategy sees ``result``."""
+        """Journal a live call with its span, before the strategy sees ``result``.
+
+        Synchronous, so a cancellation (First Finish Search stopping a slower stream)
+        cannot come between the call and its record."""
         model = self.model
         metrics.model_retries(model.name, model.model, attempts)
         self.usage = usage
@@ -483,17 +489,14 @@ class _JournaledCall:
             **span,
         }
         model._close(self.span, usage, cost)
-        # Record before the strategy sees the result: a crash after this line never
-        # pays for this call again.
-        done = model.tracer.writer.submit([entry, self.span], wait=True)
-        assert done is not None
-        if shielded:
-            # A consumer cancelled mid-stream still gets its partial call on record
-            # before the cancellation travels on.
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(done)
-        else:
-            await done
+        # On record before anything derived from the result can be: the row is queued
+        # ahead of every span, event and outcome the strategy writes next, so no commit
+        # holds those without it. It commits with the next of them that someone waits
+        # for, in the background as soon as the job pays for another call or a tool
+        # run (``_JournaledCall.live``), or with the job's outcome. A crash loses at most
+        # the calls whose commit had not happened yet, and nothing built on them; a
+        # `direct` job thus commits twice on a worker, claim and outcome (core.runner).
+        model.tracer.writer.submit([entry, self.span])
         model.tracer.notify("call_end", {"role": model.name, "tokens": usage.completion_tokens})
 
 

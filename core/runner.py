@@ -7,13 +7,14 @@ function with a ``core.cancel.JobMonitor``, which adds the job's lease, heartbea
 cancellation and a time limit.
 
 Transactions on the worker, per job: one to claim and start it (with its journal loaded);
-one per journal write (the spans submitted so far ride on it: ``core.trace``); and one
-that saves the outcome with the rest of the trace. A `direct` job with a live call makes
-three, one that its journal answers makes two. Three is the floor for a live call: the
-claim must commit before the call is paid (it is the lease), the journal row before the
-strategy sees the answer, and the outcome after the strategy has used it; merging any two
-would mean holding a transaction open across the model call or the strategy, which locks
-the job row against heartbeats, cancel requests and (on SQLite) every other writer.
+one per batch of journal rows, committed in the background as the job starts its next
+model call or tool run (the spans submitted so far ride on it: ``core.trace``); and one
+that saves the outcome with the rest of the trace and the journal rows not yet committed.
+A `direct` job makes two, live or answered by its journal. Two is the floor: the claim
+must commit before the call is paid (it is the lease), and the outcome after the strategy
+has used the answer; merging them would hold a transaction open across the model call,
+locking the job row against heartbeats, cancel requests and (on SQLite) every other
+writer.
 """
 
 from __future__ import annotations
@@ -35,9 +36,10 @@ from core import metrics
 from core.budget import BudgetSpec, JobBudget, Spent
 from core.cancel import JobMonitor, JobStopped, holder_is_dead
 from core.context import JobContext
-from core.db import control, repo
+from core.db import control, repo, runs
 from core.db.control import CANCELLED_ERROR
 from core.db.models import Job, JobStatus
+from core.db.runs import ClaimedJob
 from core.errors import InvalidInput, NotFound, PonderError, PoolUnavailable
 from core.journal import Journal
 from core.pools.client import PoolClient
@@ -161,24 +163,19 @@ class Runner:
                 stale.
         """
         started = time.monotonic()
-        async with self.sessions() as session, session.begin():
-            if monitor is None:
-                job = await self._start(session, job_id)
-            else:
-                job = await self._claim(session, job_id, monitor, released)
-            if isinstance(job, RunOutcome):
-                return job
-            lease = ReleasedLease(str(job.worker), job.attempts) if monitor else None
-            await repo.delete_spans(session, job.id)
-            entries = list(await repo.list_calls(session, job.id))
-            spec, budget_spec = job.strategy, job.budget
-            conversation = (
-                Conversation.model_validate(job.conversation)
-                if job.conversation
-                else Conversation.of_question(job.question)
-            )
-            roles, seed, mode = job.roles, job.seed, job.replay_mode or "live"
-            metrics.job_started(spec, job.tenant)
+        job = await self._begin(job_id, monitor, released)
+        if isinstance(job, RunOutcome):
+            return job
+        lease = ReleasedLease(str(job.worker), job.attempts) if monitor else None
+        entries = job.entries
+        spec, budget_spec = job.strategy, job.budget
+        conversation = (
+            Conversation.model_validate(job.conversation)
+            if job.conversation
+            else Conversation.of_question(job.question)
+        )
+        roles, seed, mode = job.roles, job.seed, job.replay_mode or "live"
+        metrics.job_started(spec, job.tenant)
 
         try:
             writer = TraceWriter(self.engine)
@@ -252,6 +249,11 @@ class Runner:
                 trace = TraceRows()
                 try:
                     trace = await writer.close(commit=False)
+                except BaseException:
+                    # A commit that failed in the background lost rows the outcome may
+                    # be built on: save nothing; the task retries under this lease.
+                    save = False
+                    raise
                 finally:
                     usage = usage_summary(budget, journal, time.monotonic() - started)
                     if result is not None and budget.was_exhausted:
@@ -292,6 +294,47 @@ class Runner:
             ):
                 raise InfrastructureFailure(exc, lease) from exc
             raise
+
+    async def _begin(
+        self, job_id: str, monitor: JobMonitor | None, released: ReleasedLease | None
+    ) -> ClaimedJob | RunOutcome:
+        """Claim the job (or, without a monitor, start it): the common case in one
+        statement on the synchronous engine (``core.db.runs``); a released lease, a
+        finished, cancelled or held job on the async session."""
+        if released is None and not (monitor is not None and job_id in monitor.running):
+            claimed = await asyncio.to_thread(
+                runs.claim,
+                self.engine,
+                job_id,
+                worker=monitor.worker if monitor else None,
+                stale_before=monitor.stale_before() if monitor else None,
+                max_attempts=monitor.max_attempts if monitor else None,
+            )
+            if claimed is not None:
+                return claimed
+        async with self.sessions() as session, session.begin():
+            if monitor is None:
+                job = await self._start(session, job_id)
+            else:
+                job = await self._claim(session, job_id, monitor, released)
+            if isinstance(job, RunOutcome):
+                return job
+            await repo.delete_spans(session, job.id)
+            entries = list(await repo.list_calls(session, job.id))
+            return ClaimedJob(
+                id=job.id,
+                tenant=job.tenant,
+                question=job.question,
+                conversation=job.conversation,
+                strategy=job.strategy,
+                budget=job.budget or {},
+                roles=job.roles or {},
+                seed=job.seed,
+                replay_mode=job.replay_mode,
+                worker=job.worker,
+                attempts=job.attempts,
+                entries=entries,
+            )
 
     async def _start(self, session: AsyncSession, job_id: str) -> Job | RunOutcome:
         job = await repo.get_job(session, job_id)
@@ -416,28 +459,17 @@ class Runner:
     ) -> bool:
         """Write the outcome and the rest of the trace in one transaction; False when a
         worker lost the lease and must write neither (the new holder traces its own run)."""
-        async with self.sessions() as session, session.begin():
-            if monitor is None:
-                job = await repo.get_job(session, job_id)
-                assert job is not None
-                await repo.finish_job(
-                    session, job, status=status, result=result, usage=usage, error=error
-                )
-                owned = True
-            else:
-                owned = await control.finish_owned_job(
-                    session,
-                    job_id,
-                    worker=monitor.worker,
-                    status=status,
-                    result=result,
-                    usage=usage,
-                    error=error,
-                )
-            if owned and trace:
-                connection = await session.connection()
-                for statement, params in trace.statements():
-                    await connection.execute(statement, params)
+        owned = await asyncio.to_thread(
+            runs.finish,
+            self.engine,
+            job_id,
+            worker=monitor.worker if monitor else None,
+            status=status,
+            result=result,
+            usage=usage,
+            error=error,
+            trace=trace,
+        )
         if not owned:
             log.warning(
                 "job %s: another worker took it over; this run's outcome is dropped", job_id

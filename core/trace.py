@@ -6,19 +6,21 @@ One thread hop per batch measured ~10x cheaper than the async drivers' hop per s
 plus an ORM flush (0.15 ms vs 1.5 ms per call on SQLite here), and this path sits under
 every model call. Writes never interleave (SQLite allows one writer).
 
-The writer commits only when someone waits: a caller that must not proceed before its
-row is durable (the journal: *record before the strategy sees the result*) awaits the
-future of its write, and everything submitted before it (spans opened, events, span
-closes) rides in the same transaction. Concurrent fan-out therefore costs one commit per
-batch, not one per call. What is still pending when the job ends is handed back by
-``close(commit=False)`` and written by the runner in the transaction that finishes the
-job. A `direct` job thus commits three times on the worker: claim, its journal row with
-the spans so far, and result with the rest of its trace (see ``core.runner``).
+The writer commits only when asked: a caller that must not proceed before its row is
+durable (a tool call's result, a tool's schema) awaits the future of its write; a job
+about to pay for something new asks for a commit without waiting (``commit_soon``); and
+what is still pending when the job ends is handed back by ``close(commit=False)`` and
+written by the runner in the transaction that finishes the job. Everything submitted
+before a commit rides in it, in submission order, so a commit never holds a span or an
+event without the journal rows it was derived from. A model call's journal row is
+submitted without waiting: it commits in the background while the job's next call or tool
+run is in flight, or with the outcome. A `direct` job thus commits twice on the worker:
+claim, and result with its journal row and its trace (see ``core.runner``).
 
 The price: a span shows up in the database (and so in the API's live stream) with the
-next journal write or at the end of the job, not when it opens. A model call's span was
-never visible before the call returned, so this delays only spans and events that a
-strategy emits between calls, by at most one call.
+next commit or at the end of the job, not when it opens; and a crash loses the calls
+whose commit had not yet happened (a resumed job pays for them again), never a result
+that anything committed was built on.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ class _Write:
     rows: list[Span | ModelCall] = field(default_factory=list)
     span_updates: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     done: asyncio.Future[None] | None = None
+    commit: bool = False
+    """Commit this batch even though nobody waits for it (``commit_soon``)."""
 
 
 @dataclass
@@ -107,6 +111,7 @@ class TraceWriter:
         self._task: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
         self._pending = TraceRows()
+        self._journal_pending = False
         self._job_ids: set[str] = set()
         """Every job seen in a row: a batch of span closes alone names none."""
 
@@ -129,8 +134,27 @@ class TraceWriter:
             TraceWriter.observer(write.rows, write.span_updates)
         if wait:
             write.done = asyncio.get_running_loop().create_future()
+        elif any(isinstance(row, ModelCall) for row in write.rows):
+            self._journal_pending = True
         self._queue.put_nowait(write)
         return write.done
+
+    @property
+    def journal_pending(self) -> bool:
+        """A journal row was submitted without waiting and no commit has taken it yet."""
+        return self._journal_pending
+
+    def commit_soon(self) -> None:
+        """Commit what is queued, in the writer's thread, without waiting for it.
+
+        Called as a job starts paying for something new (a model call, a tool run) while
+        journal rows are still uncommitted: their commit then overlaps the new call
+        instead of delaying the strategy. A failure surfaces at the next ``submit``.
+        """
+        if self._failure is not None or not self._journal_pending:
+            return
+        self._journal_pending = False
+        self._queue.put_nowait(_Write(commit=True))
 
     async def flush(self) -> None:
         """Commit everything submitted so far."""
@@ -168,11 +192,16 @@ class TraceWriter:
                     break
                 batch.append(item)
             waiters: list[asyncio.Future[None]] = []
+            commit = False
             for write in batch:
                 self._pending.add(write)
+                commit = commit or write.commit
                 if write.done is not None:
                     waiters.append(write.done)
-            if waiters:
+            if waiters or commit:
+                if self._queue.empty():
+                    # Everything submitted so far is in this commit, journal rows too.
+                    self._journal_pending = False
                 rows, self._pending = self._pending, TraceRows()
                 self._job_ids |= rows.job_ids
                 rows.job_ids = set(self._job_ids)

@@ -173,7 +173,8 @@ class Span(Base):
 
 
 class ModelCall(Base):
-    """The journal: one row per logical model call, recorded before the strategy sees it."""
+    """The journal: one row per logical model or tool call, committed no later than
+    anything built on it (``core.trace``)."""
 
     __tablename__ = "model_calls"
 

@@ -95,6 +95,8 @@ class JournaledTool:
         except BaseException as exc:
             self._fail(span, exc)
             raise
+        # Earlier journal rows commit while the tool runs (see ``RoleModel``'s ``live``).
+        self.tracer.writer.commit_soon()
         started = time.perf_counter()
         seconds: float | None = None
         self.journal.executed()
