@@ -10,7 +10,8 @@ Transactions on the worker, per job: one to claim and start it (with its journal
 one per batch of journal rows, committed in the background as the job starts its next
 model call or tool run (the spans submitted so far ride on it: ``core.trace``); and one
 that saves the outcome with the rest of the trace and the journal rows not yet committed.
-A `direct` job makes two, live or answered by its journal. Two is the floor: the claim
+A fresh `direct` job makes two (a resumed one a third, deleting its first run's spans).
+Two is the floor: the claim
 must commit before the call is paid (it is the lease), and the outcome after the strategy
 has used the answer; merging them would hold a transaction open across the model call,
 locking the job row against heartbeats, cancel requests and (on SQLite) every other

@@ -64,6 +64,9 @@ class TraceRows:
     updates: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     job_ids: set[str] = field(default_factory=set)
     """The jobs whose live streams the commit of these rows wakes (``core.live``)."""
+    _span_index: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Spans inserted by these rows, by id: a close that follows its open in the same
+    commit is folded into the insert instead of costing an UPDATE."""
 
     def __bool__(self) -> bool:
         return bool(self.calls or self.spans or self.updates)
@@ -74,8 +77,15 @@ class TraceRows:
             if isinstance(row, ModelCall):
                 self.calls.append(_call_row(row))
             else:
-                self.spans.append(_span_row(row))
-        self.updates.extend(write.span_updates)
+                span = _span_row(row)
+                self.spans.append(span)
+                self._span_index[span["id"]] = span
+        for span_id, values in write.span_updates:
+            pending = self._span_index.get(span_id)
+            if pending is not None:
+                pending.update(values)
+            else:
+                self.updates.append((span_id, values))
 
     def statements(self) -> list[tuple[Executable, list[dict[str, Any]] | None]]:
         """Inserts before updates: an update is always submitted after its span's

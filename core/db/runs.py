@@ -6,10 +6,10 @@ session they cost a greenlet switch per statement plus the ORM's bulk-update mac
 profiled on a `direct` job on PostgreSQL, the claim and the save were 74 % of the
 runner's CPU (about 7 of 9.4 ms per job). Here:
 
-- ``claim``: one ``UPDATE ... RETURNING`` takes the lease and reads what the run needs.
-  A previous attempt's spans are deleted and the journal is read only when there can be
-  any: a job run before (``attempts > 1``) or a replay or fork seeded with its parent's
-  journal. A fresh job pays one statement.
+- ``claim``: one ``UPDATE ... RETURNING`` takes the lease and reads what the run needs,
+  in autocommit mode. A previous attempt's spans are deleted and the journal is read
+  only when there can be any: a job run before (``attempts > 1``) or a replay or fork
+  seeded with its parent's journal. A fresh job pays one round trip.
 - ``finish``: the outcome (a compare-and-set on the lease), the trace not yet committed
   and its journal rows, and the live-stream notification, in one transaction. On
   PostgreSQL it commits synchronously (``SET LOCAL synchronous_commit``): the engine's
@@ -114,7 +114,9 @@ def claim(
         )
         .returning(*_COLUMNS)
     )
-    with engine.begin() as conn:
+    # Autocommit: the claim is one statement, so BEGIN and COMMIT would be two round trips
+    # more. What follows it needs no transaction of its own: the lease is held by then.
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         row = conn.execute(statement).first()
         if row is None:
             return None

@@ -28,21 +28,31 @@ from core.simulator.server import Simulator
 
 @contextmanager
 def counting_commits(*engines: Engine) -> Iterator[list[str]]:
-    """Every commit on ``engines`` while the block runs, by engine (``async``/``trace``)."""
+    """Every commit on ``engines`` while the block runs, by engine (``async``/``trace``).
+
+    A write in autocommit mode (the claim: ``core.db.runs``) is a commit of its own."""
     commits: list[str] = []
-    listeners = []
+    listeners: list[tuple[Engine, str, Any]] = []
     for name, engine in zip(("async", "trace"), engines, strict=True):
 
         def on_commit(_conn: Any, name: str = name) -> None:
             commits.append(name)
 
+        def on_statement(
+            conn: Any, _cursor: Any, statement: str, *_: Any, name: str = name
+        ) -> None:
+            autocommit = conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+            if autocommit and not statement.lstrip().upper().startswith("SELECT"):
+                commits.append(name)
+
         event.listen(engine, "commit", on_commit)
-        listeners.append((engine, on_commit))
+        event.listen(engine, "after_cursor_execute", on_statement)
+        listeners += [(engine, "commit", on_commit), (engine, "after_cursor_execute", on_statement)]
     try:
         yield commits
     finally:
-        for engine, listener in listeners:
-            event.remove(engine, "commit", listener)
+        for engine, kind, listener in listeners:
+            event.remove(engine, kind, listener)
 
 
 async def run_as_worker(
@@ -94,7 +104,7 @@ async def test_a_direct_job_commits_claim_and_finish(
         assert await repo.count_calls(session, outcome.job_id) == 1
 
 
-async def test_a_resumed_direct_job_commits_only_claim_and_finish(
+async def test_a_resumed_direct_job_commits_claim_cleanup_and_finish(
     runtime: Runtime, simulator: Simulator
 ) -> None:
     simulator.set_config(sim("The answer is 5."))
@@ -106,7 +116,8 @@ async def test_a_resumed_direct_job_commits_only_claim_and_finish(
         job.status, job.worker = "queued", None
     again, commits = await run_as_worker(runtime, {}, job_id=first.job_id, worker="w2")
     assert again.status == "succeeded" and again.live_calls == 0 and again.replayed_calls == 1
-    assert len(commits) == 2, commits
+    # claim; the first run's spans deleted (only a job run before pays this); finish.
+    assert len(commits) == 3, commits
     assert [k for k, _ in await kinds_of_spans(runtime, first.job_id)] == [
         "job",
         "strategy",
