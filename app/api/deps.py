@@ -55,7 +55,9 @@ class ApiState:
     """The process's trace-commit listener, for live event streams (``core.live``)."""
 
 
-def get_state(request: Request) -> ApiState:
+async def get_state(request: Request) -> ApiState:
+    # async: FastAPI runs a plain ``def`` dependency in its thread pool, a thread hop on
+    # every request for one attribute read.
     state: ApiState = request.app.state.ponder
     return state
 
@@ -90,36 +92,37 @@ serve``), so its one user is the operator."""
 
 
 async def get_principal(request: Request, state: State) -> Principal:
-    # Its own session, returned before the route runs: a request never holds two pooled
-    # connections at once, which deadlocked the pool under load (each request held one
-    # here and waited for a second in the route). Usually it opens none: both facts
-    # come from the key cache (app.api.key_cache).
+    # Usually no session at all: both facts come from the key cache (app.api.key_cache).
+    # A miss opens its own session and closes it before the route runs: a request never
+    # holds two pooled connections at once, which deadlocked the pool under load (each
+    # request held one here and waited for a second in the route).
     token = _bearer(request)
     cache = state.key_cache
-    async with state.sessions() as session:
 
-        async def keys_exist() -> bool:
+    async def keys_exist() -> bool:
+        async with state.sessions() as session:
             return await repo.any_api_key(session)
 
-        if token is None:
-            if await cache.keys_exist(keys_exist):
-                raise Unauthorized("an API key is required: 'Authorization: Bearer <key>'")
-            return OPEN
-        found = token
+    if token is None:
+        if await cache.keys_exist(keys_exist):
+            raise Unauthorized("an API key is required: 'Authorization: Bearer <key>'")
+        return OPEN
+    found = token
 
-        async def principal_of_key() -> Principal | None:
+    async def principal_of_key() -> Principal | None:
+        async with state.sessions() as session:
             return await keys.principal_for_key(session, found)
 
-        principal = await cache.lookup(token, principal_of_key)
-        if principal is None:
-            # With no key ever created the server is open: a token is ignored rather than
-            # refused, because OpenAI clients cannot send a request without one.
-            if not await cache.keys_exist(keys_exist):
-                return OPEN
-            raise Unauthorized("unknown or revoked API key")
-        # The route runs in this context: its log lines name the tenant.
-        bind(tenant=principal.tenant)
-        return principal
+    principal = await cache.lookup(token, principal_of_key)
+    if principal is None:
+        # With no key ever created the server is open: a token is ignored rather than
+        # refused, because OpenAI clients cannot send a request without one.
+        if not await cache.keys_exist(keys_exist):
+            return OPEN
+        raise Unauthorized("unknown or revoked API key")
+    # The route runs in this context: its log lines name the tenant.
+    bind(tenant=principal.tenant)
+    return principal
 
 
 async def get_tenant(principal: Annotated[Principal, Depends(get_principal)]) -> str:
