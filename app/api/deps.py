@@ -53,6 +53,10 @@ class ApiState:
     in_flight: InFlight = field(default_factory=InFlight)
     live: LiveEvents | None = None
     """The process's trace-commit listener, for live event streams (``core.live``)."""
+    sandbox_refusals: dict[bool, str | None] = field(default_factory=dict)
+    """Why the built-in sandbox cannot run in this process (None: it can), by
+    ``settings.python_tool``: asked once, for the OpenAI face's lane (see
+    ``app.api.openai_compat._sandbox_refusal``)."""
 
 
 async def get_state(request: Request) -> ApiState:

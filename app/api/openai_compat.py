@@ -355,12 +355,23 @@ async def _merged(
         next_event.cancel()
 
 
+async def _sandbox_refusal(state: ApiState) -> str | None:
+    """``unavailable_here(PYTHON, settings)``, asked once per setting: the probe behind it
+    is cached for the process's life (``core.tools.bwrap.probe``), so only the first
+    request needs the thread that may run it; later ones get the answer without a hop."""
+    key = state.settings.python_tool
+    known = state.sandbox_refusals
+    if key not in known:
+        known[key] = await asyncio.to_thread(unavailable_here, PYTHON, state.settings)
+    return known[key]
+
+
 async def _tools_need_a_worker(state: ApiState, tenant: str, request: JobCreate) -> bool:
     """Whether the job names a tool this API process cannot run (the sandbox in an API
     container without a worker's privileges): the lane then leaves it to the workers,
     which can, instead of failing it here. Only the sandbox depends on the process, and
     its probe is cached: where it can run, no spec is parsed twice on this hot path."""
-    if await asyncio.to_thread(unavailable_here, PYTHON, state.settings) is None:
+    if await _sandbox_refusal(state) is None:
         return False
     if isinstance(request.strategy, str):
         spec: dict[str, Any] = {"kind": request.strategy}
