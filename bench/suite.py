@@ -144,7 +144,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print("\n".join(table(report)))
         print(f"\nJSON: {out}")
     failed = any("error" in r for r in report["sections"].values())
-    lost = report["sections"].get("throughput", {}).get("throughput", {}).get("lost", 0)
+    section = report["sections"].get("throughput", {})
+    lost = sum(section.get(k, {}).get("lost", 0) for k in ("throughput", "threads"))
     return 1 if failed or lost else 0
 
 
@@ -214,10 +215,19 @@ def table(report: dict[str, Any]) -> list[str]:
             )
             row(
                 "",
-                f"{thr['jobs']} jobs at once, {thr['processes']} processes: jobs/s",
+                f"{thr['jobs']} jobs at once, {thr['processes']} prefork processes: jobs/s",
                 f"{thr['jobs_per_s']:.1f}/s",
                 f"lost {thr['lost']}",
             )
+            threads = result.get("threads")
+            if threads is not None:
+                row(
+                    "",
+                    f"{threads['jobs']} jobs at once, {threads['processes']} processes x "
+                    f"{threads['threads']} threads: jobs/s",
+                    f"{threads['jobs_per_s']:.1f}/s",
+                    f"lost {threads['lost']}",
+                )
         elif name == "fanout":
             for mode, r in result.items():
                 if not isinstance(r, dict):

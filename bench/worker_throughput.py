@@ -9,16 +9,22 @@ as the API does. Times come from the clock of this machine: the enqueue instant 
   latency     N jobs one at a time through a worker with one process: p50/p90/max of
               enqueue -> finished_at
   throughput  M jobs committed, then published all at once, run by a worker with
-              --concurrency P: jobs/s from first enqueue to last finished_at, and how
-              many did not succeed (must be 0)
+              --concurrency P (prefork: P processes, one job at a time each): jobs/s
+              from first enqueue to last finished_at, and how many did not succeed
+              (must be 0)
+  threads     the same, run by P `ponder worker --pool threads --concurrency T`
+              processes: each runs up to T jobs at once on its one event loop, so a
+              job's waits (database, model) overlap another's work
 
     python bench/worker_throughput.py [--latency-jobs 50] [--jobs 500] [--processes 2]
+                                      [--threads 8]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import subprocess
@@ -118,7 +124,9 @@ async def throughput(rt: Runtime, jobs: int, timeout: float) -> dict[str, Any]:
     }
 
 
-async def run(latency_jobs: int = 50, jobs: int = 500, processes: int = 2) -> dict[str, Any]:
+async def run(
+    latency_jobs: int = 50, jobs: int = 500, processes: int = 2, threads: int = 8
+) -> dict[str, Any]:
     """Start the simulator, a fresh database and workers; measure; tear down."""
     name = f"ponder_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(ADMIN, autocommit=True) as conn:
@@ -155,6 +163,17 @@ async def run(latency_jobs: int = 50, jobs: int = 500, processes: int = 2) -> di
                     await latency(rt, 5)
                     results["throughput"] = await throughput(rt, jobs, timeout=300)
                     results["throughput"]["processes"] = processes
+                with contextlib.ExitStack() as stack:
+                    for i in range(processes):
+                        stack.enter_context(
+                            WorkerProcess(
+                                settings, Path(tmp) / f"t{i}.log", concurrency=threads,
+                                pool="threads",
+                            )
+                        )  # fmt: skip
+                    await latency(rt, 5)
+                    results["threads"] = await throughput(rt, jobs, timeout=300)
+                    results["threads"] |= {"processes": processes, "threads": threads}
     finally:
         sim.terminate()
         sim.wait()
@@ -169,9 +188,10 @@ def main() -> None:
     parser.add_argument("--latency-jobs", type=int, default=50)
     parser.add_argument("--jobs", type=int, default=500)
     parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    results = asyncio.run(run(args.latency_jobs, args.jobs, args.processes))
+    results = asyncio.run(run(args.latency_jobs, args.jobs, args.processes, args.threads))
     if args.json:
         print(json.dumps(results))
         return
@@ -183,11 +203,16 @@ def main() -> None:
         f"  {lat['jobs']} jobs: p50 {lat['p50_ms']} ms  p90 {lat['p90_ms']} ms  "
         f"max {lat['max_ms']} ms"
     )
-    print(f"{thr['jobs']} jobs published at once, {thr['processes']} worker processes")
-    print(
-        f"  {thr['jobs_per_s']} jobs/s ({thr['span_s']} s from first enqueue to last finish; "
-        f"publishing took {thr['publish_s']} s); lost: {thr['lost']}"
-    )
+    thr_t = results["threads"]
+    for label, row in (
+        (f"{thr['processes']} prefork processes", thr),
+        (f"{thr_t['processes']} processes x {thr_t['threads']} threads", thr_t),
+    ):
+        print(f"{row['jobs']} jobs published at once, {label}")
+        print(
+            f"  {row['jobs_per_s']} jobs/s ({row['span_s']} s from first enqueue to last "
+            f"finish; publishing took {row['publish_s']} s); lost: {row['lost']}"
+        )
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from celery.signals import (
     worker_init,
     worker_process_init,
     worker_process_shutdown,
+    worker_ready,
     worker_shutdown,
 )
 
@@ -81,6 +82,16 @@ def _open_runtime(**_: Any) -> None:
     # Eagerly, in each prefork child after the fork, so the first job does not pay for it
     # and a broken configuration shows at start. Solo and thread pools open it lazily.
     worker_runtime()
+
+
+@worker_ready.connect
+def _open_runtime_in_process(sender: Any = None, **_: Any) -> None:
+    # Threads and solo pools run tasks in this process: open its runtime now, like a
+    # prefork child does, so the first job does not pay for it. A thread pool runs its
+    # jobs on the one runtime's loop, concurrently (``--concurrency`` threads).
+    pool = type(getattr(sender, "pool", None)).__module__  # celery.concurrency.<kind>
+    if pool.endswith((".thread", ".solo")):
+        worker_runtime()
 
 
 @worker_process_shutdown.connect

@@ -216,6 +216,41 @@ async def test_cancel_stops_a_running_job_and_its_model_call(
     assert again.status == "cancelled"
 
 
+@pytest.mark.redis
+@pytest.mark.postgres
+async def test_a_thread_pool_worker_runs_its_jobs_at_once_on_one_runtime(
+    redis_pg_settings: Settings, simulator: Simulator, tmp_path: Path
+) -> None:
+    """``ponder worker --pool threads --concurrency 3``: one process, one runtime, three
+    jobs in flight together (each job's model call waits 0.4 s)."""
+    simulator.set_config(script(Rule(replies=["The answer is 5."]), latency=Latency(ttft_ms=400)))
+    # Its own queues: the module's shared worker must not take these jobs.
+    prefix = unique_prefix()
+    settings = redis_pg_settings.model_copy(
+        update={"worker": redis_pg_settings.worker.model_copy(update={"key_prefix": prefix})}
+    )
+    configure(settings)
+    try:
+        async with Runtime(settings, roles={"small"}) as rt:
+            with WorkerProcess(settings, tmp_path / "threads.log", concurrency=3, pool="threads"):
+                ids = [await submit(rt, {"kind": "direct"}, question=f"{QUESTION} {i}")
+                       for i in range(3)]  # fmt: skip
+                jobs = [await wait_status(rt, j, {"succeeded", "failed"}, 20) for j in ids]
+            log = (tmp_path / "threads.log").read_text()
+    finally:
+        configure(redis_pg_settings)
+        purge_redis_prefix(str(settings.broker_url), prefix)
+    assert [j.status for j in jobs] == ["succeeded"] * 3, [j.error for j in jobs]
+    assert all(j.result is not None and j.result["answer"] == "5" for j in jobs)
+    assert len({j.worker for j in jobs}) == 1  # one process held all three leases
+    assert log.count("worker runtime ready") == 1
+    # All three were running at one moment: the last start precedes the first finish.
+    starts = [j.started_at for j in jobs]
+    finishes = [j.finished_at for j in jobs]
+    assert None not in starts and None not in finishes
+    assert max(starts) < min(finishes)  # type: ignore[type-var]
+
+
 # -- crash recovery: kill -9 a worker mid-job; a new worker and the reaper finish it ----
 
 
