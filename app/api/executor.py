@@ -22,12 +22,16 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.cancel import JobMonitor, worker_identity
 from core.pools.client import PoolClient
-from core.runner import Runner
+from core.runner import Runner, RunOutcome
 from core.settings import WorkerSettings
 from core.tools.backends import ToolBackend
 from core.trace import SpanListener
 
 log = logging.getLogger(__name__)
+
+
+JobRun = asyncio.Task[RunOutcome | None]
+"""A job's run in this process: its outcome, or None if it crashed (logged)."""
 
 
 @dataclass(frozen=True)
@@ -124,7 +128,7 @@ class InProcessExecutor:
     def __init__(self, *, cancel_poll_s: float = 0.1) -> None:
         self._runner: Runner | None = None
         self._monitor: JobMonitor | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[JobRun] = set()
         self._cancel_poll_s = cancel_poll_s
 
     async def start(self, context: ExecutorContext) -> None:
@@ -150,26 +154,28 @@ class InProcessExecutor:
     async def submit(self, job_id: str, *, priority: str, max_seconds: float | None = None) -> None:
         self.launch(job_id)
 
-    def launch(
-        self, job_id: str, listeners: list[SpanListener] | None = None
-    ) -> asyncio.Task[None]:
-        """Start the job's run on this loop; the task ends when the run does.
-        ``listeners`` hear the run's progress (the lane: the answer's streamed text)."""
+    def launch(self, job_id: str, listeners: list[SpanListener] | None = None) -> JobRun:
+        """Start the job's run on this loop; the task ends when the run does, with its
+        ``RunOutcome``. ``listeners`` hear the run's progress (the lane: the answer's
+        streamed text)."""
         task = asyncio.create_task(self._run(job_id, listeners), name=f"job:{job_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _run(self, job_id: str, listeners: list[SpanListener] | None = None) -> None:
+    async def _run(
+        self, job_id: str, listeners: list[SpanListener] | None = None
+    ) -> RunOutcome | None:
         assert self._runner is not None, "executor used before start()"
         try:
-            await self._runner.run(job_id, listeners, monitor=self._monitor)
+            return await self._runner.run(job_id, listeners, monitor=self._monitor)
         except asyncio.CancelledError:
             raise
         except Exception:
             # The runner records every expected failure on the job itself; this is a bug
             # or a lost database, and nobody else would ever see it.
             log.exception("in-process job %s crashed", job_id)
+            return None
 
     @property
     def running(self) -> int:

@@ -6,7 +6,8 @@ lane, the API process that took the request runs the job itself, exactly as a wo
 does: the row is committed first (``app.api.services.jobs.submit``), then
 ``core.runner.Runner.run(job_id, monitor=...)`` takes the job's lease under this
 process's worker identity, its ``JobMonitor`` stamps heartbeats, and the request awaits
-the run's task directly.
+the run's task directly; the task's result is the run's ``RunOutcome``, which answers
+the request without reading the row again (``app.api.openai.finished``).
 
 Why the job stays durable: the row and its journal are in the database as for any job.
 If this process dies mid-run, its heartbeats stop, a worker's reaper finds the stale
@@ -19,13 +20,12 @@ lease and re-enqueues the job, and the new run replays the journal's recorded ca
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
-from app.api.executor import ExecutorContext, InProcessExecutor, JobExecutor, Readiness
+from app.api.executor import ExecutorContext, InProcessExecutor, JobExecutor, JobRun, Readiness
 from core.trace import SpanListener
 
 
@@ -34,7 +34,7 @@ class Claim:
     """Filled by ``LaneExecutor.submit`` when the lane took the job; ``listeners`` (set
     by the caller before submitting) hear the run, e.g. the answer's streamed text."""
 
-    task: asyncio.Task[None] | None = None
+    task: JobRun | None = None
     listeners: list[SpanListener] = field(default_factory=list)
 
 
@@ -49,7 +49,7 @@ class LaneExecutor:
         >>> with executor.claim() as claim:
         ...     job, _ = await jobs.submit(state, tenant, request, None)
         >>> if claim.task is not None:
-        ...     await claim.task  # the run ended; the job row holds the outcome
+        ...     outcome = await claim.task  # the run ended (None: it crashed)
     """
 
     def __init__(self, inner: JobExecutor, *, max_jobs: int) -> None:

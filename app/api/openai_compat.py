@@ -38,9 +38,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from app.api.deps import ApiState, State, Tenant
 from app.api.errors import openai_error_body, request_id_of
+from app.api.executor import JobRun
 from app.api.inputs import check_json
 from app.api.interactive import Claim, LaneExecutor
 from app.api.openai import choices, completions, retries
+from app.api.openai.finished import Finished, ran_here
 from app.api.openai.outcomes import ModelNotFound, OpenAIRoute, refusal, refusal_response
 from app.api.openai.streaming import Follow, cancel_when_closed
 from app.api.schemas import JobCreate
@@ -126,26 +128,31 @@ async def _base_spec(state: ApiState, tenant: str, model: str) -> dict[str, Any]
 
 
 async def _wait(
-    state: ApiState, job_id: str, timeout_s: float, run: asyncio.Task[None] | None = None
-) -> Job | None:
+    state: ApiState, job: Job, timeout_s: float, run: JobRun | None = None
+) -> Finished | None:
     """The finished job, or None if it is still running when the time is up.
 
-    ``run`` is the job's run in this process (the interactive lane): awaited, not polled.
-    The database stays the answer's source, so the poll below still finds a job that the
-    lane's run left unfinished (its lease lost, a worker took it over)."""
+    ``run`` is the job's run in this process (the interactive lane): awaited, not polled,
+    and when it saved the job's outcome that outcome is the answer, with no read of the
+    row (``app.api.openai.finished``). Otherwise the database is the answer's source:
+    the poll below also finds a job that the lane's run left unfinished (its lease lost,
+    a worker took it over)."""
     deadline = time.monotonic() + timeout_s
     if run is not None:
         # asyncio.wait never cancels what it waits for: a request that times out or goes
         # away leaves the run going, as a broker's job would (POST /v1/jobs/{id}/cancel).
         await asyncio.wait({run}, timeout=timeout_s)
+        ended = ran_here(job, run)
+        if ended is not None:
+            return ended
     delay = 0.02
     while True:
         async with state.sessions() as session:
-            progress = await repo.job_progress(session, job_id)
+            progress = await repo.job_progress(session, job.id)
             if progress is None:
-                raise NotFound(f"job {job_id} not found")
+                raise NotFound(f"job {job.id} not found")
             if progress[0] in JobStatus.FINAL:
-                return await repo.get_job(session, job_id)
+                return await repo.get_job(session, job.id)
         if time.monotonic() >= deadline:
             return None
         await asyncio.sleep(min(delay, max(deadline - time.monotonic(), 0.0)))
@@ -248,13 +255,12 @@ async def chat_completions(
         tokens = deltas if claim.task is not None else None
         stream = _stream(state, tenant, job, body, request_id_of(http.scope), claim.task, tokens)
         return StreamingResponse(stream, media_type="text/event-stream", headers=HEADERS)
-    finished = await _wait(state, job.id, timeout_s, claim.task)
+    finished = await _wait(state, job, timeout_s, claim.task)
     refused = refusal(finished, job.id, timeout_s)
     if refused is not None:
         return refusal_response(refused, request_id_of(http.scope))
     assert finished is not None
-    async with state.sessions() as session:
-        runners_up = await choices.alternatives(session, finished, body.n)
+    runners_up = await choices.alternatives(state.sessions, finished, body.n)
     return JSONResponse(completions.completion(finished, body.model, runners_up))
 
 
@@ -264,13 +270,13 @@ async def _stream(
     job: Job,
     body: ChatCompletionRequest,
     request_id: str | None,
-    run: asyncio.Task[None] | None = None,
+    run: JobRun | None = None,
     tokens: asyncio.Queue[str] | None = None,
 ) -> AsyncIterator[bytes]:
     model, created = body.model, int(job.created_at.timestamp())
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     timeout_s = state.api.chat_timeout_s
-    follow = Follow(state, job.id, time.monotonic() + timeout_s, run)
+    follow = Follow(state, job, time.monotonic() + timeout_s, run)
     followed = False  # to the job's end or the deadline: the client stayed
     try:
         opening = {"role": "assistant", "content": ""}
@@ -299,8 +305,7 @@ async def _stream(
             yield format_sse_event(data_str="[DONE]")
             return
         assert finished is not None
-        async with state.sessions() as session:
-            runners_up = await choices.alternatives(session, finished, body.n)
+        runners_up = await choices.alternatives(state.sessions, finished, body.n)
         final = completions.final_chunks(
             finished, model, created, runners_up, include_usage, content_sent=streamed
         )

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.api.openai.finished import Finished
 from core.db import repo
-from core.db.models import Job
 from strategies.shared.answers import extract_answer
 
 
@@ -27,20 +27,24 @@ class Alternative:
     content: str
 
 
-def ranked_votes(job: Job) -> list[tuple[str, int]]:
+def ranked_votes(job: Finished) -> list[tuple[str, int]]:
     votes = (job.result or {}).get("votes") or {}
     pairs = [(str(k), int(v)) for k, v in votes.items() if isinstance(v, int | float)]
     # Stable: equal counts keep the order the strategy ranked them in.
     return sorted(pairs, key=lambda pair: -pair[1])
 
 
-async def alternatives(session: AsyncSession, job: Job, n: int) -> list[Alternative]:
-    """Choices 1..n-1: the runners-up of the job's vote, best first."""
+async def alternatives(
+    sessions: async_sessionmaker[AsyncSession], job: Finished, n: int
+) -> list[Alternative]:
+    """Choices 1..n-1: the runners-up of the job's vote, best first. The journal is read
+    only when there are runners-up (never for ``n`` = 1)."""
     answer = (job.result or {}).get("answer")
     runners_up = [(a, v) for a, v in ranked_votes(job) if a != answer][: max(n - 1, 0)]
     if not runners_up:
         return []
-    texts = await _sample_texts(session, job.id)
+    async with sessions() as session:
+        texts = await _sample_texts(session, job.id)
     found: dict[str, str] = {}
     for text in texts:
         key = extract_answer(text)

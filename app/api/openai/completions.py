@@ -15,13 +15,13 @@ from typing import Any, Literal
 from fastapi.sse import format_sse_event
 
 from app.api.openai.choices import Alternative
+from app.api.openai.finished import Finished
 from app.api.openai.outcomes import stopped_on_budget
-from core.db.models import Job
 
 FinishReason = Literal["stop", "length", "tool_calls"]
 
 
-def usage(job: Job) -> dict[str, Any]:
+def usage(job: Finished) -> dict[str, Any]:
     spent = job.usage or {}
     prompt = int(spent.get("prompt_tokens", 0))
     completion = int(spent.get("completion_tokens", 0))
@@ -35,7 +35,7 @@ def usage(job: Job) -> dict[str, Any]:
     }
 
 
-def content(job: Job) -> str | None:
+def content(job: Finished) -> str | None:
     result = job.result or {}
     if result.get("tool_calls"):
         return str(result.get("text") or "") or None
@@ -46,7 +46,7 @@ def content(job: Job) -> str | None:
     return str(result.get("text") or result.get("answer") or "")
 
 
-def tool_calls(job: Job) -> list[dict[str, Any]] | None:
+def tool_calls(job: Finished) -> list[dict[str, Any]] | None:
     calls = (job.result or {}).get("tool_calls") or []
     return [
         {
@@ -58,7 +58,7 @@ def tool_calls(job: Job) -> list[dict[str, Any]] | None:
     ] or None
 
 
-def message(job: Job) -> dict[str, Any]:
+def message(job: Finished) -> dict[str, Any]:
     said: dict[str, Any] = {"role": "assistant", "content": content(job)}
     calls = tool_calls(job)
     if calls:
@@ -66,7 +66,7 @@ def message(job: Job) -> dict[str, Any]:
     return said
 
 
-def extension(job: Job) -> dict[str, Any]:
+def extension(job: Finished) -> dict[str, Any]:
     result, spent = job.result or {}, job.usage or {}
     found: dict[str, Any] = {
         "job_id": job.id,
@@ -84,7 +84,7 @@ def extension(job: Job) -> dict[str, Any]:
     return found
 
 
-def finish_reason(job: Job) -> FinishReason:
+def finish_reason(job: Finished) -> FinishReason:
     if (job.result or {}).get("tool_calls"):
         return "tool_calls"
     return "length" if stopped_on_budget(job) else "stop"
@@ -94,7 +94,7 @@ def _runner_up(alternative: Alternative) -> dict[str, Any]:
     return {"answer": alternative.answer, "votes": alternative.votes}
 
 
-def completion(job: Job, model: str, alternatives: list[Alternative]) -> dict[str, Any]:
+def completion(job: Finished, model: str, alternatives: list[Alternative]) -> dict[str, Any]:
     votes = (job.result or {}).get("votes") or {}
     first: dict[str, Any] = {
         "index": 0,
@@ -140,7 +140,7 @@ def chunk(job_id: str, model: str, created: int, choices: list[Any], **extra: An
 
 
 def final_chunks(
-    job: Job,
+    job: Finished,
     model: str,
     created: int,
     alternatives: list[Alternative],

@@ -60,7 +60,8 @@ from fastapi.routing import APIRoute
 
 from app.api.errors import RETRY_AFTER_S, Unauthorized, openai_error_body, request_id_of
 from app.api.errors import validation_error as ponder_validation_error
-from core.db.models import Job, JobStatus
+from app.api.openai.finished import Finished
+from core.db.models import JobStatus
 from core.errors import InvalidInput, NotFound, PonderError
 
 log = logging.getLogger(__name__)
@@ -106,25 +107,25 @@ class Refusal:
     retryable: bool
 
 
-def job_error_code(job: Job) -> str | None:
+def job_error_code(job: Finished) -> str | None:
     code = (job.error or {}).get("code")
     return code if isinstance(code, str) else None
 
 
-def answered(job: Job) -> bool:
+def answered(job: Finished) -> bool:
     """The job ends in a chat.completion (possibly empty, ``length``), not an error."""
     if job.status == JobStatus.SUCCEEDED:
         return True
     return job.status == JobStatus.FAILED and job_error_code(job) in STOPPED_ON_BUDGET
 
 
-def stopped_on_budget(job: Job) -> bool:
+def stopped_on_budget(job: Finished) -> bool:
     return bool((job.result or {}).get("budget_exhausted")) or (
         job.status == JobStatus.FAILED and job_error_code(job) in STOPPED_ON_BUDGET
     )
 
 
-def refusal(job: Job | None, job_id: str, timeout_s: float) -> Refusal | None:
+def refusal(job: Finished | None, job_id: str, timeout_s: float) -> Refusal | None:
     """None when the job answers (``answered``); else the error, by the module's table."""
     if job is None:
         return Refusal(

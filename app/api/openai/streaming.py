@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.api.deps import ApiState
+from app.api.executor import JobRun
+from app.api.openai.finished import Finished, ran_here
 from app.api.services import jobs
 from app.api.sse import KEEPALIVE_S
 from core.db import repo
@@ -98,14 +100,19 @@ class Tally:
 @dataclass
 class Follow:
     """Reads one job's progress until it is final or time is up; ``job`` is then the
-    final row (None: still running at the deadline)."""
+    finished job (None: still running at the deadline): what ``run``, the job's run in
+    this process, saved, or else the row (``app.api.openai.finished``)."""
 
     state: ApiState
-    job_id: str
+    submitted: Job
     deadline: float
-    run: asyncio.Task[None] | None = None
-    job: Job | None = None
+    run: JobRun | None = None
+    job: Finished | None = None
     tally: Tally = field(default_factory=Tally)
+
+    @property
+    def job_id(self) -> str:
+        return self.submitted.id
 
     async def events(self) -> AsyncIterator[dict[str, Any] | None]:
         """Progress dicts as events arrive; None when a keep-alive is due."""
@@ -130,7 +137,8 @@ class Follow:
                     attempts = tried
                     spans = list(await repo.list_spans_after(session, self.job_id, seq))
                     if final:
-                        self.job = await repo.get_job(session, self.job_id)
+                        ended = ran_here(self.submitted, self.run) if self.run else None
+                        self.job = ended or await repo.get_job(session, self.job_id)
                 moved = False
                 for span in spans:
                     if span.seq != seq + 1 and not final:
