@@ -104,6 +104,7 @@ async def submit(
     limit_budget: Callable[[BudgetSpec], BudgetSpec] | None = None,
     admit: Callable[[AsyncSession], Awaitable[None]] | None = None,
     key_field: str = "idempotency_key",
+    fresh_key: bool = False,
 ) -> Submitted:
     """Validate and write one queued job, in one transaction that has committed when
     this returns. Enqueueing is the caller's next step (``workers.enqueue``).
@@ -129,6 +130,9 @@ async def submit(
         admit: runs in the transaction that writes the job, before the insert (the
             API: the tenant's jobs-in-flight quota); it may raise to refuse the job.
         key_field: the caller's name for the key in errors (``Idempotency-Key``).
+        fresh_key: the caller has just minted ``idempotency_key`` (random), so no earlier
+            job can hold it: the lookup before the insert is skipped (a round trip and a
+            transaction on every OpenAI-face request); the unique index still guards it.
         tool_names: the tools configured where the job will run; a spec naming another
             is refused (None: not checked here; the run refuses it).
 
@@ -182,9 +186,10 @@ async def submit(
                 "priority": priority,
             }
         )
-        earlier = await _earlier(sessions, tenant, key, fingerprint, key_field)
-        if earlier is not None:
-            return Submitted(earlier, created=False)
+        if not fresh_key:
+            earlier = await _earlier(sessions, tenant, key, fingerprint, key_field)
+            if earlier is not None:
+                return Submitted(earlier, created=False)
     try:
         async with sessions() as session, session.begin():
             if admit is not None:

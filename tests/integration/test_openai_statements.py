@@ -143,11 +143,9 @@ def test_a_direct_chat_completion_on_the_lane_reads_nothing_after_its_run(
     report = f"request path: {seen.request}\nrun: {seen.run}"
     # The request path: one transaction that writes the job. Nothing after the run: the
     # answer is the run's own outcome, not the row read back.
+    # The OpenAI face keys every job (openai-retry:<fingerprint>:<nonce>,
+    # app.api.openai.retries) with a nonce it just drew: no lookup before the insert.
     assert [text.split(" ")[0] for _, text in seen.request] == [
-        # core.jobs.submit's idempotency lookup: the OpenAI face keys every job
-        # (openai-retry:<fingerprint>:<nonce>, app.api.openai.retries), and a fresh
-        # nonce is never found
-        "SELECT",
         "INSERT",  # the job row
         "COMMIT",  # before the lane may run it (a worker must see it if this dies)
     ], report

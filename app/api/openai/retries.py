@@ -97,7 +97,10 @@ async def submit(
         reused = await _reuse(state, tenant, request, prefix)
         if reused is not None:
             return reused
-    job, _ = await jobs.submit(state, tenant, request, prefix + secrets.token_hex(8))
+    # A key minted here, with a random nonce: no earlier job can hold it.
+    job, _ = await jobs.submit(
+        state, tenant, request, prefix + secrets.token_hex(8), fresh_key=True
+    )
     return job
 
 

@@ -67,10 +67,16 @@ async def _enqueue(state: ApiState, job: Job) -> None:
 
 
 async def submit(
-    state: ApiState, tenant: str, body: JobCreate, idempotency_key: str | None
+    state: ApiState,
+    tenant: str,
+    body: JobCreate,
+    idempotency_key: str | None,
+    *,
+    fresh_key: bool = False,
 ) -> tuple[Job, bool]:
     """Validate, store and enqueue a job. Returns ``(job, created)``: with a known
-    ``Idempotency-Key`` and the same request, the earlier job and False."""
+    ``Idempotency-Key`` and the same request, the earlier job and False. ``fresh_key``:
+    the caller minted the key just now (``core.jobs.submit``)."""
 
     def limit_budget(budget: BudgetSpec) -> BudgetSpec:
         return apply_budget(state.api, tenant, budget)
@@ -99,6 +105,7 @@ async def submit(
         limit_budget=limit_budget,
         admit=admit,
         key_field="Idempotency-Key",
+        fresh_key=fresh_key,
     )
     job = submitted.job
     if submitted.created:
