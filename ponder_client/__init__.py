@@ -1,4 +1,4 @@
-"""A Python client for Ponder's jobs API, sync and async (docs/client.md).
+"""A Python client for Ponder's jobs and experiments API, sync and async (docs/client.md).
 
     >>> from ponder_client import PonderClient
     >>> with PonderClient("http://127.0.0.1:8000", api_key=KEY) as ponder:
@@ -26,19 +26,30 @@ from ponder_client._async import AsyncPonderClient
 from ponder_client._sync import PonderClient
 from ponder_client.errors import PonderAPIError
 from ponder_client.models import (
+    ArmOut,
+    ArmSummary,
     DiffOut,
+    ExperimentOut,
+    ExperimentPage,
+    ExperimentRows,
     JobOut,
     JobPage,
     PresetOut,
+    RowOut,
     StrategyOut,
     TraceOut,
 )
 
 __all__ = [
+    "ArmOut",
+    "ArmSummary",
     "AsyncPonderClient",
     "DecisionEvent",
     "DiffOut",
     "Event",
+    "ExperimentOut",
+    "ExperimentPage",
+    "ExperimentRows",
     "GroupEvent",
     "JobFinishedEvent",
     "JobOut",
@@ -49,6 +60,7 @@ __all__ = [
     "PonderAPIError",
     "PonderClient",
     "PresetOut",
+    "RowOut",
     "StrategyEvent",
     "StrategyOut",
     "ToolCallEvent",

@@ -4,7 +4,9 @@ answer is read. No I/O here; ``_sync`` and ``_async`` only move the bytes."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
@@ -93,13 +95,73 @@ def replay_call(
     return Call("POST", f"/v1/jobs/{seg(job_id)}/replay", body)
 
 
+def query(params: dict[str, Any]) -> dict[str, Any]:
+    """Query parameters with the unset (None) left out, so the server's defaults apply;
+    a ``datetime`` goes as ISO 8601 (one without a zone is read as UTC by the server)."""
+    return {
+        k: v.isoformat() if isinstance(v, datetime) else v
+        for k, v in params.items()
+        if v is not None
+    }
+
+
 def list_call(
-    status: str | None, strategy: str | None, created_after: str | None,
-    cursor: str | None, limit: int | None,
-) -> Call:  # fmt: skip
-    query = {"status": status, "strategy": strategy, "created_after": created_after,
-             "cursor": cursor, "limit": limit}  # fmt: skip
-    return Call("GET", "/v1/jobs", params={k: v for k, v in query.items() if v is not None})
+    *,
+    status: str | None,
+    strategy: str | None,
+    model: str | None,
+    q: str | None,
+    tenant: str | None,
+    created_after: str | datetime | None,
+    created_before: str | datetime | None,
+    min_cost: float | None,
+    max_cost: float | None,
+    min_latency_ms: float | None,
+    max_latency_ms: float | None,
+    cursor: str | None,
+    limit: int | None,
+) -> Call:
+    params = {
+        "status": status, "strategy": strategy, "model": model, "q": q, "tenant": tenant,
+        "created_after": created_after, "created_before": created_before,
+        "min_cost": min_cost, "max_cost": max_cost,
+        "min_latency_ms": min_latency_ms, "max_latency_ms": max_latency_ms,
+        "cursor": cursor, "limit": limit,
+    }  # fmt: skip
+    return Call("GET", "/v1/jobs", params=query(params))
+
+
+def experiments_call(cursor: str | None, limit: int | None) -> Call:
+    return Call("GET", "/v1/experiments", params=query({"cursor": cursor, "limit": limit}))
+
+
+def experiment_create_call(
+    name: str,
+    arms: Sequence[Mapping[str, Any]],
+    *,
+    dataset: Mapping[str, str] | None,
+    problems: int | None,
+    settings: Mapping[str, Any] | None,
+    params: Mapping[str, Any] | None,
+    parent_experiment_id: str | None,
+) -> Call:
+    named = {
+        "dataset": dataset,
+        "problems": problems,
+        "settings": settings,
+        "params": params,
+        "parent_experiment_id": parent_experiment_id,
+    }
+    body: dict[str, Any] = {"name": name, "arms": [dict(a) for a in arms]}
+    body |= {k: dict(v) if isinstance(v, Mapping) else v for k, v in named.items() if v is not None}
+    return Call("POST", "/v1/experiments", body)
+
+
+def experiment_rows_call(
+    experiment_id: str, rows: Sequence[Mapping[str, Any]], *, interrupted: bool
+) -> Call:
+    body = {"rows": [dict(r) for r in rows], "interrupted": interrupted}
+    return Call("POST", f"/v1/experiments/{seg(experiment_id)}/rows", body)
 
 
 def check(response: httpx.Response) -> httpx.Response:

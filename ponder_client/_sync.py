@@ -1,9 +1,10 @@
-"""``PonderClient``: the jobs API over a blocking ``httpx.Client``."""
+"""``PonderClient``: the jobs and experiments API over a blocking ``httpx.Client``."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
@@ -14,12 +15,22 @@ from ponder_client import _base
 from ponder_client._base import DEFAULT_TIMEOUT, DEFAULT_URL, MAX_RECONNECTS, Call, Mode, Priority
 from ponder_client._sse import Decoder, Resumption
 from ponder_client.errors import PonderAPIError
-from ponder_client.models import DiffOut, JobOut, JobPage, PresetOut, StrategyOut, TraceOut
+from ponder_client.models import (
+    DiffOut,
+    ExperimentOut,
+    ExperimentPage,
+    ExperimentRows,
+    JobOut,
+    JobPage,
+    PresetOut,
+    StrategyOut,
+    TraceOut,
+)
 
 
 class PonderClient:
-    """A Ponder server's jobs API: submit, wait, follow events, cancel, replay, fork,
-    diff, and the strategy and preset catalogues.
+    """A Ponder server's jobs API: submit, list and search, wait, follow events, cancel,
+    replay, fork, diff; the strategy and preset catalogues; stored experiments.
 
     Args:
         base_url: the server (``ponder serve``'s default: ``http://127.0.0.1:8000``).
@@ -102,11 +113,44 @@ class PonderClient:
         return _base.parse(JobOut, self._send(Call("GET", f"/v1/jobs/{_base.seg(job_id)}")))
 
     def list_jobs(
-        self, *, status: str | None = None, strategy: str | None = None,
-        created_after: str | None = None, cursor: str | None = None, limit: int | None = None,
-    ) -> JobPage:  # fmt: skip
-        """One page, newest first; pass ``next_cursor`` as ``cursor`` for the next."""
-        call = _base.list_call(status, strategy, created_after, cursor, limit)
+        self,
+        *,
+        status: str | None = None,
+        strategy: str | None = None,
+        created_after: str | datetime | None = None,
+        cursor: str | None = None,
+        limit: int | None = None,
+        model: str | None = None,
+        q: str | None = None,
+        tenant: str | None = None,
+        created_before: str | datetime | None = None,
+        min_cost: float | None = None,
+        max_cost: float | None = None,
+        min_latency_ms: float | None = None,
+        max_latency_ms: float | None = None,
+    ) -> JobPage:
+        """One page, newest first; pass ``next_cursor`` as ``cursor`` for the next. The
+        filters apply in the server's database to all the tenant's jobs; None sends none.
+
+        Args:
+            status: ``queued``, ``running``, ``succeeded``, ``failed`` or ``cancelled``.
+            strategy: the spec's ``kind``.
+            model: a model some role of the job is bound to (``sim-large``).
+            q: a case-insensitive substring of the question or the answer, or the start
+                of the job's id.
+            tenant: another tenant's jobs, or ``*`` for every tenant's (admin keys only).
+            created_after, created_before: exclusive bounds, ISO 8601 or ``datetime``
+                (no zone means UTC).
+            min_cost, max_cost: ``usage.cost``, inclusive; jobs of unknown cost match none.
+            min_latency_ms, max_latency_ms: the job's wall time, inclusive; unfinished
+                jobs match none.
+        """
+        call = _base.list_call(
+            status=status, strategy=strategy, model=model, q=q, tenant=tenant,
+            created_after=created_after, created_before=created_before,
+            min_cost=min_cost, max_cost=max_cost, min_latency_ms=min_latency_ms,
+            max_latency_ms=max_latency_ms, cursor=cursor, limit=limit,
+        )  # fmt: skip
         return _base.parse(JobPage, self._send(call))
 
     def cancel(self, job_id: str) -> JobOut:
@@ -244,3 +288,60 @@ class PonderClient:
 
     def delete_preset(self, name: str) -> None:
         _base.check(self._send(Call("DELETE", f"/v1/presets/{_base.seg(name)}")))
+
+    # Experiments
+
+    def list_experiments(
+        self, *, cursor: str | None = None, limit: int | None = None
+    ) -> ExperimentPage:
+        """One page of the tenant's experiments, newest first, each with its arms'
+        summaries; pass ``next_cursor`` as ``cursor`` for the next."""
+        call = _base.experiments_call(cursor, limit)
+        return _base.parse(ExperimentPage, self._send(call))
+
+    def experiment(self, experiment_id: str) -> ExperimentOut:
+        """The experiment and its arms; per arm the summary: accuracy with its Wilson 95%
+        interval, tokens, latency percentiles, cost."""
+        call = Call("GET", f"/v1/experiments/{_base.seg(experiment_id)}")
+        return _base.parse(ExperimentOut, self._send(call))
+
+    def experiment_rows(self, experiment_id: str) -> ExperimentRows:
+        """The arms × problems grid: every stored row (one arm on one problem, with its
+        job), by arm then problem."""
+        call = Call("GET", f"/v1/experiments/{_base.seg(experiment_id)}/rows")
+        return _base.parse(ExperimentRows, self._send(call))
+
+    def create_experiment(
+        self,
+        name: str,
+        arms: Sequence[Mapping[str, Any]],
+        *,
+        problems: int | None = None,
+        dataset: Mapping[str, str] | None = None,
+        settings: Mapping[str, Any] | None = None,
+        params: Mapping[str, Any] | None = None,
+        parent_experiment_id: str | None = None,
+    ) -> ExperimentOut:
+        """Store an experiment and its arms, without rows yet (what ``ponder eval --url``
+        does before its first job). Each arm: ``label``, ``spec`` (as written),
+        ``params`` (the full spec the jobs run; the server validates it) and ``roles``.
+        Unset arguments are left out of the body."""
+        call = _base.experiment_create_call(
+            name, arms, dataset=dataset, problems=problems, settings=settings,
+            params=params, parent_experiment_id=parent_experiment_id,
+        )  # fmt: skip
+        return _base.parse(ExperimentOut, self._send(call))
+
+    def add_experiment_rows(
+        self,
+        experiment_id: str,
+        rows: Sequence[Mapping[str, Any]],
+        *,
+        interrupted: bool = False,
+    ) -> ExperimentOut:
+        """Store rows (at most 1000 a request; ``RowOut``'s fields without ``arm``:
+        ``strategy`` names the arm by label). A row stored before for its arm and
+        problem is replaced, and the server recomputes every summary from the stored
+        rows. A row's ``job_id`` must be one of the tenant's jobs."""
+        call = _base.experiment_rows_call(experiment_id, rows, interrupted=interrupted)
+        return _base.parse(ExperimentOut, self._send(call))

@@ -167,3 +167,128 @@ class PresetOut(BaseModel):
     model: str
     created_at: datetime
     updated_at: datetime
+
+
+# Experiments (``app.api.experiment_schemas``): eval runs stored as data. The row fields
+# leave out the server's input limits (lengths, patterns, ranges): a response is not
+# re-validated, so a server that loosens a limit does not break an older client.
+
+
+class DatasetRef(BaseModel):
+    name: str = ""
+    sha256: str = ""
+
+
+class ArmSummary(BaseModel):
+    """One arm's numbers, computed by the server from the stored rows (``evals``)."""
+
+    n: int
+    correct: int
+    failed: int
+    budget_exhausted: int
+    accuracy: float | None
+    ci_low: float | None = Field(description="Wilson score 95% interval.")
+    ci_high: float | None
+    mean_tokens: float | None = Field(description="Mean completion tokens per problem.")
+    mean_tokens_by_role: dict[str, float]
+    latency_p50: float | None = Field(description="Seconds.")
+    latency_p90: float | None
+    mean_cost: float | None
+    total_cost: float | None
+    cost_of_pass: float | None = Field(description="Mean cost / accuracy.")
+    cost_of_pass_infinite: bool = False
+    live_calls: int
+    replayed_calls: int
+    cost_known: bool = True
+    mean_reasoning_tokens: float | None = None
+
+
+class ArmOut(BaseModel):
+    position: int
+    label: str
+    spec: dict[str, Any]
+    params: dict[str, Any]
+    roles: list[str]
+    summary: ArmSummary | None
+
+
+class Calls(BaseModel):
+    live: int = 0
+    replayed: int = 0
+
+
+class ExperimentLinks(BaseModel):
+    self: str
+    rows: str
+
+
+class ExperimentOut(BaseModel):
+    """An experiment as ``GET /v1/experiments/{id}`` returns it: its arms, each with its
+    summary (None for an arm without a stored summary)."""
+
+    id: str
+    name: str
+    dataset: DatasetRef
+    problems: int
+    created_at: datetime
+    parent_experiment_id: str | None
+    settings: dict[str, Any]
+    params: dict[str, Any] | None
+    interrupted: bool
+    calls: Calls
+    arms: list[ArmOut]
+    links: ExperimentLinks
+
+    def arm(self, label: str) -> ArmOut:
+        """The arm labelled ``label``; ``KeyError`` if there is none."""
+        for arm in self.arms:
+            if arm.label == label:
+                return arm
+        raise KeyError(label)
+
+
+class ExperimentPage(BaseModel):
+    items: list[ExperimentOut]
+    next_cursor: str | None
+
+
+class ProblemOut(BaseModel):
+    index: int
+    id: str
+
+
+class RowOut(BaseModel):
+    """What one arm answered on one problem, the job that answered it, and its spend."""
+
+    problem_id: str
+    problem_index: int
+    strategy: str = Field(description="The arm's label.")
+    job_id: str | None = None
+    status: str
+    answer: str | None = None
+    expected: str = ""
+    correct: bool
+    tokens: dict[str, int] = Field(default_factory=dict, description="Completion tokens by role.")
+    prompt_tokens: dict[str, int] = Field(default_factory=dict)
+    completion_tokens: int = 0
+    calls: int = 0
+    latency_s: float = 0.0
+    cost: float | None = 0.0
+    live_calls: int = 0
+    replayed_calls: int = 0
+    budget_exhausted: bool = False
+    error: dict[str, Any] | None = None
+    parent_job_id: str | None = None
+    wall_s: float | None = None
+    difficulty: float | None = None
+    reasoning_tokens: int = 0
+    arm: int = Field(description="The arm's position in `arms`.")
+
+
+class ExperimentRows(BaseModel):
+    """The arms × problems grid: every stored row, by arm then problem."""
+
+    experiment_id: str
+    arms: list[str]
+    problems: list[ProblemOut]
+    rows: list[RowOut]
