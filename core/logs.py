@@ -132,6 +132,11 @@ def configure_logging(
     root.setLevel(chosen.level)
     # httpx logs every request at INFO: a line per model call would drown the job lines.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Celery's "Task ... received" and "Task ... succeeded in" lines repeat the worker's
+    # own "job <id> <status> in <s>" line (workers.tasks), twice per job, and cost a
+    # formatted write each on the hot path; its warnings and errors still show.
+    logging.getLogger("celery.worker.strategy").setLevel(logging.WARNING)
+    logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
     if chosen.format == "json":
         for name in _OWN_HANDLERS:
             logger = logging.getLogger(name)
