@@ -12,7 +12,7 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Engine, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, CursorResult, Engine, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import live
@@ -35,6 +35,22 @@ def _count(result: Any) -> int:
     return int(cast(CursorResult[Any], result).rowcount)
 
 
+def claimable(*, stale_before: datetime, max_attempts: int) -> ColumnElement[bool]:
+    """A job a worker may take: queued, or running with a heartbeat older than
+    ``stale_before`` and runs left; never one with a cancel request."""
+    return and_(
+        Job.cancel_requested_at.is_(None),
+        or_(
+            Job.status == JobStatus.QUEUED,
+            and_(
+                Job.status == JobStatus.RUNNING,
+                Job.heartbeat_at < stale_before,
+                Job.attempts < max_attempts,
+            ),
+        ),
+    )
+
+
 async def claim_job(
     session: AsyncSession,
     job_id: str,
@@ -52,18 +68,7 @@ async def claim_job(
     now = utcnow()
     result = await session.execute(
         update(Job)
-        .where(
-            Job.id == job_id,
-            Job.cancel_requested_at.is_(None),
-            or_(
-                Job.status == JobStatus.QUEUED,
-                and_(
-                    Job.status == JobStatus.RUNNING,
-                    Job.heartbeat_at < stale_before,
-                    Job.attempts < max_attempts,
-                ),
-            ),
-        )
+        .where(Job.id == job_id, claimable(stale_before=stale_before, max_attempts=max_attempts))
         .values(
             status=JobStatus.RUNNING,
             worker=worker,

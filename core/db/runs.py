@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, delete, or_, select, text, update
+from sqlalchemy import Connection, Engine, delete, select, text, update
 
+from core.db.control import claimable
 from core.db.models import Job, JobStatus, ModelCall, Span, utcnow
 from core.trace import TraceRows
 
@@ -86,24 +87,14 @@ def claim(
     now = utcnow()
     if worker is not None:
         assert stale_before is not None and max_attempts is not None
-        claimable = and_(
-            Job.cancel_requested_at.is_(None),
-            or_(
-                Job.status == JobStatus.QUEUED,
-                and_(
-                    Job.status == JobStatus.RUNNING,
-                    Job.heartbeat_at < stale_before,
-                    Job.attempts < max_attempts,
-                ),
-            ),
-        )
+        startable = claimable(stale_before=stale_before, max_attempts=max_attempts)
         values: dict[str, Any] = {"worker": worker, "heartbeat_at": now}
     else:
-        claimable = Job.status.not_in([JobStatus.SUCCEEDED, JobStatus.CANCELLED])
+        startable = Job.status.not_in([JobStatus.SUCCEEDED, JobStatus.CANCELLED])
         values = {}
     statement = (
         update(Job)
-        .where(Job.id == job_id, claimable)
+        .where(Job.id == job_id, startable)
         .values(
             status=JobStatus.RUNNING,
             attempts=Job.attempts + 1,
