@@ -24,6 +24,8 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -66,19 +68,34 @@ def raw_call(http: httpx.Client, sim_url: str, seed: int) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-def job(api: httpx.Client, poll_s: float) -> float:
+@dataclass
+class JobTimes:
+    took: float
+    """Submit to seen finished, as the client saw it."""
+    accepted: float
+    """The POST's round trip: validation, the INSERT and its commit, the publish."""
+    server: float
+    """``finished_at - created_at``: from the row's insert to its finish, by the
+    database's clock (API and worker stamp them on this one machine)."""
+
+
+def job(api: httpx.Client, poll_s: float) -> JobTimes:
     started = time.perf_counter()
     created = api.post("/v1/jobs", json={"question": QUESTION, "strategy": "direct"})
+    accepted = (time.perf_counter() - started) * 1000
     assert created.status_code == 202, created.text
     url = f"/v1/jobs/{created.json()['id']}"
     while True:
-        status = api.get(url).json()["status"]
-        if status in FINAL:
+        body = api.get(url).json()
+        if body["status"] in FINAL:
             break
         time.sleep(poll_s)
     took = (time.perf_counter() - started) * 1000
-    assert status == "succeeded", api.get(url).json()
-    return took
+    assert body["status"] == "succeeded", body
+    server = datetime.fromisoformat(body["finished_at"]) - datetime.fromisoformat(
+        body["created_at"]
+    )
+    return JobTimes(took, accepted, server.total_seconds() * 1000)
 
 
 def summary(samples: list[float]) -> dict[str, float]:
@@ -90,7 +107,7 @@ def summary(samples: list[float]) -> dict[str, float]:
 
 def measure(sim_url: str, api_url: str, jobs: int, poll_s: float) -> dict[str, Any]:
     raw: list[float] = []
-    full: list[float] = []
+    full: list[JobTimes] = []
     with httpx.Client(timeout=30) as http, httpx.Client(base_url=api_url, timeout=30) as api:
         for i in range(10):  # warm-up: connections, first imports in the worker
             raw_call(http, sim_url, i)
@@ -98,12 +115,15 @@ def measure(sim_url: str, api_url: str, jobs: int, poll_s: float) -> dict[str, A
         for i in range(jobs):
             raw.append(raw_call(http, sim_url, 1000 + i))
             full.append(job(api, poll_s))
-    call, end_to_end = summary(raw), summary(full)
+    call, end_to_end = summary(raw), summary([t.took for t in full])
     return {
         "jobs": jobs,
         "poll_ms": poll_s * 1000,
         "model_call": call,
         "job": end_to_end,
+        # Where the time goes: the POST's answer; then insert -> finish on the server.
+        "accepted": summary([t.accepted for t in full]),
+        "insert_to_finish": summary([t.server for t in full]),
         "overhead": {
             "p50_ms": round(end_to_end["p50_ms"] - call["p50_ms"], 3),
             "p99_ms": round(end_to_end["p99_ms"] - call["p99_ms"], 3),
@@ -171,6 +191,10 @@ def main() -> None:
     print(f"{'model call (raw httpx)':<30}{call['p50_ms']:>10.3f}{call['p99_ms']:>10.3f}")
     print(f"{'job submit -> finished':<30}{full['p50_ms']:>10.3f}{full['p99_ms']:>10.3f}")
     print(f"{'difference (job - call)':<30}{over['p50_ms']:>10.3f}{over['p99_ms']:>10.3f}")
+    parts = (("  POST answered", "accepted"), ("  row insert -> finish", "insert_to_finish"))
+    for label, key in parts:
+        row = results[key]
+        print(f"{label:<30}{row['p50_ms']:>10.3f}{row['p99_ms']:>10.3f}")
 
 
 if __name__ == "__main__":

@@ -205,6 +205,12 @@ def table(report: dict[str, Any]) -> list[str]:
                 _ms(job["p99_ms"]),
             )
             row("", "  difference (job - call)", _ms(over["p50_ms"]), _ms(over["p99_ms"]))
+            for label, key in (
+                ("    of which: POST answered (202)", "accepted"),
+                ("    of which: row insert -> finish (server clock)", "insert_to_finish"),
+            ):
+                if key in result:
+                    row("", label, _ms(result[key]["p50_ms"]), _ms(result[key]["p99_ms"]))
         elif name == "throughput":
             thr, lat = result["throughput"], result["latency"]
             row(
