@@ -75,6 +75,33 @@ def test_submit_poll_result(client: httpx.Client, simulator: Simulator) -> None:
     assert simulator.stats.requests == 1
 
 
+def test_a_long_poll_answers_once_the_job_is_final(
+    client: httpx.Client, simulator: Simulator
+) -> None:
+    # The model takes 0.4 s; one GET with ``wait`` comes back with the finished job.
+    simulator.set_config(script(Rule(replies=["The answer is 5."]), latency=Latency(ttft_ms=400)))
+    job = submit(client, strategy={"kind": "direct"})
+    done = client.get(f"/v1/jobs/{job['id']}", params={"wait": 20})
+    assert done.status_code == 200, done.text
+    assert done.json()["status"] == "succeeded" and done.json()["result"]["answer"] == "5"
+
+
+def test_a_long_poll_that_runs_out_returns_the_job_as_it_is(
+    client: httpx.Client, simulator: Simulator
+) -> None:
+    slow = Latency(ttft_ms=30_000)
+    simulator.set_config(script(Rule(replies=["The answer is 5."]), latency=slow))
+    job = submit(client, strategy={"kind": "direct"})
+    now = client.get(f"/v1/jobs/{job['id']}", params={"wait": 0.3})
+    assert now.status_code == 200 and now.json()["status"] in ("queued", "running")
+    for wait in (-1, 61, "soon"):
+        bad = client.get(f"/v1/jobs/{job['id']}", params={"wait": wait})
+        assert (bad.status_code, bad.json()["error"]["field"]) == (422, "wait"), bad.text
+    unknown = "0123456789abcdef0123456789abcdef"
+    assert client.get(f"/v1/jobs/{unknown}", params={"wait": 1}).status_code == 404
+    assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 202
+
+
 # -- reading jobs ------------------------------------------------------------------
 
 

@@ -88,7 +88,24 @@ async def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobOut)
-async def get_job(job_id: Id, session: Session, tenant: Tenant) -> JobOut:
+async def get_job(
+    job_id: Id,
+    session: Session,
+    state: State,
+    tenant: Tenant,
+    wait: Annotated[
+        float | None,
+        Query(
+            ge=0,
+            le=jobs.MAX_WAIT_S,
+            description="Long poll: answer once the job is final, or after this many "
+            "seconds with the job as it is then (pushed on PostgreSQL: the answer follows "
+            "the finishing commit by milliseconds).",
+        ),
+    ] = None,
+) -> JobOut:
+    if wait:
+        return JobOut.of(await jobs.wait_for_job(state, tenant, job_id, wait))
     return JobOut.of(await jobs.get_job(session, tenant, job_id))
 
 

@@ -8,8 +8,10 @@ cannot see).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import logging
 import re
 from datetime import datetime
@@ -26,7 +28,7 @@ from core import jobs
 from core.budget import BudgetSpec
 from core.cancel import request_cancel
 from core.db import repo
-from core.db.models import Job
+from core.db.models import Job, JobStatus
 from core.errors import InvalidInput, NotFound
 from core.keys import TENANT_PATTERN, Principal
 from strategies.registry import STRATEGIES
@@ -51,6 +53,41 @@ async def get_job(session: AsyncSession, tenant: str, job_id: str) -> Job:
     if job is None:
         raise NotFound(f"job {job_id} not found")
     return job
+
+
+MAX_WAIT_S = 60.0
+"""The longest ``GET /v1/jobs/{id}?wait=`` holds a request (a proxy's idle timeout)."""
+
+
+async def wait_for_job(state: ApiState, tenant: str, job_id: str, wait_s: float) -> Job:
+    """The job once it is final, or as it is when ``wait_s`` runs out: a long poll.
+
+    Woken by the commits that write the job's trace and its outcome (``core.live``:
+    ``pg_notify``), so a client learns of the end a few milliseconds after it commits,
+    without polling; the database stays the source of truth (each wake re-reads the
+    row). Without push (SQLite, or the listener reconnecting) the row is re-read with a
+    growing interval, as the event stream does.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + min(wait_s, MAX_WAIT_S)
+    live = state.live
+    subscription = live.subscribe(job_id) if live is not None else contextlib.nullcontext()
+    delay = 0.02
+    with subscription as woken:
+        while True:
+            if woken is not None:
+                woken.clear()  # before the read: a commit during it wakes the next wait
+            async with state.sessions() as session:
+                job = await get_job(session, tenant, job_id)
+            left = deadline - loop.time()
+            if job.status in JobStatus.FINAL or left <= 0:
+                return job
+            if live is not None and woken is not None and live.pushing:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), min(left, state.api.sse_poll_max_s))
+            else:
+                await asyncio.sleep(min(left, delay))
+                delay = min(delay * 1.5, state.api.sse_poll_max_s)
 
 
 async def _enqueue(state: ApiState, job: Job) -> None:
