@@ -7,9 +7,11 @@ Real pieces only: a `ponder simulate` process (zero latency), PostgreSQL, Redis,
   model call  raw httpx POST /v1/chat/completions to the simulator (the floor)
   job         POST /v1/jobs, then GET /v1/jobs/{id} every 2 ms until it is finished:
               submit-to-finished wall time as a client sees it
+  long poll   the same, waiting with one GET /v1/jobs/{id}?wait=30 (answered when the
+              finishing commit's pg_notify wakes it)
 
-The two are interleaved (one raw call, then one job) so that a slow patch of the
-machine hits both. Printed: p50/p99 of each and job minus call.
+The three are interleaved (a raw call, a polled job, a long-polled job) so that a slow
+patch of the machine hits all. Printed: p50/p99 of each and job minus call.
 
     python bench/job_overhead.py [--jobs 200] [--poll-ms 2] [--json]
 """
@@ -79,17 +81,18 @@ class JobTimes:
     database's clock (API and worker stamp them on this one machine)."""
 
 
-def job(api: httpx.Client, poll_s: float) -> JobTimes:
+def job(api: httpx.Client, poll_s: float | None) -> JobTimes:
+    """``poll_s`` None: one long poll (``GET /v1/jobs/{id}?wait=30``) instead of polling."""
     started = time.perf_counter()
     created = api.post("/v1/jobs", json={"question": QUESTION, "strategy": "direct"})
     accepted = (time.perf_counter() - started) * 1000
     assert created.status_code == 202, created.text
     url = f"/v1/jobs/{created.json()['id']}"
     while True:
-        body = api.get(url).json()
+        body = api.get(url, params={"wait": 30} if poll_s is None else None).json()
         if body["status"] in FINAL:
             break
-        time.sleep(poll_s)
+        time.sleep(poll_s or 0)
     took = (time.perf_counter() - started) * 1000
     assert body["status"] == "succeeded", body
     server = datetime.fromisoformat(body["finished_at"]) - datetime.fromisoformat(
@@ -108,19 +111,29 @@ def summary(samples: list[float]) -> dict[str, float]:
 def measure(sim_url: str, api_url: str, jobs: int, poll_s: float) -> dict[str, Any]:
     raw: list[float] = []
     full: list[JobTimes] = []
-    with httpx.Client(timeout=30) as http, httpx.Client(base_url=api_url, timeout=30) as api:
+    waited: list[JobTimes] = []
+    with httpx.Client(timeout=30) as http, httpx.Client(base_url=api_url, timeout=60) as api:
         for i in range(10):  # warm-up: connections, first imports in the worker
             raw_call(http, sim_url, i)
             job(api, poll_s)
+            job(api, None)
         for i in range(jobs):
             raw.append(raw_call(http, sim_url, 1000 + i))
             full.append(job(api, poll_s))
+            waited.append(job(api, None))
     call, end_to_end = summary(raw), summary([t.took for t in full])
+    long_poll = summary([t.took for t in waited])
     return {
         "jobs": jobs,
         "poll_ms": poll_s * 1000,
         "model_call": call,
         "job": end_to_end,
+        # The same job waited for with one long poll (GET ?wait=30), woken by the commit.
+        "job_long_poll": long_poll,
+        "overhead_long_poll": {
+            "p50_ms": round(long_poll["p50_ms"] - call["p50_ms"], 3),
+            "p99_ms": round(long_poll["p99_ms"] - call["p99_ms"], 3),
+        },
         # Where the time goes: the POST's answer; then insert -> finish on the server.
         "accepted": summary([t.accepted for t in full]),
         "insert_to_finish": summary([t.server for t in full]),
@@ -191,6 +204,9 @@ def main() -> None:
     print(f"{'model call (raw httpx)':<30}{call['p50_ms']:>10.3f}{call['p99_ms']:>10.3f}")
     print(f"{'job submit -> finished':<30}{full['p50_ms']:>10.3f}{full['p99_ms']:>10.3f}")
     print(f"{'difference (job - call)':<30}{over['p50_ms']:>10.3f}{over['p99_ms']:>10.3f}")
+    lp, olp = results["job_long_poll"], results["overhead_long_poll"]
+    print(f"{'job, one long poll':<30}{lp['p50_ms']:>10.3f}{lp['p99_ms']:>10.3f}")
+    print(f"{'difference (long poll - call)':<30}{olp['p50_ms']:>10.3f}{olp['p99_ms']:>10.3f}")
     parts = (("  POST answered", "accepted"), ("  row insert -> finish", "insert_to_finish"))
     for label, key in parts:
         row = results[key]

@@ -205,6 +205,15 @@ def table(report: dict[str, Any]) -> list[str]:
                 _ms(job["p99_ms"]),
             )
             row("", "  difference (job - call)", _ms(over["p50_ms"]), _ms(over["p99_ms"]))
+            if "job_long_poll" in result:
+                lp, olp = result["job_long_poll"], result["overhead_long_poll"]
+                row(
+                    "",
+                    "  the same, one long poll (GET ?wait=30)",
+                    _ms(lp["p50_ms"]),
+                    _ms(lp["p99_ms"]),
+                )
+                row("", "  difference (long poll - call)", _ms(olp["p50_ms"]), _ms(olp["p99_ms"]))
             for label, key in (
                 ("    of which: POST answered (202)", "accepted"),
                 ("    of which: row insert -> finish (server clock)", "insert_to_finish"),
