@@ -42,3 +42,41 @@ def temp_database() -> Iterator[str]:
     finally:
         with psycopg.connect(ADMIN_POSTGRES, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def cpu_seconds_by_kind(simulator_pid: int | None = None) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each kind of process on this machine:
+    ``worker`` (``ponder worker`` and its pool), ``postgres``, ``redis``, ``simulator``,
+    ``bench`` (this process: publishing, polling) and ``other``. Linux only (``/proc``);
+    the difference of two readings over a run is where that run's CPU went."""
+    import os
+    from pathlib import Path
+
+    tick = os.sysconf("SC_CLK_TCK")
+    me = os.getpid()
+    totals: dict[str, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # gone since the listing
+        fields = stat.rsplit(")", 1)[1].split()
+        seconds = (int(fields[11]) + int(fields[12])) / tick
+        pid = int(entry.name)
+        if pid == me:
+            kind = "bench"
+        elif pid == simulator_pid or "app.cli simulate" in command:
+            kind = "simulator"
+        elif "app.cli worker" in command or "ponder worker" in command:
+            kind = "worker"
+        elif "postgres" in command:
+            kind = "postgres"
+        elif "redis-server" in command:
+            kind = "redis"
+        else:
+            kind = "other"
+        totals[kind] = totals.get(kind, 0.0) + seconds
+    return totals

@@ -243,6 +243,11 @@ def table(report: dict[str, Any]) -> list[str]:
                     f"{threads['jobs_per_s']:.1f}/s",
                     f"lost {threads['lost']}",
                 )
+            for label, run in (("prefork", thr), ("threads", threads)):
+                cpu = (run or {}).get("cpu_ms_per_job")
+                if cpu:
+                    parts = [f"{k} {v:.1f}" for k, v in cpu.items() if v >= 0.05]
+                    row("", f"  CPU ms/job ({label}): " + ", ".join(parts), "", "")
         elif name == "fanout":
             for mode, r in result.items():
                 if not isinstance(r, dict):

@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from _shared import ADMIN_POSTGRES as ADMIN  # noqa: E402
-from _shared import FINAL, REDIS, free_port, percentile  # noqa: E402
+from _shared import FINAL, REDIS, cpu_seconds_by_kind, free_port, percentile  # noqa: E402
 
 from core.db.migrate import upgrade  # noqa: E402
 from core.db.models import Job  # noqa: E402
@@ -95,6 +95,7 @@ async def throughput(rt: Runtime, jobs: int, timeout: float) -> dict[str, Any]:
         )
         for _ in range(jobs)
     ]
+    cpu_before = cpu_seconds_by_kind()
     first = datetime.now(UTC)
     started = time.perf_counter()
     for job_id in ids:
@@ -114,13 +115,20 @@ async def throughput(rt: Runtime, jobs: int, timeout: float) -> dict[str, Any]:
             select(func.count()).where(Job.id.in_(ids), Job.status == "succeeded")
         )
         last = await session.scalar(select(func.max(Job.finished_at)).where(Job.id.in_(ids)))
+    cpu_after = cpu_seconds_by_kind()
     span = (last - first).total_seconds() if last is not None else float("nan")
+    # Where the CPU went, per job: the worker's share bounds jobs/s on these 2 cores.
+    cpu_ms = {
+        kind: round(1000 * (cpu_after.get(kind, 0.0) - cpu_before.get(kind, 0.0)) / jobs, 2)
+        for kind in sorted(set(cpu_after) | set(cpu_before))
+    }
     return {
         "jobs": jobs,
         "publish_s": round(published_s, 2),
         "span_s": round(span, 2),
         "jobs_per_s": round(jobs / span, 1),
         "lost": jobs - int(succeeded or 0),
+        "cpu_ms_per_job": cpu_ms,
     }
 
 
@@ -213,6 +221,8 @@ def main() -> None:
             f"  {row['jobs_per_s']} jobs/s ({row['span_s']} s from first enqueue to last "
             f"finish; publishing took {row['publish_s']} s); lost: {row['lost']}"
         )
+        cpu = ", ".join(f"{k} {v:.2f}" for k, v in row["cpu_ms_per_job"].items() if v >= 0.01)
+        print(f"  CPU ms per job: {cpu}")
 
 
 if __name__ == "__main__":
