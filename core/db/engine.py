@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -120,11 +120,43 @@ def _set_sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> 
         cursor.close()
 
 
+PING_AFTER_IDLE_S = 1.0
+"""A pooled PostgreSQL connection idle this long is pinged before use (below)."""
+
+
+def _ping_if_idle(engine: Engine) -> None:
+    """Ping a pooled connection on checkout only when it sat idle for a while.
+
+    A server restart or an idle-timeout proxy leaves dead connections in the pool;
+    ``pool_pre_ping`` finds them by pinging on *every* checkout, a round trip per
+    transaction, two per job on a worker. A connection checked in less than
+    ``PING_AFTER_IDLE_S`` ago was alive then; if the server died since, the statement
+    fails as a disconnect, the pool drops its connections, and the caller's retry (the
+    worker task's, the API's 503) gets new ones, exactly as when the server dies in the
+    middle of a transaction. A failed ping raises ``DisconnectionError``: the pool then
+    replaces the connection and tries again (SQLAlchemy's pessimistic recipe).
+    """
+
+    def on_checkin(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    def on_checkout(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is not None and time.monotonic() - idle_since < PING_AFTER_IDLE_S:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise DisconnectionError(f"pooled connection failed its ping: {exc}") from exc
+        if not alive:
+            raise DisconnectionError("pooled connection failed its ping")
+
+    event.listen(engine, "checkin", on_checkin)
+    event.listen(engine, "checkout", on_checkout)
+
+
 def _engine_options(url: str, overrides: dict[str, Any]) -> dict[str, Any]:
     options: dict[str, Any] = {}
-    if not is_sqlite(url):
-        # A server restart or an idle-timeout proxy leaves dead pooled connections.
-        options["pool_pre_ping"] = True
     in_memory = ":memory:" in url or url.rstrip("/").endswith(":")
     if "poolclass" not in overrides and not in_memory:  # sizes mean nothing there
         # A SQLite file gets a QueuePool too (SQLAlchemy 2's default for files), sized alike.
@@ -142,6 +174,8 @@ def make_engine(url: str, **overrides: Any) -> Engine:
     engine = create_engine(normalised, **_engine_options(normalised, overrides))
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _set_sqlite_pragmas)
+    elif not overrides.get("pool_pre_ping"):
+        _ping_if_idle(engine)
     return engine
 
 
@@ -152,6 +186,8 @@ def make_async_engine(url: str, **overrides: Any) -> AsyncEngine:
     if engine.dialect.name == "sqlite":
         # aiosqlite's adapted connection runs these synchronously inside the pool's connect.
         event.listen(engine.sync_engine, "connect", _set_sqlite_pragmas)
+    elif not overrides.get("pool_pre_ping"):
+        _ping_if_idle(engine.sync_engine)
     return engine
 
 
