@@ -6,7 +6,7 @@ a task, a request) owns the transaction boundary.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -28,6 +28,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import live
 from core.db.models import ApiKey, Job, JobStatus, ModelCall, Span, new_id, utcnow
+
+job_created_hooks: list[Callable[[Job], None]] = []
+"""Called with each job ``create_job`` inserts, right after the INSERT, in the caller's
+context (``core.telemetry`` notes the API request that created it). A Core INSERT fires
+no ORM events, hence this list. A hook must not raise or block."""
 
 
 async def create_job(
@@ -81,7 +86,10 @@ async def create_job(
         "enqueued_at": None,
     }
     await session.execute(insert(Job), values)
-    return Job(**values)
+    job = Job(**values)
+    for hook in job_created_hooks:
+        hook(job)
+    return job
 
 
 async def get_job(session: AsyncSession, job_id: str) -> Job | None:

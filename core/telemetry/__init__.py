@@ -138,9 +138,8 @@ def setup(
         return None
     try:
         from opentelemetry.sdk.resources import Resource
-        from sqlalchemy import event
 
-        from core.db.models import Job
+        from core.db import repo
         from core.telemetry.export import TraceExport
         from core.trace import TraceWriter
     except ImportError as exc:
@@ -156,7 +155,8 @@ def setup(
     resource = Resource.create(_resource_attributes(name, environ))
     export = TraceExport(exporter, resource, **processor_options)
     TraceWriter.observer = export.observe
-    event.listen(Job, "after_insert", _job_inserted)
+    if _job_inserted not in repo.job_created_hooks:
+        repo.job_created_hooks.append(_job_inserted)
     _active = export
     log.info("OpenTelemetry: exporting job traces as service %r", name)
     return export
@@ -168,14 +168,12 @@ def shutdown() -> None:
     export, _active = _active, None
     if export is None:
         return
-    from sqlalchemy import event
-
-    from core.db.models import Job
+    from core.db import repo
     from core.trace import TraceWriter
 
     TraceWriter.observer = None
-    if event.contains(Job, "after_insert", _job_inserted):
-        event.remove(Job, "after_insert", _job_inserted)
+    if _job_inserted in repo.job_created_hooks:
+        repo.job_created_hooks.remove(_job_inserted)
     export.shutdown()
 
 
@@ -254,9 +252,9 @@ def request_span(traceparent: str | None) -> Iterator[RequestSpan | None]:
         _request.reset(token)
 
 
-def _job_inserted(_mapper: Any, _connection: Any, job: Any) -> None:
-    # An ORM event: runs inside the flush, in the request's context (SQLAlchemy's
-    # greenlets carry the caller's context variables). Cheap, and never raises.
+def _job_inserted(job: Any) -> None:
+    # A ``repo.create_job`` hook: runs right after the INSERT, in the request's context
+    # (SQLAlchemy's greenlets carry the caller's context variables). Cheap, never raises.
     span, export = _request.get(), _active
     if span is None or export is None:
         return
