@@ -184,3 +184,23 @@ def test_traceparent_round_trip_and_rejects() -> None:
     assert telemetry.format_traceparent(parsed) == header
     for bad in (None, "", "garbage", "00-" + "0" * 32 + "-b7ad6b7169203331-01", header[:-3]):
         assert telemetry.parse_traceparent(bad) is None
+
+
+async def test_a_request_notes_the_jobs_it_creates(
+    runtime: Runtime, memory: InMemorySpanExporter
+) -> None:
+    """The API's request span (``app.api.telemetry``) becomes the parent of the jobs its
+    request inserts: ``create_job`` tells the export about each one as it is written."""
+    with telemetry.request_span(None) as span:
+        assert span is not None
+        job_id = await submit_job(
+            runtime.sessions, runtime.pools, question=QUESTION, strategy={"kind": "direct"}
+        )
+    assert span.job_ids == [job_id]
+    export = telemetry.active()
+    assert export is not None and export.parent_of(job_id) is not None
+    # Outside a request, nothing is noted.
+    other = await submit_job(
+        runtime.sessions, runtime.pools, question=QUESTION, strategy={"kind": "direct"}
+    )
+    assert export.parent_of(other) is None
