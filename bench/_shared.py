@@ -3,10 +3,12 @@ on ``sys.path`` when it runs as ``python bench/NAME.py``."""
 
 from __future__ import annotations
 
+import os
 import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 ADMIN_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 REDIS = "redis://127.0.0.1:6379/0"
@@ -49,9 +51,6 @@ def cpu_seconds_by_kind(simulator_pid: int | None = None) -> dict[str, float]:
     ``worker`` (``ponder worker`` and its pool), ``postgres``, ``redis``, ``simulator``,
     ``bench`` (this process: publishing, polling) and ``other``. Linux only (``/proc``);
     the difference of two readings over a run is where that run's CPU went."""
-    import os
-    from pathlib import Path
-
     tick = os.sysconf("SC_CLK_TCK")
     me = os.getpid()
     totals: dict[str, float] = {}

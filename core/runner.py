@@ -321,21 +321,7 @@ class Runner:
             if isinstance(job, RunOutcome):
                 return job
             await repo.delete_spans(session, job.id)
-            entries = list(await repo.list_calls(session, job.id))
-            return ClaimedJob(
-                id=job.id,
-                tenant=job.tenant,
-                question=job.question,
-                conversation=job.conversation,
-                strategy=job.strategy,
-                budget=job.budget or {},
-                roles=job.roles or {},
-                seed=job.seed,
-                replay_mode=job.replay_mode,
-                worker=job.worker,
-                attempts=job.attempts,
-                entries=entries,
-            )
+            return ClaimedJob.of(job, list(await repo.list_calls(session, job.id)))
 
     async def _start(self, session: AsyncSession, job_id: str) -> Job | RunOutcome:
         job = await repo.get_job(session, job_id)

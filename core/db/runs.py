@@ -52,6 +52,25 @@ class ClaimedJob:
     attempts: int
     entries: list[ModelCall]
 
+    @classmethod
+    def of(cls, job: Any, entries: list[ModelCall]) -> ClaimedJob:
+        """From anything with the job's columns as attributes: the claim's ``RETURNING``
+        row, or a ``Job`` the async path claimed."""
+        return cls(
+            id=job.id,
+            tenant=job.tenant,
+            question=job.question,
+            conversation=job.conversation,
+            strategy=job.strategy,
+            budget=job.budget or {},
+            roles=job.roles or {},
+            seed=job.seed,
+            replay_mode=job.replay_mode,
+            worker=job.worker,
+            attempts=job.attempts,
+            entries=entries,
+        )
+
 
 _COLUMNS = (
     Job.id,
@@ -115,20 +134,7 @@ def claim(
         if row.attempts > 1 or row.parent_job_id is not None:
             conn.execute(delete(Span).where(Span.job_id == job_id))
             entries = _journal(conn, job_id)
-    return ClaimedJob(
-        id=row.id,
-        tenant=row.tenant,
-        question=row.question,
-        conversation=row.conversation,
-        strategy=row.strategy,
-        budget=row.budget or {},
-        roles=row.roles or {},
-        seed=row.seed,
-        replay_mode=row.replay_mode,
-        worker=row.worker,
-        attempts=row.attempts,
-        entries=entries,
-    )
+    return ClaimedJob.of(row, entries)
 
 
 def _journal(conn: Connection, job_id: str) -> list[ModelCall]:
