@@ -23,6 +23,7 @@ from core.calibration.fit import (
     Calibration,
     Objective,
     SpecCandidate,
+    calibrate_cascade,
     calibrate_difficulty,
     calibrate_glimp,
     calibrate_spec_reason,
@@ -44,6 +45,7 @@ FITTED = {
     "glimp_router": calibrate_glimp,
     "difficulty_router": calibrate_difficulty,
     "spec_reason": calibrate_spec_reason,
+    "cascade": calibrate_cascade,
 }
 KINDS = (*FITTED, "compute_optimal")
 SHOWN = 20
@@ -74,7 +76,8 @@ def add_arguments(cal: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="S",
-        help="glimp_router, spec_reason: most steps (fraction) the large model may write",
+        help="glimp_router, spec_reason: most steps (fraction) the large model may write; "
+        "cascade: most problems (fraction) escalated",
     )
     cal.add_argument("--live", action="store_true", help="call the model on journal misses")
     cal.add_argument("--budget-tokens", type=int, default=None, metavar="B")
@@ -276,7 +279,7 @@ def _print_calibration(calibration: Calibration, preset: str | None, as_json: bo
             f"{c.covered}/{c.problems}",
             _fmt(c.accuracy, pct=True),
             _fmt(c.mean_tokens),
-            _fmt(c.mean_large_tokens) if calibration.kind != "difficulty_router" else "–",
+            _fmt(c.mean_large_tokens),
             _fmt(c.large_share, pct=True),
         ]
         if isinstance(c, SpecCandidate):

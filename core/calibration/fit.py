@@ -1,20 +1,22 @@
 """Fitting thresholds from replays: glimp_router's ``tau``, difficulty_router's
-``easy_max`` / ``hard_min`` and spec_reason's ``threshold``.
+``easy_max`` / ``hard_min``, spec_reason's ``threshold`` and cascade's ``min_agreement``.
 
 Candidates come from the data: the first-token entropies the source jobs' ``route``
 events recorded (glimp_router), the probe values of the problems (difficulty_router),
-the judge's scores in the ``judgement`` events (spec_reason).
+the judge's scores in the ``judgement`` events (spec_reason), the small stage's vote
+shares in the ``agreement`` events (cascade).
 Between two neighbouring observed values every threshold routes alike, so the candidates
 are the midpoints between neighbours, plus one below the lowest and one above the
 highest value (at most ``MAX_CUTS`` of them, by quantile, on large sets).
 
 Objective (``Objective``): among the candidates scored on every problem, the best
 accuracy; every candidate within ``tolerance`` of it qualifies, and the cheapest of
-those wins: the fewest large-model tokens (glimp_router, spec_reason), the fewest tokens
-(difficulty_router); remaining ties go to the larger threshold. With
-``target_large_share`` (glimp_router, spec_reason) only candidates whose share of steps
-written by the large model is at most the target qualify, and the most accurate of them
-wins.
+those wins: the fewest large-model tokens (glimp_router, spec_reason, cascade; for
+difficulty_router the tokens of roles other than the probe's, then all tokens);
+remaining ties go to the larger threshold. With ``target_large_share`` (glimp_router,
+spec_reason: steps written by the large model; cascade: problems escalated) only
+candidates whose large share is at most the target qualify, and the most accurate of
+them wins.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from core.db import repo
 from core.errors import InvalidInput
 from core.runtime import Runtime
 from core.specs import validate_spec
-from strategies.collaboration import difficulty_router, glimp_router, spec_reason
+from strategies.collaboration import cascade, difficulty_router, glimp_router, spec_reason
 
 MAX_CUTS = 41
 LEVELS = ("easy", "normal", "hard")
@@ -170,7 +172,7 @@ def cuts(values: Sequence[float], upper: float | None = None) -> list[float]:
 def pick(
     candidates: list[Candidate],
     objective: Objective,
-    cost: Callable[[Candidate], float],
+    cost: Callable[[Candidate], tuple[float, ...]],
     source_field: str,
 ) -> Candidate:
     eligible = [c for c in candidates if c.complete and c.accuracy is not None]
@@ -246,7 +248,7 @@ async def calibrate_glimp(
                 done.details.get("to_small", 0)
             )
         candidates.append(cand)
-    chosen = pick(candidates, objective, lambda c: c.mean_large_tokens or 0.0, source_field)
+    chosen = pick(candidates, objective, lambda c: (c.mean_large_tokens or 0.0,), source_field)
     fitted = validate_spec({**spec, "tau": chosen.values["tau"]}).model_dump(mode="json")
     return Calibration(
         kind="glimp_router",
@@ -325,9 +327,21 @@ async def calibrate_difficulty(
             cand = Candidate({"easy_max": easy_max, "hard_min": hard_min}, len(sources))
             for source in sources:
                 level = _level(values[source.id], easy_max, hard_min)
-                _add(cand, outcomes[children[level]][source.id], None)
+                done = outcomes[children[level]][source.id]
+                _add(cand, done, None)
+                if done.covered:  # "large": any role but the probed one
+                    cand.large_tokens += sum(
+                        n for role, n in done.tokens.items() if role != spec["probe_role"]
+                    )
             candidates.append(cand)
-    chosen = pick(candidates, objective, lambda c: c.mean_tokens or 0.0, source_field)
+    # The large model's tokens are what a router saves (each costs several of the probed
+    # model's); among equals, the fewest tokens in all.
+    chosen = pick(
+        candidates,
+        objective,
+        lambda c: (c.mean_large_tokens or 0.0, c.mean_tokens or 0.0),
+        source_field,
+    )
     fitted = validate_spec({**spec, **chosen.values}).model_dump(mode="json")
     router = difficulty_router.Params.model_validate(spec)
     easy_default, hard_default = router.thresholds()
@@ -405,12 +419,71 @@ async def calibrate_spec_reason(
                 rt, done.job_id, large, bool(spec["pipeline"])
             )
         candidates.append(cand)
-    chosen = pick(candidates, objective, lambda c: c.mean_large_tokens or 0.0, source_field)
+    chosen = pick(candidates, objective, lambda c: (c.mean_large_tokens or 0.0,), source_field)
     fitted_spec = validate_spec({**spec, **chosen.values}).model_dump(mode="json")
     return Calibration(
         kind="spec_reason",
         spec=fitted_spec,
         defaults={"threshold": float(spec["threshold"])},
+        chosen=chosen,
+        candidates=candidates,
+        problems=len(sources),
+        skipped=list(skipped),
+        objective=objective,
+        live_calls=sum(c.live_calls for c in candidates),
+    )
+
+
+async def calibrate_cascade(
+    rt: Runtime,
+    sources: Sequence[Source],
+    base: dict[str, Any],
+    objective: Objective,
+    *,
+    tenant: str,
+    source_field: str,
+    skipped: Sequence[str] = (),
+) -> Calibration:
+    """Fit cascade's ``min_agreement`` from the small stage's recorded vote shares.
+
+    A problem escalates when its leader's share is below the threshold, so between two
+    neighbouring observed shares every threshold decides alike: the candidates are the
+    midpoints (``cuts``; at most 1). A run at a high threshold covers every lower one:
+    it escalated a superset of the problems, so a lower threshold's replay finds all its
+    large-stage calls in the journal. Cost: the large model's tokens; the large share is
+    the share of problems escalated.
+    """
+    spec = _spec_of(base, "cascade")
+    shares = [
+        float(a["share"])
+        for s in sources
+        for name, a in s.events
+        if name == "agreement" and a.get("share") is not None
+    ]
+    if not shares:
+        raise InvalidInput(
+            f"{source_field}: its journaled jobs have no cascade agreement events with a "
+            "vote share to fit min_agreement to",
+            field=source_field,
+        )
+    upper = float(cascade.Params.model_json_schema()["properties"]["min_agreement"]["maximum"])
+    large = str(spec["large_role"])
+    candidates: list[Candidate] = []
+    for threshold in cuts(shares, upper):
+        cand = Candidate({"min_agreement": threshold}, len(sources))
+        fitted = {**spec, "min_agreement": threshold}
+        for source in sources:
+            done = await replay(rt, source, fitted, live=objective.live, tenant=tenant)
+            _add(cand, done, large)
+            if done.covered:
+                cand.steps += 1
+                cand.large_steps += int(bool(done.details.get("escalated")))
+        candidates.append(cand)
+    chosen = pick(candidates, objective, lambda c: (c.mean_large_tokens or 0.0,), source_field)
+    return Calibration(
+        kind="cascade",
+        spec=validate_spec({**spec, **chosen.values}).model_dump(mode="json"),
+        defaults={"min_agreement": float(spec["min_agreement"])},
         chosen=chosen,
         candidates=candidates,
         problems=len(sources),

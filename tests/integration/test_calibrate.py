@@ -18,6 +18,12 @@ them 8. Step 1 is "A + B = N." from the large model, and from the small model on
 first two sums (judged 6); on the last two the small model writes "A + B = N+1." (judged
 3) and concludes from it. Candidates: 1.5, 4.5, 7.0 (the default) and 8.5; every
 threshold above 3 is fully accurate, and 4.5 gives the large model the fewest tokens.
+
+cascade data (the same four sums, four small samples each): the small model's leader is
+right with shares 1, 3/4 and 3/4 on the first three sums and wrong with 1/2 on the last;
+the large model is always right. One run at min_agreement 1 (everything short of
+unanimity escalates) covers every lower threshold. Candidates: 0.25, 0.625, 0.875, 1;
+0.625 escalates only the last sum, fully accurate at the fewest large tokens.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from core.calibration.fit import (
     CallTime,
     Objective,
     SpecCandidate,
+    calibrate_cascade,
     calibrate_difficulty,
     calibrate_glimp,
     calibrate_spec_reason,
@@ -281,6 +288,11 @@ async def test_difficulty_thresholds_are_fitted_without_model_calls(
     # The defaults would have been worse: 1.2 is "normal" (small, wrong) under them.
     defaults = next(c for c in fit.candidates if c.values == {"easy_max": 0.5, "hard_min": 1.6})
     assert defaults.accuracy == 0.75
+    # Sending everything to the large model is as accurate, but the fit counts the large
+    # model's tokens (roles other than the probe's) first.
+    all_large = next(c for c in fit.candidates if c.values == {"easy_max": 0.15, "hard_min": 0.15})
+    assert all_large.accuracy == 1.0
+    assert 0 < (fit.chosen.mean_large_tokens or 0) < (all_large.mean_large_tokens or 0)
 
     with pytest.raises(InvalidInput) as caught:
         await calibrate_difficulty(
@@ -765,3 +777,55 @@ def test_compute_optimal_chooses_per_bin_from_an_eval_with_a_difficulty_probe(
     assert hard.events_named("difficulty")[0]["level"] == "hard"
     assert hard.events_named("choice")[0]["label"] == binned.EXPENSIVE_LABEL
     assert hard.answer == "7"
+
+
+# Per sum: the small model's four samples (its answers' offsets from the right sum).
+CASCADE_SAMPLES = [(0, 0, 0, 0), (0, 0, 0, 1), (0, 2, 0, 0), (1, 2, 1, 0)]
+CASCADE_STRICT = {"kind": "cascade", "samples": 4, "min_agreement": 1.0, "max_tokens": 64}
+
+
+def cascade_script() -> SimulatorConfig:
+    rules = []
+    for (a, b, _, _), offsets in zip(SUMS, CASCADE_SAMPLES, strict=True):
+        q = re.escape(f"What is {a} + {b}?")
+        small = [f"The answer is {a + b + o}." for o in offsets]
+        rules += [
+            Rule(model="sim-small", match=q, replies=small),
+            Rule(model="sim-large", match=q, replies=[f"{a} plus {b} is {a + b}."]),
+        ]
+    return SimulatorConfig(models=["sim-small", "sim-large"], rules=rules)
+
+
+async def test_cascade_agreement_threshold_is_fitted_without_model_calls(
+    rt: Runtime, simulator: Simulator
+) -> None:
+    simulator.set_config(cascade_script())
+    problems = await run_set(rt, CASCADE_STRICT)
+    before = simulator.stats.requests
+    sources, skipped = await load_sources(rt, problems, kind="cascade", source_field="results")
+    fit = await calibrate_cascade(
+        rt, sources, CASCADE_STRICT, Objective(), tenant="default", source_field="results"
+    )
+
+    assert simulator.stats.requests == before and fit.live_calls == 0 and skipped == []
+    by_t = {c.values["min_agreement"]: c for c in fit.candidates}
+    assert sorted(by_t) == [0.25, 0.625, 0.875, 1.0]
+    assert all(c.complete for c in fit.candidates)  # the strict run covers every lower one
+    assert [by_t[t].accuracy for t in sorted(by_t)] == [0.75, 1.0, 1.0, 1.0]
+    assert [by_t[t].large_share for t in sorted(by_t)] == [0.0, 0.25, 0.75, 0.75]
+    assert fit.chosen.values == {"min_agreement": 0.625}
+    assert fit.defaults == {"min_agreement": 1.0} and fit.spec["min_agreement"] == 0.625
+    assert 0 < (fit.chosen.mean_large_tokens or 0) < (by_t[0.875].mean_large_tokens or 0)
+
+    # Escalating no problem at all leaves only the inaccurate 0.25.
+    capped = await calibrate_cascade(
+        rt, sources, CASCADE_STRICT, Objective(target_large_share=0.0), tenant="default",
+        source_field="results",
+    )  # fmt: skip
+    assert capped.chosen.values == {"min_agreement": 0.25} and capped.chosen.accuracy == 0.75
+
+    with pytest.raises(InvalidInput) as refused:
+        await calibrate_cascade(
+            rt, sources, {"kind": "direct"}, Objective(), tenant="default", source_field="results"
+        )
+    assert refused.value.field == "strategy.kind"
