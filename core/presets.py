@@ -5,14 +5,23 @@ with the overrides merged on top (``kind`` cannot change). The job stores the re
 concrete spec, so a later change to the preset never changes what an old job replays.
 On the OpenAI face, ``ponder/<preset>`` is a model name like ``ponder/<strategy>``.
 
-``ponder calibrate`` writes presets from data; ``PUT /v1/presets/{name}`` and
-``ponder presets set`` write them by hand.
+``ponder calibrate`` writes presets from data; ``PUT /v1/presets/{name}`` writes them
+by hand.
+
+Ponder also ships presets (``shipped_presets.json`` beside this module): specs fitted
+to the embedded model pair by ``ponder calibrate`` (how, and on which data, is in their
+``source`` and in docs/calibration.md). Every tenant sees them; a tenant's own preset of
+the same name replaces a shipped one for that tenant; they cannot be deleted.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
+from datetime import datetime
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -31,6 +40,9 @@ class PresetNotFound(NotFound):
     code = "preset_not_found"
 
 
+SHIPPED_FILE = Path(__file__).with_name("shipped_presets.json")
+
+
 def validate_name(name: str) -> str:
     if not isinstance(name, str) or not NAME.match(name):
         raise InvalidInput(
@@ -44,14 +56,57 @@ def validate_name(name: str) -> str:
     return name
 
 
-async def get_preset(session: AsyncSession, tenant: str, name: str) -> Preset | None:
+@cache
+def _shipped_entries() -> tuple[tuple[str, dict[str, Any]], ...]:
+    """The shipped file's presets, each checked like a stored one (name and spec)."""
+    entries = json.loads(SHIPPED_FILE.read_text(encoding="utf-8"))
+    checked = []
+    for name, entry in sorted(entries.items()):
+        validate_name(name)
+        spec = validate_spec(dict(entry["spec"])).model_dump(mode="json")
+        checked.append((name, {**entry, "spec": spec}))
+    return tuple(checked)
+
+
+def shipped_presets(tenant: str) -> list[Preset]:
+    """The presets Ponder ships, as (never stored) presets of ``tenant``."""
+    presets = []
+    for name, entry in _shipped_entries():
+        fitted = datetime.fromisoformat(entry["fitted_at"])
+        preset = Preset(
+            tenant=tenant,
+            name=name,
+            spec=dict(entry["spec"]),
+            description=entry["description"],
+            source=dict(entry["source"]),
+            created_at=fitted,
+            updated_at=fitted,
+        )
+        preset.shipped = True
+        presets.append(preset)
+    return presets
+
+
+async def _stored_preset(session: AsyncSession, tenant: str, name: str) -> Preset | None:
     query = select(Preset).where(Preset.tenant == tenant, Preset.name == name)
     return (await session.execute(query)).scalar_one_or_none()
 
 
+async def get_preset(session: AsyncSession, tenant: str, name: str) -> Preset | None:
+    """The tenant's preset ``name``, else the shipped one, else None."""
+    stored = await _stored_preset(session, tenant, name)
+    if stored is not None:
+        return stored
+    return next((p for p in shipped_presets(tenant) if p.name == name), None)
+
+
 async def list_presets(session: AsyncSession, tenant: str) -> Sequence[Preset]:
+    """The tenant's presets and the shipped ones it has not replaced, by name."""
     query = select(Preset).where(Preset.tenant == tenant).order_by(Preset.name)
-    return (await session.execute(query)).scalars().all()
+    stored = list((await session.execute(query)).scalars().all())
+    names = {p.name for p in stored}
+    shipped = [p for p in shipped_presets(tenant) if p.name not in names]
+    return sorted(stored + shipped, key=lambda p: p.name)
 
 
 async def save_preset(
@@ -70,7 +125,7 @@ async def save_preset(
     params = validate_spec(dict(spec))
     concrete = params.model_dump(mode="json")
     async with sessions() as session, session.begin():
-        preset = await get_preset(session, tenant, name)
+        preset = await _stored_preset(session, tenant, name)
         created = preset is None
         if preset is None:
             preset = Preset(tenant=tenant, name=name, spec=concrete)
@@ -85,7 +140,13 @@ async def save_preset(
 
 async def delete_preset(sessions: async_sessionmaker[AsyncSession], tenant: str, name: str) -> None:
     async with sessions() as session, session.begin():
-        preset = await get_preset(session, tenant, name)
+        preset = await _stored_preset(session, tenant, name)
+        if preset is None and any(p.name == name for p in shipped_presets(tenant)):
+            raise InvalidInput(
+                f"{name!r} is a preset Ponder ships and cannot be deleted; "
+                "PUT a preset of that name to replace it for this tenant",
+                field="name",
+            )
         if preset is None:
             raise PresetNotFound(f"no preset named {name!r}", field="name")
         await session.delete(preset)

@@ -165,6 +165,7 @@ class PresetOut(BaseModel):
     description: str
     source: dict[str, Any] | None
     model: str
+    shipped: bool = False
     created_at: datetime
     updated_at: datetime
 

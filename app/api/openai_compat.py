@@ -168,7 +168,7 @@ def _preset_model(preset: Preset, tenant: str) -> dict[str, Any]:
         "id": MODEL_PREFIX + preset.name,
         "object": "model",
         "created": int(preset.created_at.timestamp()),
-        "owned_by": tenant,
+        "owned_by": "ponder" if preset.shipped else tenant,
     }
 
 

@@ -324,6 +324,11 @@ class PresetOut(BaseModel):
         description="Where the values came from (e.g. `ponder calibrate`'s data and fit)."
     )
     model: str = Field(description="Its model name on /v1/chat/completions.")
+    shipped: bool = Field(
+        default=False,
+        description="Shipped with Ponder (fitted to the embedded models; see `source`): "
+        "every tenant has it, and a preset of the same name replaces it.",
+    )
     created_at: datetime
     updated_at: datetime
 

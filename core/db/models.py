@@ -237,6 +237,10 @@ class Preset(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
+    # Not a column: True on the presets Ponder ships (``core.presets.shipped_presets``),
+    # which every tenant sees and which are never stored.
+    shipped = False
+
 
 class BreakerEvent(Base):
     """A circuit breaker of some process opened or closed on a model endpoint. Workers

@@ -617,9 +617,12 @@ def test_openai_client_gets_an_answer_with_full_usage(api_url: str, simulator: S
     replies = ["The answer is 5.", "The answer is 5.", "The answer is 7."]
     simulator.set_config(script(Rule(replies=replies)))
     with openai.OpenAI(base_url=f"{api_url}/v1", api_key="unused-while-no-keys-exist") as client:
-        models = [m.id for m in client.models.list()]
-        # Every registered strategy is a model; this tenant has saved no presets.
-        assert models == [f"ponder/{kind}" for kind in sorted(STRATEGIES)]
+        listed = client.models.list().data
+        # Every registered strategy is a model, then the presets Ponder ships (this
+        # tenant has saved none).
+        models = [m.id for m in listed if m.owned_by == "ponder"]
+        assert models[: len(STRATEGIES)] == [f"ponder/{kind}" for kind in sorted(STRATEGIES)]
+        assert len(models) == len(listed) > len(STRATEGIES)
         completion = client.chat.completions.create(
             model="ponder/self_consistency",
             messages=[

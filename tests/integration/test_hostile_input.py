@@ -84,7 +84,7 @@ def test_hostile_bodies_are_422_naming_the_field(
     assert error["field"].startswith(field), error
     assert error["request_id"]
     assert client.get("/v1/jobs").json()["items"] == []  # nothing half-written
-    assert client.get("/v1/presets").json() == []
+    assert [p for p in client.get("/v1/presets").json() if not p["shipped"]] == []
 
 
 def test_the_deepest_allowed_spec_is_accepted(client: httpx.Client) -> None:

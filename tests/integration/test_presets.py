@@ -55,7 +55,8 @@ def test_a_preset_runs_by_name_with_overrides(client: httpx.Client, simulator: S
 
     replaced = client.put("/v1/presets/sc-large", json={"spec": {**SPEC, "n": 5}})
     assert replaced.status_code == 200 and replaced.json()["spec"]["n"] == 5
-    assert [p["name"] for p in client.get("/v1/presets").json()] == ["sc-large"]
+    mine = [p["name"] for p in client.get("/v1/presets").json() if not p["shipped"]]
+    assert mine == ["sc-large"]
 
 
 def test_the_openai_face_lists_and_runs_presets(client: httpx.Client, simulator: Simulator) -> None:
@@ -122,6 +123,38 @@ async def test_presets_belong_to_their_tenant(sqlite_database_url: str) -> None:
             await presets.resolve_strategy(sessions, "b", {"preset": "mine"})
         assert refused.value.field == "strategy.preset"
         async with sessions() as session:
-            assert await presets.list_presets(session, "b") == []
+            assert [p.name for p in await presets.list_presets(session, "b") if not p.shipped] == []
     finally:
         await engine.dispose()
+
+
+def test_shipped_presets_serve_every_tenant_and_a_tenant_may_replace_them(
+    client: httpx.Client, simulator: Simulator
+) -> None:
+    shipped = [p for p in client.get("/v1/presets").json() if p["shipped"]]
+    assert shipped, "core/shipped_presets.json ships no preset"
+    for preset in shipped:
+        # Fitted, not hand-set: the source names the data and the command.
+        assert preset["source"]["dataset"] and preset["source"]["command"].startswith("ponder ")
+        assert presets.validate_name(preset["name"]) == preset["name"]
+    first = shipped[0]
+    name = first["name"]
+    models = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+    assert models[f"ponder/{name}"]["owned_by"] == "ponder"
+    assert client.get(f"/v1/presets/{name}").json() == first
+
+    # A job by name runs the shipped spec, stored concrete.
+    job = submit(client, strategy={"preset": name})
+    assert job["strategy"] == first["spec"]
+    wait_done(client, job["id"])
+
+    # Not deletable; a tenant's own preset of that name replaces it, and deleting that
+    # brings the shipped one back.
+    refused = client.delete(f"/v1/presets/{name}")
+    assert refused.status_code == 422 and refused.json()["error"]["field"] == "name"
+    mine = client.put(f"/v1/presets/{name}", json={"spec": {"kind": "direct"}})
+    assert mine.status_code == 201 and mine.json()["shipped"] is False
+    assert client.get(f"/v1/presets/{name}").json()["spec"]["kind"] == "direct"
+    assert [p["name"] for p in client.get("/v1/presets").json()].count(name) == 1
+    assert client.delete(f"/v1/presets/{name}").status_code == 204
+    assert client.get(f"/v1/presets/{name}").json() == first

@@ -77,6 +77,7 @@ def test_the_wheel_holds_what_the_code_reads(installed: tuple[Path, Path]) -> No
     _, wheel = installed
     names = zipfile.ZipFile(wheel).namelist()
     assert "app/dashboard/templates/index.html" in names
+    assert "core/shipped_presets.json" in names  # every tenant's presets read it
     assert any(n.startswith("app/dashboard/static/") for n in names)
     assert "migrations/env.py" in names and any(n.startswith("migrations/versions/") for n in names)
     assert not [n for n in names if n.startswith("tests/")]
@@ -157,6 +158,9 @@ def test_installed_wheel_runs_from_anywhere(
         key = created.stdout.strip().splitlines()[-1]
         assert_security_marks_match_enforcement(base, schema, key)
         step("keys create; every operation's security mark matches a request without key", t0)
+        listed_presets = httpx.get(f"{base}/v1/presets", headers={"Authorization": f"Bearer {key}"})
+        assert any(p["shipped"] for p in listed_presets.json()), listed_presets.text
+        step("the shipped presets are read from inside the install", t0)
 
         assert_docs_render_offline(browser, base)
         step("Chromium: /docs renders with Authorize, every request local", t0)

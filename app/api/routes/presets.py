@@ -20,6 +20,7 @@ def preset_out(preset: Preset) -> PresetOut:
         description=preset.description,
         source=preset.source,
         model=MODEL_PREFIX + preset.name,
+        shipped=preset.shipped,
         created_at=preset.created_at,
         updated_at=preset.updated_at,
     )
