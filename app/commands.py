@@ -12,15 +12,16 @@ import sys
 from typing import Any, Literal
 
 from app import render
+from core import presets
 from core.budget import parse_budget
 from core.db import repo
-from core.errors import ConfigError, NotFound
+from core.errors import ConfigError, InvalidInput, NotFound
 from core.jobs import create_replay, resolve_job_id, submit_job, validate_question
 from core.runner import RunOutcome
 from core.runtime import Runtime
 from core.settings import Settings
 from core.specs import validate_spec
-from strategies.registry import roles_used
+from strategies.registry import STRATEGIES, roles_used
 
 
 def _budget(args: argparse.Namespace) -> dict[str, Any]:
@@ -52,7 +53,11 @@ def json_arguments(parser: argparse.ArgumentParser) -> None:
 
 def solve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("question")
-    parser.add_argument("--strategy", default=None, help="strategy kind (see `ponder strategies`)")
+    parser.add_argument(
+        "--strategy",
+        default=None,
+        help="strategy kind (see `ponder strategies`) or preset name (e.g. embedded-router)",
+    )
     parser.add_argument("--param", "-p", action="append", type=_kv, default=[], metavar="K=V")
     parser.add_argument("--role", action="append", type=_kv, default=[], metavar="ROLE=POOL")
     parser.add_argument("--budget-tokens", type=int, default=None)
@@ -198,8 +203,32 @@ def eval_arguments(parser: argparse.ArgumentParser) -> None:
 # -- handlers: ``(args, settings) -> exit code`` (or a coroutine returning it) ---------
 
 
+async def _solve_spec(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """``--strategy`` as a spec: a strategy kind, or else a preset of the local tenant
+    ("default": what ``ponder calibrate --preset`` writes) or one Ponder ships."""
+    name = args.strategy or settings.default_strategy
+    if name in STRATEGIES:
+        return {"kind": name, **dict(args.param)}
+    async with Runtime(settings) as rt:  # no pools: only the presets are read
+        try:
+            resolved = await presets.resolve_strategy(
+                rt.sessions, "default", {"preset": name, **dict(args.param)}
+            )
+        except InvalidInput as exc:
+            if exc.field != "strategy.preset":
+                raise
+            async with rt.sessions() as session:
+                names = [p.name for p in await presets.list_presets(session, "default")]
+            raise InvalidInput(
+                f"unknown strategy {name!r}; valid strategies: {', '.join(sorted(STRATEGIES))}"
+                f"; presets: {', '.join(names) or 'none'}",
+                field="strategy",
+            ) from None
+    return dict(resolved)
+
+
 async def solve(args: argparse.Namespace, settings: Settings) -> int:
-    spec = {"kind": args.strategy or settings.default_strategy, **dict(args.param)}
+    spec = await _solve_spec(args, settings)
     # Validate everything before starting any model: bad input fails in milliseconds.
     params = validate_spec(spec)
     validate_question(args.question)

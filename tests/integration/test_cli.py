@@ -99,7 +99,7 @@ def test_solve_trace_and_strict_replay(sim: Simulator, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["solve", "q", "--strategy", "nope"], "valid strategies: " + VALID_KINDS),
+        (["solve", "q", "--strategy", "nope"], "valid strategies: " + VALID_KINDS + "; presets: "),
         (["solve", "q", "-p", "n=zero"], "strategy.n"),
         (["solve", "   "], "question must be a non-empty string"),
         (["solve", "q", "--budget-tokens", "-5"], "budget.max_tokens"),
@@ -187,3 +187,21 @@ def test_sigkill_mid_job_then_resume_pays_only_for_missing_calls(
     assert simulator.stats.requests - before == 6 - recorded
     assert (out["journal_hits"], out["live_calls"]) == (recorded, 6 - recorded)
     assert out["usage"]["calls"] == 6
+
+
+def test_solve_runs_a_shipped_preset_by_name(sim: Simulator, tmp_path: Path) -> None:
+    from core.presets import shipped_presets
+
+    shipped = shipped_presets("default")[0]
+    sim.set_config(SimulatorConfig(models=["sim-small", "sim-large"],
+                                   rules=[Rule(replies=["```python\nprint(5)\n```"])]))  # fmt: skip
+    env = cli_env(tmp_path, sim.url)
+    env["PONDER_POOLS__LARGE__ENDPOINTS"] = json.dumps([sim.url])
+    env["PONDER_POOLS__LARGE__MODEL"] = "sim-large"
+    env["PONDER_POOLS__LARGE__KIND"] = "simulator"
+    result = ponder(env, "solve", "What is 2 + 3?", "--strategy", shipped.name, "--json")
+    assert result.returncode == 0, result.stderr
+    job = json.loads(result.stdout)["job_id"]
+    with sqlite3.connect(tmp_path / "data" / "ponder.db") as conn:
+        (stored,) = conn.execute("select strategy from jobs where id = ?", (job,)).fetchone()
+    assert json.loads(stored) == shipped.spec
