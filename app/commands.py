@@ -217,8 +217,7 @@ async def _solve_spec(args: argparse.Namespace, settings: Settings) -> dict[str,
         except InvalidInput as exc:
             if exc.field != "strategy.preset":
                 raise
-            async with rt.sessions() as session:
-                names = [p.name for p in await presets.list_presets(session, "default")]
+            names = exc.details.get("valid") or []  # the presets it looked among
             raise InvalidInput(
                 f"unknown strategy {name!r}; valid strategies: {', '.join(sorted(STRATEGIES))}"
                 f"; presets: {', '.join(names) or 'none'}",

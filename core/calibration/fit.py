@@ -27,6 +27,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel
+
 from core.calibration.replay import Replayed, Source, replay
 from core.db import repo
 from core.errors import InvalidInput
@@ -200,6 +202,28 @@ def pick(
     return min(good, key=lambda c: (cost(c), tuple(-v for v in c.values.values())))
 
 
+def _observed(
+    sources: Sequence[Source], event: str, key: str, *, source_field: str, missing: str
+) -> list[float]:
+    """Every ``key`` value the sources' ``event`` events recorded: a fit's candidates."""
+    values = [
+        float(a[key])
+        for s in sources
+        for name, a in s.events
+        if name == event and a.get(key) is not None
+    ]
+    if not values:
+        raise InvalidInput(
+            f"{source_field}: its journaled jobs have no {missing}", field=source_field
+        )
+    return values
+
+
+def _maximum(params: type[BaseModel], name: str) -> float:
+    """A threshold's upper bound, as its strategy declares it."""
+    return float(params.model_json_schema()["properties"][name]["maximum"])
+
+
 def _spec_of(base: dict[str, Any], kind: str) -> dict[str, Any]:
     if base.get("kind") != kind:
         raise InvalidInput(
@@ -221,19 +245,11 @@ async def calibrate_glimp(
 ) -> Calibration:
     """Fit glimp_router's ``tau`` (see the module docstring)."""
     spec = _spec_of(base, "glimp_router")
-    entropies = [
-        float(a["entropy"])
-        for s in sources
-        for name, a in s.events
-        if name == "route" and a.get("entropy") is not None
-    ]
-    if not entropies:
-        raise InvalidInput(
-            f"{source_field}: its journaled jobs have no glimp_router route events with an "
-            "entropy to fit tau to",
-            field=source_field,
-        )
-    upper = float(glimp_router.Params.model_json_schema()["properties"]["tau"]["maximum"])
+    entropies = _observed(
+        sources, "route", "entropy", source_field=source_field,
+        missing="glimp_router route events with an entropy to fit tau to",
+    )  # fmt: skip
+    upper = _maximum(glimp_router.Params, "tau")
     large = str(spec["large_role"])
     candidates: list[Candidate] = []
     for tau in cuts(entropies, upper):
@@ -387,19 +403,11 @@ async def calibrate_spec_reason(
     the cost is the large model's tokens (its judgements and the steps it wrote).
     """
     spec = _spec_of(base, "spec_reason")
-    scores = [
-        float(a["score"])
-        for s in sources
-        for name, a in s.events
-        if name == "judgement" and a.get("score") is not None
-    ]
-    if not scores:
-        raise InvalidInput(
-            f"{source_field}: its journaled jobs have no spec_reason judgement events with a "
-            "score to fit the threshold to",
-            field=source_field,
-        )
-    upper = float(spec_reason.Params.model_json_schema()["properties"]["threshold"]["maximum"])
+    scores = _observed(
+        sources, "judgement", "score", source_field=source_field,
+        missing="spec_reason judgement events with a score to fit the threshold to",
+    )  # fmt: skip
+    upper = _maximum(spec_reason.Params, "threshold")
     large = str(spec["large_role"])
     candidates: list[Candidate] = []
     for threshold in cuts(scores, upper):
@@ -454,19 +462,11 @@ async def calibrate_cascade(
     the share of problems escalated.
     """
     spec = _spec_of(base, "cascade")
-    shares = [
-        float(a["share"])
-        for s in sources
-        for name, a in s.events
-        if name == "agreement" and a.get("share") is not None
-    ]
-    if not shares:
-        raise InvalidInput(
-            f"{source_field}: its journaled jobs have no cascade agreement events with a "
-            "vote share to fit min_agreement to",
-            field=source_field,
-        )
-    upper = float(cascade.Params.model_json_schema()["properties"]["min_agreement"]["maximum"])
+    shares = _observed(
+        sources, "agreement", "share", source_field=source_field,
+        missing="cascade agreement events with a vote share to fit min_agreement to",
+    )  # fmt: skip
+    upper = _maximum(cascade.Params, "min_agreement")
     large = str(spec["large_role"])
     candidates: list[Candidate] = []
     for threshold in cuts(shares, upper):
