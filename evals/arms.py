@@ -1,8 +1,10 @@
 """The strategies an eval compares ("arms"): parsed, validated and labelled up front.
 
-A ``--strategy`` SPEC is JSON (``'{"kind": "self_consistency", "n": 4}'``) or a bare
-kind (``direct``). Each arm's label is its kind plus the parameters the user set, so two
-arms of one kind stay apart in tables and plots (``self_consistency n=4``).
+A ``--strategy`` SPEC is JSON (``'{"kind": "self_consistency", "n": 4}'``), a bare
+kind (``direct``), or a shipped preset: its name (``embedded-router``) or
+``{"preset": "embedded-router", ...overrides}``. Each arm's label is its kind plus the
+parameters the user set, so two arms of one kind stay apart in tables and plots
+(``self_consistency n=4``); a preset's arm is labelled by its name and overrides.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.errors import InvalidInput
+from core.presets import PRESET_FIELD, shipped_presets
 from core.specs import validate_spec
 from strategies.registry import STRATEGIES, roles_used
 
@@ -34,13 +37,43 @@ def _label(spec: Mapping[str, Any]) -> str:
     return f"{spec['kind']} {shown}".strip()
 
 
-def make_arm(spec: dict[str, Any], field: str = "strategy") -> Arm:
+def make_arm(spec: dict[str, Any], field: str = "strategy", label: str | None = None) -> Arm:
     try:
         params = validate_spec(spec)
     except InvalidInput as exc:
         # Name the flag too: with three --strategy flags "strategy.n" alone is ambiguous.
         raise InvalidInput(f"{field}: {exc.message}", field=exc.field) from None
-    return Arm(_label(spec), spec, params.model_dump(mode="json"), frozenset(roles_used(params)))
+    return Arm(
+        label or _label(spec), spec, params.model_dump(mode="json"), frozenset(roles_used(params))
+    )
+
+
+def _shipped_spec(name: Any, field: str) -> dict[str, Any]:
+    """A shipped preset's spec. Only shipped ones: an eval may run with no database yet,
+    and its arms must be the same on every machine that runs the command."""
+    shipped = {p.name: p.spec for p in shipped_presets("default")}
+    if not isinstance(name, str) or name not in shipped:
+        shown = ", ".join(sorted(shipped)) or "none"
+        raise InvalidInput(
+            f"{field}: no shipped preset named {name!r} (shipped presets: {shown})",
+            field="strategy.preset",
+            valid=sorted(shipped),
+        )
+    return dict(shipped[name])
+
+
+def _preset_arm(spec: dict[str, Any], field: str) -> Arm:
+    name = spec[PRESET_FIELD]
+    overrides = {k: v for k, v in spec.items() if k != PRESET_FIELD}
+    base = _shipped_spec(name, field)
+    if overrides.get("kind", base["kind"]) != base["kind"]:
+        raise InvalidInput(
+            f"{field}: preset {name!r} is a {base['kind']} spec; its kind cannot be overridden",
+            field="strategy.kind",
+        )
+    overrides.pop("kind", None)
+    label = _label({"kind": name, **overrides})
+    return make_arm({**base, **overrides}, field=field, label=label)
 
 
 def parse_arm(text: str) -> Arm:
@@ -53,8 +86,12 @@ def parse_arm(text: str) -> Arm:
             raise InvalidInput(
                 f"--strategy {text!r} is not valid JSON ({exc.msg})", field="strategy"
             ) from None
+        if isinstance(spec, dict) and PRESET_FIELD in spec:
+            return _preset_arm(spec, f"--strategy {text}")
         if not isinstance(spec, dict) or "kind" not in spec:
             raise InvalidInput(f"--strategy {text!r} needs a 'kind'", field="strategy.kind")
+    elif stripped not in STRATEGIES and stripped in {p.name for p in shipped_presets("default")}:
+        return _preset_arm({PRESET_FIELD: stripped}, f"--strategy {text}")
     else:
         spec = {"kind": stripped}
     return make_arm(spec, field=f"--strategy {text}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -63,6 +64,26 @@ def test_specs_json_or_kind_labelled_and_validated() -> None:
         parse_arms(['{"kind": '])
     with pytest.raises(InvalidInput, match="given twice"):
         parse_arms(["direct", '{"kind": "direct"}'])
+
+
+def test_a_shipped_preset_is_an_arm_by_name_with_overrides() -> None:
+    shipped = json.loads(Path("core/shipped_presets.json").read_text())["embedded-router"]
+    by_name, overridden = parse_arms(
+        ["embedded-router", '{"preset": "embedded-router", "easy_max": 1.0}']
+    )
+    assert by_name.label == "embedded-router"
+    assert by_name.params["kind"] == "difficulty_router"
+    assert by_name.params["easy_max"] == shipped["spec"]["easy_max"]
+    assert by_name.roles == {"small", "large"}
+    assert overridden.label == "embedded-router easy_max=1.0"
+    assert overridden.params["easy_max"] == 1.0
+    assert overridden.params["hard_min"] == shipped["spec"]["hard_min"]
+    with pytest.raises(InvalidInput, match="no shipped preset named 'nope'") as unknown:
+        parse_arms(['{"preset": "nope"}'])
+    assert unknown.value.field == "strategy.preset" and "embedded-router" in unknown.value.message
+    with pytest.raises(InvalidInput, match="kind cannot be overridden") as kind:
+        parse_arms(['{"preset": "embedded-router", "kind": "direct"}'])
+    assert kind.value.field == "strategy.kind"
 
 
 def test_replay_overrides_go_to_the_strategies_that_have_them() -> None:
