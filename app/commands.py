@@ -165,7 +165,8 @@ def eval_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="SPEC",
-        help='JSON (\'{"kind":"self_consistency","n":4}\') or a kind; repeat to compare',
+        help='JSON (\'{"kind":"self_consistency","n":4}\'), a kind or a shipped preset '
+        "(embedded-router); repeat to compare",
     )
     ev.add_argument("--limit", type=int, default=None, metavar="N", help="first N problems")
     ev.add_argument("--concurrency", type=int, default=1, metavar="K", help="problems in flight")
