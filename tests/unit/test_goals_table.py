@@ -1,0 +1,93 @@
+"""scripts/goals_table.py pools runs by arm and judges each goal by its stated bounds."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+SCRIPT = Path("scripts/goals_table.py")
+_spec = importlib.util.spec_from_file_location("goals_table", SCRIPT)
+assert _spec is not None and _spec.loader is not None
+g = importlib.util.module_from_spec(_spec)
+sys.modules["goals_table"] = g  # dataclasses look their module up while it loads
+_spec.loader.exec_module(g)
+
+SPECS = {
+    g.LARGE: {"kind": "direct", "role": "large"},
+    g.ROUTER: json.loads(Path("core/shipped_presets.json").read_text())[g.ROUTER]["spec"],
+    g.SMALL: {"kind": "direct", "role": "small"},
+    g.SC_FIXED: {
+        "kind": "self_consistency",
+        "role": "small",
+        "n": 8,
+        "executor": "python",
+        "max_tokens": 384,
+    },
+}
+SPECS[g.SC_ADAPTIVE] = {**SPECS[g.SC_FIXED], "adaptive": True, "batch_size": 2}
+
+
+def _row(label: str, i: int, correct: bool, tokens: int, latency: float) -> dict[str, Any]:
+    return {
+        "problem_id": f"p{i}", "problem_index": i, "strategy": label, "job_id": f"{label}-{i}",
+        "status": "succeeded", "answer": "1" if correct else "2", "expected": "1",
+        "correct": correct, "tokens": {"x": tokens}, "prompt_tokens": {}, "completion_tokens":
+        tokens, "calls": 1, "latency_s": latency, "cost": None,
+    }  # fmt: skip
+
+
+def _run(path: Path, first: int, arms: dict[str, tuple[int, int, float]]) -> Path:
+    """One results.json of 10 problems: per arm (problems right, tokens, latency)."""
+    rows = [
+        _row(label, first + i, i < right, tokens, latency)
+        for label, (right, tokens, latency) in arms.items()
+        for i in range(10)
+    ]
+    strategies = [{"label": label, "spec": SPECS[label]} for label in arms]
+    path.write_text(json.dumps({"format": "ponder-eval/1", "strategies": strategies, "rows": rows}))
+    return path
+
+
+def test_runs_pool_by_arm_and_goals_are_judged_at_their_bounds(tmp_path: Path) -> None:
+    # Large 6+6 of 20; router 5+6 of 20 (-5 points, 2 halves); times 10 s against 7.9 s.
+    first = _run(tmp_path / "a.json", 0, {
+        g.LARGE: (6, 300, 10.0), g.ROUTER: (5, 100, 7.9), g.SMALL: (3, 250, 5.0),
+        g.SC_FIXED: (5, 1000, 30.0), g.SC_ADAPTIVE: (5, 600, 25.0),
+    })  # fmt: skip
+    second = _run(tmp_path / "b.json", 10, {
+        g.LARGE: (6, 300, 10.0), g.ROUTER: (6, 100, 7.9), g.SMALL: (3, 250, 5.0),
+        g.SC_FIXED: (5, 1000, 30.0), g.SC_ADAPTIVE: (4, 600, 25.0),
+    })  # fmt: skip
+    arms = g.pool([first, second])
+    assert arms[g.ROUTER].summary.n == 20 and arms[g.ROUTER].summary.correct == 11
+    verdicts = "\n".join(g.goals(arms))
+    # (a) -5.0 points: missed though the time is 0.79x.
+    assert "-5.0 points; 0.79× mean job time" in verdicts
+    assert "(a)" in verdicts and verdicts.split("(a)")[1].split("\n")[0].endswith("missed |")
+    # (b) fixed +20 points at 4x tokens: missed on tokens; adaptive +15 at 2.4x: met.
+    lines = {line.split("`")[1]: line for line in verdicts.splitlines() if "(b)" in line}
+    assert "+20.0 points; 4.00× tokens | missed" in lines[g.SC_FIXED]
+    assert "+15.0 points; 2.40× tokens | met" in lines[g.SC_ADAPTIVE]
+    # (c) 40 % fewer tokens, 5 points lower: missed on accuracy.
+    assert "40.0 % fewer tokens; -5.0 points | missed" in verdicts
+    assert 'both right 11, only `embedded-router` 0, only `direct role="large"` 1' in verdicts
+
+
+def test_first_samples_agree_only_when_all_ran_and_printed_one_answer() -> None:
+    assert g.unanimous_prefix(["3", "3", "3", "3", "4"], 4)
+    assert not g.unanimous_prefix(["3", "3", None, "3"], 4)
+    assert not g.unanimous_prefix(["3", "3", "3"], 4)
+
+
+def test_the_script_prints_the_table(tmp_path: Path) -> None:
+    path = _run(tmp_path / "a.json", 0, {g.LARGE: (6, 300, 10.0), g.ROUTER: (6, 100, 5.0)})
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), str(path)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "| `embedded-router` | 60.0 (6/10) |" in out
+    assert "+0.0 points; 0.50× mean job time (0.50× p50) | met |" in out
