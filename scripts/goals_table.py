@@ -59,9 +59,11 @@ def pool(paths: Sequence[Path]) -> dict[str, Pooled]:
             row = Row.from_json(raw)
             # Problem indices restart at 0 in each file; the id is the problem's own.
             rows.setdefault(row.strategy, []).append(row)
+    # An arm with no rows yet (a run still going, or interrupted) is left out, not zero.
     return {
-        label: Pooled(arm, rows.get(label, []), summarize(arm, rows.get(label, [])))
+        label: Pooled(arm, rows[label], summarize(arm, rows[label]))
         for label, arm in arms.items()
+        if rows.get(label)
     }
 
 
