@@ -28,6 +28,7 @@ from evals.arms import Arm, make_arm
 from evals.plots import write_plots
 from evals.results import Row, Summary, load_results, summarize
 from evals.stats import mean, percentile
+from strategies.shared.answers import answers_equal
 
 LARGE = 'direct role="large"'
 ROUTER = "embedded-router"
@@ -172,8 +173,11 @@ def sampling_report(arms: dict[str, Pooled], db_path: Path) -> list[str]:
         leaders: Counter[int] = Counter()
         abstained = 0
         first4 = 0
-        jobs = [r.job_id for r in arms[label].rows if r.job_id]
-        for job_id in jobs:
+        covered = 0
+        for row in arms[label].rows:
+            if not row.job_id:
+                continue
+            job_id = row.job_id
             vote = _events(db, job_id, "vote")
             samples = _events(db, job_id, "sample")
             if not vote:
@@ -185,6 +189,7 @@ def sampling_report(arms: dict[str, Pooled], db_path: Path) -> list[str]:
             answers = [s.get("answer") for s in sorted(samples, key=lambda s: s["index"])]
             abstained += sum(a is None for a in answers)
             first4 += unanimous_prefix(answers, 4)
+            covered += any(answers_equal(a, row.expected) for a in votes)
         total = sum(drawn.values())
         samples_drawn = sum(k * v for k, v in drawn.items())
         lines.append(f"`{label}`, {total} jobs from their traces:")
@@ -198,6 +203,11 @@ def sampling_report(arms: dict[str, Pooled], db_path: Path) -> list[str]:
             f"{', '.join(f'{k}: {v}' for k, v in sorted(leaders.items()))}; samples that "
             f"abstained (the program failed or printed no number): {abstained} of "
             f"{samples_drawn} ({100 * abstained / max(samples_drawn, 1):.1f} %)"
+        )
+        right = sum(r.correct for r in arms[label].rows)
+        lines.append(
+            f"- the right answer among the samples: {covered} of {total} jobs "
+            f"({100 * covered / max(total, 1):.1f} %); the vote picked it in {right}"
         )
         lines.append(
             f"- first 4 samples all ran and agreed: {first4} of {total} jobs "

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sqlite3
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -97,3 +99,40 @@ def test_the_script_prints_the_table(tmp_path: Path) -> None:
     assert "| `embedded-router` | 60.0 (6/10) |" in out
     assert "+0.0 points; 0.50× mean job time (0.50× p50) | met |" in out
     assert g.SMALL not in out and "(b)" not in out
+
+
+def _trace_db(path: Path, jobs: dict[str, tuple[list[str | None], str]]) -> Path:
+    """The two events the report reads, per job: its samples' answers and the vote."""
+    db = sqlite3.connect(path)
+    db.execute("create table spans (job_id text, seq int, kind text, name text, attributes text)")
+    for job_id, (answers, stopped) in jobs.items():
+        events = [("sample", {"index": i, "answer": a}) for i, a in enumerate(answers)]
+        votes = Counter(a for a in answers if a is not None)
+        events.append(("vote", {"votes": votes, "samples": len(answers), "stopped": stopped}))
+        for seq, (name, attributes) in enumerate(events):
+            row = (job_id, seq, "event", name, json.dumps(attributes))
+            db.execute("insert into spans values (?, ?, ?, ?, ?)", row)
+    db.commit()
+    db.close()
+    return path
+
+
+def test_the_traces_say_how_many_samples_ran_and_whether_the_right_answer_was_among_them(
+    tmp_path: Path,
+) -> None:
+    # p0: 4 agreeing samples, stopped early, right. p1: 8 samples, one abstained, the
+    # right answer "1" drawn once but outvoted by "2".
+    path = _run(tmp_path / "a.json", 0, {g.SC_ADAPTIVE: (1, 600, 25.0)})
+    data = json.loads(path.read_text())
+    data["rows"] = data["rows"][:2]
+    path.write_text(json.dumps(data))
+    db = _trace_db(tmp_path / "ponder.db", {
+        f"{g.SC_ADAPTIVE}-0": (["1", "1", "1", "1"], "confident"),
+        f"{g.SC_ADAPTIVE}-1": (["2", "3", "1", None, "2", "2", "4", "5"], "n_reached"),
+    })  # fmt: skip
+    report = "\n".join(g.sampling_report(g.pool([path]), db))
+    assert "samples drawn: 4: 1, 8: 1 (mean 6.00); stopped: confident 1, n_reached 1" in report
+    assert "abstained (the program failed or printed no number): 1 of 12 (8.3 %)" in report
+    assert "the right answer among the samples: 2 of 2 jobs (100.0 %)" in report
+    assert "the vote picked it in 1" in report
+    assert "first 4 samples all ran and agreed: 1 of 2 jobs (50.0 %)" in report
