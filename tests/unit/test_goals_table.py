@@ -106,7 +106,9 @@ def _trace_db(path: Path, jobs: dict[str, tuple[list[str | None], str]]) -> Path
     db = sqlite3.connect(path)
     db.execute("create table spans (job_id text, seq int, kind text, name text, attributes text)")
     for job_id, (answers, stopped) in jobs.items():
-        events = [("sample", {"index": i, "answer": a}) for i, a in enumerate(answers)]
+        events: list[tuple[str, dict[str, Any]]] = [
+            ("sample", {"index": i, "answer": a}) for i, a in enumerate(answers)
+        ]
         votes = Counter(a for a in answers if a is not None)
         events.append(("vote", {"votes": votes, "samples": len(answers), "stopped": stopped}))
         for seq, (name, attributes) in enumerate(events):
