@@ -8,7 +8,8 @@ Reads one or more ``results.json`` files written by ``ponder eval`` with the sam
 each arm's accuracy (95 % Wilson interval), tokens by role, job latency (mean and p50),
 and the three goals, each with its numbers, its verdict and the paired per-problem
 counts that say where two arms differ. ``--db`` (the database the runs wrote) adds what
-the traces say about self-consistency's samples: how many each job drew, why it stopped,
+the traces say: where the router sent each problem and how each route scored, and
+self-consistency's samples: how many each job drew, why it stopped,
 and how often its first samples agreed. ``--plots DIR`` writes the Pareto plots of the
 pooled arms. Nothing here calls a model.
 """
@@ -159,6 +160,51 @@ def unanimous_prefix(answers: Sequence[str | None], k: int) -> bool:
     return len(head) == k and None not in head and len(set(head)) == 1
 
 
+def routing_report(arms: dict[str, Pooled], db_path: Path) -> list[str]:
+    """What the router's traces say: where each problem went, how each route scored, how
+    often the routed program failed to run, and (paired) which route large-only beat it on."""
+    if ROUTER not in arms:
+        return []
+    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    large = {r.problem_id: r for r in arms[LARGE].rows} if LARGE in arms else {}
+    routed: Counter[str] = Counter()
+    right: Counter[str] = Counter()
+    only_large: Counter[str] = Counter()
+    only_router: Counter[str] = Counter()
+    failed_runs = 0
+    no_answer = 0
+    for row in arms[ROUTER].rows:
+        if not row.job_id:
+            continue
+        level = _events(db, row.job_id, "difficulty")
+        if not level:
+            continue
+        route = str(level[-1]["level"])
+        routed[route] += 1
+        right[route] += row.correct
+        failed_runs += sum(not e["ok"] for e in _events(db, row.job_id, "execution"))
+        no_answer += row.answer is None
+        other = large.get(row.problem_id)
+        if other is not None:
+            only_large[route] += other.correct and not row.correct
+            only_router[route] += row.correct and not other.correct
+    total = sum(routed.values())
+    if not total:
+        return []
+    routes = ", ".join(
+        f"{k} {v} ({right[k]} right; only large-only right {only_large[k]}, "
+        f"only the router {only_router[k]})"
+        for k, v in routed.most_common()
+    )
+    return [
+        f"`{ROUTER}`, {total} jobs from their traces:",
+        f"- routes: {routes}",
+        f"- program runs that failed (a repair round follows): {failed_runs}; "
+        f"jobs with no answer: {no_answer}",
+        "",
+    ]
+
+
 def sampling_report(arms: dict[str, Pooled], db_path: Path) -> list[str]:
     """What the self-consistency jobs' traces say: samples drawn, why they stopped, and
     (fixed n=8, whose 8 samples are one request) how often the first 4 agreed, i.e. how
@@ -174,6 +220,7 @@ def sampling_report(arms: dict[str, Pooled], db_path: Path) -> list[str]:
         abstained = 0
         first4 = 0
         covered = 0
+        right = 0
         for row in arms[label].rows:
             if not row.job_id:
                 continue
@@ -190,7 +237,10 @@ def sampling_report(arms: dict[str, Pooled], db_path: Path) -> list[str]:
             abstained += sum(a is None for a in answers)
             first4 += unanimous_prefix(answers, 4)
             covered += any(answers_equal(a, row.expected) for a in votes)
+            right += row.correct
         total = sum(drawn.values())
+        if not total:
+            continue
         samples_drawn = sum(k * v for k, v in drawn.items())
         lines.append(f"`{label}`, {total} jobs from their traces:")
         lines.append(
@@ -204,7 +254,6 @@ def sampling_report(arms: dict[str, Pooled], db_path: Path) -> list[str]:
             f"abstained (the program failed or printed no number): {abstained} of "
             f"{samples_drawn} ({100 * abstained / max(samples_drawn, 1):.1f} %)"
         )
-        right = sum(r.correct for r in arms[label].rows)
         lines.append(
             f"- the right answer among the samples: {covered} of {total} jobs "
             f"({100 * covered / max(total, 1):.1f} %); the vote picked it in {right}"
@@ -228,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n".join(goals(arms)))
     if args.db is not None:
         print()
-        print("\n".join(sampling_report(arms, args.db)))
+        print("\n".join(routing_report(arms, args.db) + sampling_report(arms, args.db)))
     if args.plots is not None:
         args.plots.mkdir(parents=True, exist_ok=True)
         n = max((p.summary.n for p in arms.values()), default=0)

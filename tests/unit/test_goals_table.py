@@ -138,3 +138,26 @@ def test_the_traces_say_how_many_samples_ran_and_whether_the_right_answer_was_am
     assert "the right answer among the samples: 2 of 2 jobs (100.0 %)" in report
     assert "the vote picked it in 1" in report
     assert "first 4 samples all ran and agreed: 1 of 2 jobs (50.0 %)" in report
+
+
+def test_the_router_traces_say_where_each_problem_went_and_which_route_lost(
+    tmp_path: Path,
+) -> None:
+    # Large-only right on p0..p5; the router right on p0..p4 (p5 lost on a normal route).
+    path = _run(tmp_path / "a.json", 0, {g.LARGE: (6, 300, 10.0), g.ROUTER: (5, 100, 5.0)})
+    db = sqlite3.connect(tmp_path / "ponder.db")
+    db.execute("create table spans (job_id text, seq int, kind text, name text, attributes text)")
+    for i in range(10):
+        events = [
+            ("difficulty", {"level": "easy" if i < 2 else "normal"}),
+            ("execution", {"ok": i != 5}),
+        ]
+        for seq, (name, attributes) in enumerate(events):
+            row = (f"{g.ROUTER}-{i}", seq, "event", name, json.dumps(attributes))
+            db.execute("insert into spans values (?, ?, ?, ?, ?)", row)
+    db.commit()
+    report = "\n".join(g.routing_report(g.pool([path]), tmp_path / "ponder.db"))
+    assert "`embedded-router`, 10 jobs from their traces:" in report
+    assert "normal 8 (3 right; only large-only right 1, only the router 0)" in report
+    assert "easy 2 (2 right; only large-only right 0, only the router 0)" in report
+    assert "program runs that failed (a repair round follows): 1; jobs with no answer: 0" in report
