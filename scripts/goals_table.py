@@ -10,7 +10,9 @@ and the three goals, each with its numbers, its verdict and the paired per-probl
 counts that say where two arms differ. ``--db`` (the database the runs wrote) adds what
 the traces say: where the router sent each problem and how each route scored, and
 self-consistency's samples: how many each job drew, why it stopped,
-and how often its first samples agreed. ``--plots DIR`` writes the Pareto plots of the
+how often its first samples agreed, and the stopping rule replayed at several
+confidences over the fixed arm's journaled samples (what adaptive sampling would have
+saved and cost on exactly those samples). ``--plots DIR`` writes the Pareto plots of the
 pooled arms. Nothing here calls a model.
 """
 
@@ -29,6 +31,8 @@ from evals.arms import Arm, make_arm
 from evals.plots import write_plots
 from evals.results import Row, Summary, load_results, summarize
 from evals.stats import mean, percentile
+from strategies.baselines.self_consistency import Params as SelfConsistency
+from strategies.baselines.self_consistency import ranked, stop_reason
 from strategies.shared.answers import answers_equal
 
 LARGE = 'direct role="large"'
@@ -265,6 +269,79 @@ def sampling_report(arms: dict[str, Pooled], db_path: Path) -> list[str]:
     return lines
 
 
+def adaptive_on_fixed_samples(
+    answers: Sequence[str | None], params: SelfConsistency
+) -> tuple[int, str | None]:
+    """What adaptive self-consistency would have drawn and answered had its batches been
+    these samples, in order: (samples drawn, the vote's leader)."""
+    votes: Counter[str] = Counter()
+    first_seen: dict[str, int] = {}
+    drawn = 0
+    while drawn < len(answers):
+        for answer in answers[drawn : drawn + params.batch_size]:
+            if answer is not None:
+                votes[answer] += 1
+                first_seen.setdefault(answer, drawn)
+            drawn += 1
+        if stop_reason(votes, first_seen, drawn, params) is not None:
+            break
+    order = ranked(votes, first_seen)
+    return drawn, order[0][0] if order else None
+
+
+def stopping_what_if(
+    arms: dict[str, Pooled], db_path: Path, confidences: Sequence[float] = (0.95, 0.9, 0.8, 0.7)
+) -> list[str]:
+    """The Beta stopping rule replayed over the fixed arm's journaled samples (batches of
+    2, in the order they were drawn), per confidence: samples kept, the tokens that saves
+    (completion tokens taken as proportional to samples) and the accuracy. Zero model
+    calls, and paired exactly: every threshold sees the same samples."""
+    if SC_FIXED not in arms:
+        return []
+    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    jobs: list[tuple[list[str | None], str]] = []
+    for row in arms[SC_FIXED].rows:
+        samples = _events(db, row.job_id, "sample") if row.job_id else []
+        if len(samples) == 8:
+            ordered = sorted(samples, key=lambda s: s["index"])
+            jobs.append(([s.get("answer") for s in ordered], row.expected))
+    if not jobs:
+        return []
+    lines = [
+        f"The stopping rule over `{SC_FIXED}`'s samples ({len(jobs)} jobs, batches of 2):",
+        "",
+        "| confidence | mean samples | tokens saved | accuracy % |",
+        "|---|---|---|---|",
+    ]
+    for confidence in (*confidences, None):
+        drawn = right = 0
+        for answers, expected in jobs:
+            if confidence is None:
+                used, order = len(answers), ranked(*_tally(answers))
+                leader = order[0][0] if order else None
+            else:
+                params = SelfConsistency(n=8, adaptive=True, batch_size=2, confidence=confidence)
+                used, leader = adaptive_on_fixed_samples(answers, params)
+            drawn += used
+            right += leader is not None and answers_equal(leader, expected)
+        name = f"{confidence:.2f}" if confidence is not None else "fixed (all 8)"
+        lines.append(
+            f"| {name} | {drawn / len(jobs):.2f} | {100 * (1 - drawn / (8 * len(jobs))):.1f} % "
+            f"| {100 * right / len(jobs):.1f} |"
+        )
+    return lines
+
+
+def _tally(answers: Sequence[str | None]) -> tuple[Counter[str], dict[str, int]]:
+    votes: Counter[str] = Counter()
+    first_seen: dict[str, int] = {}
+    for i, answer in enumerate(answers):
+        if answer is not None:
+            votes[answer] += 1
+            first_seen.setdefault(answer, i)
+    return votes, first_seen
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", nargs="+", type=Path, help="results.json files (one per run)")
@@ -278,6 +355,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.db is not None:
         print()
         print("\n".join(routing_report(arms, args.db) + sampling_report(arms, args.db)))
+        print()
+        print("\n".join(stopping_what_if(arms, args.db)))
     if args.plots is not None:
         args.plots.mkdir(parents=True, exist_ok=True)
         n = max((p.summary.n for p in arms.values()), default=0)

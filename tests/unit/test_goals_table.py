@@ -161,3 +161,36 @@ def test_the_router_traces_say_where_each_problem_went_and_which_route_lost(
     assert "normal 8 (3 right; only large-only right 1, only the router 0)" in report
     assert "easy 2 (2 right; only large-only right 0, only the router 0)" in report
     assert "program runs that failed (a repair round follows): 1; jobs with no answer: 0" in report
+
+
+def test_the_stopping_rule_replayed_over_fixed_samples_stops_where_the_strategy_would() -> None:
+    rule = g.SelfConsistency(n=8, adaptive=True, batch_size=2)  # confidence 0.95
+    # 4 of 4 agree: P(share > 1/2) = 0.97, stop after two batches.
+    assert g.adaptive_on_fixed_samples(["3", "3", "3", "3", "1", "2", "4", "5"], rule) == (4, "3")
+    # 3 to 1 is 0.81: not at 0.95 (5 to 1 at 6 can no longer be overturned), yes at 0.8.
+    three_one = ["3", "3", "3", "1", "3", "3", "1", "1"]
+    assert g.adaptive_on_fixed_samples(three_one, rule) == (6, "3")
+    assert g.adaptive_on_fixed_samples(three_one, rule.model_copy(update={"confidence": 0.8})) == (
+        4,
+        "3",
+    )
+    # Abstentions do not vote; a split vote draws all 8.
+    assert g.adaptive_on_fixed_samples(["1", None, "2", "1", "2", None, "1", "2"], rule) == (8, "1")
+
+
+def test_the_what_if_table_pairs_every_threshold_on_the_same_samples(tmp_path: Path) -> None:
+    path = _run(tmp_path / "a.json", 0, {g.SC_FIXED: (2, 1000, 30.0)})
+    data = json.loads(path.read_text())
+    data["rows"] = data["rows"][:2]  # p0 and p1 expect "1"
+    path.write_text(json.dumps(data))
+    db = _trace_db(tmp_path / "ponder.db", {
+        f"{g.SC_FIXED}-0": (["1", "1", "1", "1", "2", "2", "2", "2"], "n_reached"),
+        f"{g.SC_FIXED}-1": (["2", "2", "2", "1", "1", "1", "1", "1"], "n_reached"),
+    })  # fmt: skip
+    table = "\n".join(g.stopping_what_if(g.pool([path]), db, confidences=(0.95, 0.8)))
+    # p0 stops at 4 either way (right); p1 goes on at 0.95 and is outvoted by the later
+    # "1"s (right), but stops at 4 on 3 to 1 at 0.8 (wrong).
+    assert "| 0.95 | 6.00 | 25.0 % | 100.0 |" in table
+    assert "| 0.80 | 4.00 | 50.0 % | 50.0 |" in table
+    # All 8: p0 ties 4 to 4 and the first seen wins; p1's "1" wins 5 to 3.
+    assert "| fixed (all 8) | 8.00 | 0.0 % | 100.0 |" in table
