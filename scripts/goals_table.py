@@ -105,49 +105,66 @@ def paired(a: Pooled, b: Pooled) -> str:
     )
 
 
+def on_shared(a: Pooled, b: Pooled) -> tuple[Pooled, Pooled]:
+    """Both arms on the problems both answered: a goal compares arms on the same problems,
+    even while one arm's run is unfinished."""
+    shared = {r.problem_id for r in a.rows} & {r.problem_id for r in b.rows}
+
+    def keep(p: Pooled) -> Pooled:
+        rows = [r for r in p.rows if r.problem_id in shared]
+        return Pooled(p.arm, rows, summarize(p.arm, rows))
+
+    return keep(a), keep(b)
+
+
+def _acc(p: Pooled) -> float:
+    return p.summary.accuracy or 0.0
+
+
+def _tokens(p: Pooled) -> float:
+    return p.summary.mean_tokens or 0.0
+
+
 def goals(arms: dict[str, Pooled]) -> list[str]:
     lines = ["| goal | numbers | met |", "|---|---|---|"]
-
-    def acc(label: str) -> float:
-        return arms[label].summary.accuracy or 0.0
-
-    def tokens(label: str) -> float:
-        return arms[label].summary.mean_tokens or 0.0
-
     if {LARGE, ROUTER} <= arms.keys():
-        gap = round(100 * (acc(ROUTER) - acc(LARGE)), 6)
-        ratio = round(arms[ROUTER].mean_latency / arms[LARGE].mean_latency, 6)
-        p50 = (percentile([r.latency_s for r in arms[ROUTER].rows], 50) or 0.0) / (
-            percentile([r.latency_s for r in arms[LARGE].rows], 50) or 1.0
+        router, large = on_shared(arms[ROUTER], arms[LARGE])
+        gap = round(100 * (_acc(router) - _acc(large)), 6)
+        ratio = round(router.mean_latency / large.mean_latency, 6)
+        p50 = (percentile([r.latency_s for r in router.rows], 50) or 0.0) / (
+            percentile([r.latency_s for r in large.rows], 50) or 1.0
         )
         met = gap >= -3 and ratio <= 0.8
         lines.append(
             f"| (a) `{ROUTER}` within 3 points of large-only (`{LARGE}`) at ≤ 0.8× its "
-            f"wall time | {gap:+.1f} points; {ratio:.2f}× mean job time ({p50:.2f}× p50) | "
-            f"{'met' if met else 'missed'} |"
+            f"wall time | {router.summary.n} problems: {gap:+.1f} points; {ratio:.2f}× mean "
+            f"job time ({p50:.2f}× p50) | {'met' if met else 'missed'} |"
         )
     for small_arm in (SC_FIXED, SC_ADAPTIVE):
         if {SMALL, small_arm} <= arms.keys():
-            gain = round(100 * (acc(small_arm) - acc(SMALL)), 6)
-            ratio = round(tokens(small_arm) / tokens(SMALL), 6)
+            voted, small = on_shared(arms[small_arm], arms[SMALL])
+            gain = round(100 * (_acc(voted) - _acc(small)), 6)
+            ratio = round(_tokens(voted) / _tokens(small), 6)
             met = gain >= 15 and ratio <= 3
             lines.append(
                 f"| (b) `{small_arm}` ≥ 15 points over `{SMALL}` at ≤ 3× its tokens | "
-                f"{gain:+.1f} points; {ratio:.2f}× tokens | {'met' if met else 'missed'} |"
+                f"{voted.summary.n} problems: {gain:+.1f} points; {ratio:.2f}× tokens | "
+                f"{'met' if met else 'missed'} |"
             )
     if {SC_FIXED, SC_ADAPTIVE} <= arms.keys():
-        saved = round(1 - tokens(SC_ADAPTIVE) / tokens(SC_FIXED), 6)
-        gap = round(100 * (acc(SC_ADAPTIVE) - acc(SC_FIXED)), 6)
+        adaptive, fixed = on_shared(arms[SC_ADAPTIVE], arms[SC_FIXED])
+        saved = round(1 - _tokens(adaptive) / _tokens(fixed), 6)
+        gap = round(100 * (_acc(adaptive) - _acc(fixed)), 6)
         met = saved >= 0.4 and gap >= -2
         lines.append(
             f"| (c) adaptive self-consistency ≥ 40 % fewer tokens than fixed at n=8, within "
-            f"2 points | {100 * saved:.1f} % fewer tokens; {gap:+.1f} points | "
-            f"{'met' if met else 'missed'} |"
+            f"2 points | {adaptive.summary.n} problems: {100 * saved:.1f} % fewer tokens; "
+            f"{gap:+.1f} points | {'met' if met else 'missed'} |"
         )
     lines.append("")
     for a, b in ((ROUTER, LARGE), (SC_FIXED, SMALL), (SC_ADAPTIVE, SMALL), (SC_ADAPTIVE, SC_FIXED)):
         if {a, b} <= arms.keys():
-            lines.append(f"- Paired, `{a}` against `{b}`: {paired(arms[a], arms[b])}.")
+            lines.append(f"- Paired, `{a}` against `{b}`: {paired(*on_shared(arms[a], arms[b]))}.")
     return lines
 
 

@@ -194,3 +194,14 @@ def test_the_what_if_table_pairs_every_threshold_on_the_same_samples(tmp_path: P
     assert "| 0.80 | 4.00 | 50.0 % | 50.0 |" in table
     # All 8: p0 ties 4 to 4 and the first seen wins; p1's "1" wins 5 to 3.
     assert "| fixed (all 8) | 8.00 | 0.0 % | 100.0 |" in table
+
+
+def test_goals_compare_arms_on_the_problems_both_answered(tmp_path: Path) -> None:
+    # Small direct ran both halves (3 + 0 of 10 right); fixed voting only the first (5 of 10).
+    first = _run(tmp_path / "a.json", 0, {g.SMALL: (3, 250, 5.0), g.SC_FIXED: (5, 1000, 30.0)})
+    second = _run(tmp_path / "b.json", 10, {g.SMALL: (0, 250, 5.0)})
+    verdicts = "\n".join(g.goals(g.pool([first, second])))
+    # +20 points on the 10 shared problems, not 50 % against 15 % over unequal sets.
+    assert "10 problems: +20.0 points; 4.00× tokens | missed" in verdicts
+    assert "both right 3, only `self_consistency" in verdicts
+    assert 'only `direct role="small"` 0' in verdicts
