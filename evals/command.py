@@ -2,13 +2,16 @@
 
 Exit codes: 0 done (failed jobs are results, counted as incorrect), 2 bad input or
 configuration — checked before any job is written — and 130 interrupted (partial
-results written).
+results written). SIGTERM (``docker stop``, ``kill``, a job scheduler's time limit)
+interrupts like Ctrl-C does: a background or containerised eval, which may not get
+SIGINT at all, keeps what it finished.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -165,7 +168,35 @@ def _options(
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
-    """The ``ponder eval`` command (``app.cli`` builds ``args``)."""
+    """The ``ponder eval`` command (``app.cli`` builds ``args``); SIGTERM cancels it as
+    Ctrl-C does, so the partial results are written."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    terminated = asyncio.Event()
+
+    def terminate() -> None:
+        terminated.set()
+        if task is not None:
+            task.cancel()
+
+    try:
+        loop.add_signal_handler(signal.SIGTERM, terminate)
+        handled = True
+    except (NotImplementedError, RuntimeError, ValueError):  # no signals here (not main thread)
+        handled = False
+    try:
+        return await _run(args, settings)
+    except asyncio.CancelledError:
+        if not terminated.is_set():
+            raise  # Ctrl-C: asyncio.run turns it into KeyboardInterrupt
+        console.note("ponder: terminated before the eval started; nothing was written")
+        return 130
+    finally:
+        if handled:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+
+async def _run(args: argparse.Namespace, settings: Settings) -> int:
     _check_numbers(args)
     if bool(args.replay) == bool(args.dataset):
         raise InvalidInput("give either --dataset or --replay", field="dataset")

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
+from core.simulator.config import Latency
 from core.simulator.server import Simulator
-from tests.evals.conftest import ARMS, PROBLEMS, write_lines
+from tests.evals.conftest import ARMS, DIRECT_LABEL, PROBLEMS, script, write_lines
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,3 +79,34 @@ def test_reject_mode_exits_2_before_running_anything(sim: Simulator, tmp_path: P
     assert "Traceback" not in result.stderr
     assert sim.stats.requests == 0 and jobs_in(tmp_path) == 0
     assert not (tmp_path / "out").exists()
+
+
+def test_sigterm_stops_an_eval_like_ctrl_c_with_its_partial_results(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    # docker stop, kill and job schedulers send SIGTERM; a background eval gets no SIGINT.
+    sim.set_config(script(latency=Latency(ttft_ms=400)))
+    data = write_lines(tmp_path / "d.jsonl", PROBLEMS)
+    strategies = [x for arm in ARMS for x in ("--strategy", arm)]
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "eval", "--dataset", str(data), *strategies,
+         "--out", str(out), "--name", "cut"],
+        cwd=ROOT, env=cli_env(tmp_path, sim.url), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:  # the first arm's 4 rows are in once it says it is done
+        seen.append(line)
+        if line.startswith(f"{DIRECT_LABEL}: done,"):
+            break
+    assert proc.poll() is None, seen
+    proc.send_signal(signal.SIGTERM)
+    output = "".join(seen) + proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, output
+    assert "interrupted; partial results in" in output and "Traceback" not in output
+    results = json.loads((out / "results.json").read_text())
+    assert results["interrupted"] is True
+    assert 4 <= len(results["rows"]) < 12, (output, results)
+    assert "**interrupted**" in (out / "report.md").read_text()
