@@ -291,18 +291,12 @@ def adaptive_on_fixed_samples(
 ) -> tuple[int, str | None]:
     """What adaptive self-consistency would have drawn and answered had its batches been
     these samples, in order: (samples drawn, the vote's leader)."""
-    votes: Counter[str] = Counter()
-    first_seen: dict[str, int] = {}
     drawn = 0
     while drawn < len(answers):
-        for answer in answers[drawn : drawn + params.batch_size]:
-            if answer is not None:
-                votes[answer] += 1
-                first_seen.setdefault(answer, drawn)
-            drawn += 1
-        if stop_reason(votes, first_seen, drawn, params) is not None:
+        drawn = min(drawn + params.batch_size, len(answers))
+        if stop_reason(*_tally(answers[:drawn]), drawn, params) is not None:
             break
-    order = ranked(votes, first_seen)
+    order = ranked(*_tally(answers[:drawn]))
     return drawn, order[0][0] if order else None
 
 
