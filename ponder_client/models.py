@@ -80,7 +80,7 @@ class JournalEntryOut(BaseModel):
     attempts: int
     prompt_tokens: int
     completion_tokens: int
-    cost: float
+    cost: float | None
     copied_from: str | None
 
 
@@ -90,7 +90,8 @@ class JournalSummary(BaseModel):
     copied: int
     prompt_tokens: int
     completion_tokens: int
-    cost: float
+    cost: float | None
+    cost_known: bool = True
     calls: list[JournalEntryOut]
 
 

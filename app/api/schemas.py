@@ -184,7 +184,7 @@ class JournalEntryOut(BaseModel):
     attempts: int
     prompt_tokens: int
     completion_tokens: int
-    cost: float
+    cost: float | None = Field(description="Null when the pool has no prices.")
     copied_from: str | None = Field(description="The job this entry was copied from.")
 
 
@@ -196,7 +196,11 @@ class JournalSummary(BaseModel):
     """Entries seeded from a parent job (replay, fork)."""
     prompt_tokens: int
     completion_tokens: int
-    cost: float
+    cost: float | None = Field(
+        description="The entries' sum; null when any ran on a pool without prices "
+        "(a partial sum would read as the whole)."
+    )
+    cost_known: bool = True
     calls: list[JournalEntryOut]
 
 

@@ -39,21 +39,29 @@ def journal_summary(calls: Sequence[ModelCall]) -> JournalSummary:
             attempts=len(c.attempts or []),
             prompt_tokens=c.prompt_tokens,
             completion_tokens=c.completion_tokens,
-            cost=c.cost,
+            cost=_known_cost(c),
             copied_from=c.source_job_id,
         )
         for c in calls
     ]
     copied = sum(1 for c in calls if c.source_job_id is not None)
+    cost_known = all(e.cost is not None for e in entries)
     return JournalSummary(
         entries=len(calls),
         recorded=len(calls) - copied,
         copied=copied,
         prompt_tokens=sum(c.prompt_tokens for c in calls),
         completion_tokens=sum(c.completion_tokens for c in calls),
-        cost=round(sum(c.cost for c in calls), 8),
+        cost=round(sum(c.cost for c in calls), 8) if cost_known else None,
+        cost_known=cost_known,
         calls=entries,
     )
+
+
+def _known_cost(call: ModelCall) -> float | None:
+    """The entry's cost, None when its pool had no prices: the column then holds 0, and
+    the entry's response says so (``cost_known``)."""
+    return None if (call.response or {}).get("cost_known") is False else call.cost
 
 
 async def trace(session: AsyncSession, tenant: str, job_id: str) -> TraceOut:
