@@ -4,7 +4,9 @@ llama.cpp's server turns a model's output into ``tool_calls`` only for chat temp
 recognises. The embedded Qwen2.5-Coder, asked with ``tools``, answers with the call as
 plain content: a bare ``{"name": ..., "arguments": {...}}``, wrapped in a ```json fence
 when ``tool_choice`` forces a function (both seen on 2026-12-05 with xllamacpp, jinja
-on), or in Qwen's Hermes-style ``<tool_call>...</tool_call>`` tags. vLLM does this
+on), or in Qwen's Hermes-style ``<tool_call>...</tool_call>`` tags. Parallel calls come
+as a JSON list or as several objects one after another (one per line, the way small
+models write them; a fence around them or around each allowed). vLLM does this
 server-side with its ``hermes`` parser; Ponder does it here for any server, so
 strategies and clients see the same ``tool_calls`` from every pool.
 
@@ -49,7 +51,10 @@ def calls_in_text(text: str, offered: set[str]) -> tuple[list[ToolCall], str] | 
         try:
             values = [parse_json_answer(text)]  # a bare or fenced JSON value
         except ValueError:
-            return None
+            found = _json_sequence(text)
+            if found is None:
+                return None
+            values = found
         rest = ""
     calls: list[ToolCall] = []
     for value in values:
@@ -83,6 +88,26 @@ def with_calls_from_text(choices: list[Choice], request: ModelRequest) -> list[C
         if choice.finish_reason in (None, "stop"):
             choice.finish_reason = "tool_calls"
     return choices
+
+
+_FENCE_LINE = re.compile(r"^\s*```[a-zA-Z]*\s*$", re.M)
+_DECODER = json.JSONDecoder()
+
+
+def _json_sequence(text: str) -> list[Any] | None:
+    """Several JSON values one after another and nothing else, fence lines aside; None
+    when the text is anything more."""
+    body = _FENCE_LINE.sub("", text)
+    values: list[Any] = []
+    at = len(body) - len(body.lstrip())
+    while at < len(body):
+        try:
+            value, at = _DECODER.raw_decode(body, at)
+        except ValueError:
+            return None
+        values.append(value)
+        at += len(body[at:]) - len(body[at:].lstrip())
+    return values if len(values) > 1 else None
 
 
 def _json(text: str) -> Any:

@@ -93,6 +93,21 @@ async def test_a_call_left_in_the_text_is_read_back_as_a_call(
             '[{"name": "get_weather", "parameters": {}}, {"name": "get_weather"}]',
             (["get_weather"] * 2, ""),
         ),
+        (  # parallel calls, one object per line
+            '{"name": "get_weather", "arguments": {"city": "Paris"}}\n'
+            '{"name": "get_weather", "arguments": {"city": "Rome"}}',
+            (["get_weather"] * 2, ""),
+        ),
+        (  # the same in one fence, and each in its own
+            '```json\n{"name": "get_weather", "arguments": {}}\n{"name": "get_weather"}\n```',
+            (["get_weather"] * 2, ""),
+        ),
+        (
+            '```json\n{"name": "get_weather"}\n```\n```json\n{"name": "get_weather"}\n```',
+            (["get_weather"] * 2, ""),
+        ),
+        ('{"name": "get_weather"}\nThen I will answer.', None),  # not only calls
+        ('{"name": "get_weather"}\n{"name": "delete_files"}', None),  # one not offered
         ('{"name": "delete_files", "arguments": {}}', None),  # not offered
         ('The answer is {"name": "get_weather"}', None),  # not only calls
         ('{"name": "get_weather", "arguments": 3}', None),
