@@ -4,6 +4,7 @@ answer is read. No I/O here; ``_sync`` and ``_async`` only move the bytes."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,7 +23,8 @@ STREAM_READ_TIMEOUT_S = 60.0
 """An event stream sends a keep-alive comment after 15 s without a message: a read that
 waits four times that long means the connection is dead, and the stream reconnects."""
 MAX_RECONNECTS = 5
-"""Reconnections in a row, with no event in between, before ``events()`` gives up."""
+"""Reconnections in a row, with no event (or answer) in between, before ``events()``
+or ``wait()`` gives up."""
 
 Mode = Literal["strict", "live"]
 Priority = Literal["high", "default", "low"]
@@ -183,6 +185,36 @@ def reconnectable(exc: PonderAPIError) -> bool:
     """Overload (429) or an outage (5xx) answered a reconnection: try again later. Any
     other error (404: no such job for this key) is final."""
     return exc.status == 429 or exc.status >= 500
+
+
+WAIT_STEP_S = 30.0
+"""One long poll's wait (``GET /v1/jobs/{id}?wait=``): under the server's 60 s cap and
+the idle timeout of the proxies in between."""
+WAIT_READ_SLACK_S = 10.0
+"""How much longer than its wait a long poll may take to answer before it is dead."""
+WAIT_RETRY_S = 1.0
+"""The pause before a long poll follows one that failed (overload, outage, no route)."""
+
+
+def wait_step(job_id: str, deadline: float | None) -> float:
+    """The next long poll's wait; ``TimeoutError`` once the deadline has passed."""
+    remaining = None if deadline is None else deadline - time.monotonic()
+    if remaining is not None and remaining <= 0:
+        raise TimeoutError(f"job {job_id} is not final after the wait's timeout")
+    return WAIT_STEP_S if remaining is None else max(min(WAIT_STEP_S, remaining), 0.001)
+
+
+def wait_request(client_timeout: httpx.Timeout, step: float) -> dict[str, Any]:
+    """The long poll's query and timeout, for ``httpx.Client.get(url, **...)``."""
+    timeout = httpx.Timeout(client_timeout.connect, read=step + WAIT_READ_SLACK_S,
+                            write=client_timeout.write, pool=client_timeout.pool)  # fmt: skip
+    return {"params": {"wait": round(step, 3)}, "timeout": timeout}
+
+
+def pause_after_early_answer(started: float, step: float) -> float:
+    """How long to pause after a long poll answered a running job well before its wait: a
+    server older than the long poll answers at once, and the loop must not spin on it."""
+    return 0.5 if time.monotonic() - started < step / 2 else 0.0
 
 
 def stream_timeout(client_timeout: httpx.Timeout, remaining_s: float | None) -> httpx.Timeout:

@@ -39,8 +39,8 @@ class PonderClient:
         http_client: an ``httpx.Client`` to use (proxies, TLS, a mock transport); it is
             not closed by ``close()``. Default: one of the client's own.
         timeout: for every request but event streams, when the client makes its own.
-        max_reconnects: an event stream gives up after this many failed reconnections
-            in a row.
+        max_reconnects: an event stream, or ``wait``, gives up after this many failed
+            reconnections in a row.
 
     Example:
         >>> with PonderClient("http://127.0.0.1:8000", api_key=KEY) as ponder:
@@ -192,16 +192,39 @@ class PonderClient:
         return self.replay(job_id, "live", strategy, roles=roles, fork_from=at, priority=priority)
 
     def wait(self, job_id: str, timeout: float | None = 600.0) -> JobOut:
-        """The job once it is final (succeeded, failed or cancelled), followed over its
-        event stream (no polling). Raises ``TimeoutError`` after ``timeout`` seconds
-        (None: no limit); the job itself keeps running."""
+        """The job once it is final (succeeded, failed or cancelled), by long polls
+        (``GET /v1/jobs/{id}?wait=``) that the server answers as the job finishes.
+        Raises ``TimeoutError`` after ``timeout`` seconds (None: no limit); the job itself
+        keeps running. An overload or outage is retried ``max_reconnects`` times in a row."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        job = self.get(job_id)
-        if job.done:
-            return job
-        for _ in self._events(job_id, Resumption(), deadline):
-            pass
-        return self.get(job_id)
+        url = f"{self.base_url}/v1/jobs/{_base.seg(job_id)}"
+        failures = 0
+        while True:
+            step = _base.wait_step(job_id, deadline)
+            started = time.monotonic()
+            try:
+                request = _base.wait_request(self._http.timeout, step)
+                response = self._http.get(url, headers=self._headers, **request)
+                job = _base.parse(JobOut, response)
+            except PonderAPIError as exc:
+                if not _base.reconnectable(exc):
+                    raise
+                error: Exception = exc
+                pause = exc.retry_after if exc.retry_after is not None else _base.WAIT_RETRY_S
+            except httpx.TransportError as exc:
+                error, pause = exc, _base.WAIT_RETRY_S
+            else:
+                if job.done:
+                    return job
+                failures = 0
+                pause = _base.pause_after_early_answer(started, step)
+                if pause:
+                    time.sleep(min(pause, _base.wait_step(job_id, deadline)))
+                continue
+            failures += 1
+            if failures > self.max_reconnects:
+                raise error
+            time.sleep(min(pause, _base.wait_step(job_id, deadline)))
 
     def events(self, job_id: str, last_event_id: str | None = None) -> Iterator[Event]:
         """The job's trace as typed events, past ones first, then live until

@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -108,6 +109,36 @@ def test_extra_fields_reach_the_job_body(ponder: PonderClient, simulator: Simula
     job = ponder.submit(messages=messages, strategy="direct")
     done = ponder.wait(job.id, timeout=30)
     assert (done.status, done.answer) == ("succeeded", "18"), done.error
+
+
+def test_wait_long_polls_survives_a_drop_and_times_out(
+    stack: Stack, ponder: PonderClient, simulator: Simulator
+) -> None:
+    """``wait`` asks the server to answer when the job ends (``GET ?wait=``), reads no
+    event stream, rides out a dropped connection, and gives up at its timeout."""
+    simulator.set_config(script(ALTERNATING, latency=Latency(ttft_ms=300)))
+    target = urlsplit(stack.url)
+    proxy = CuttableProxy((target.hostname or "127.0.0.1", target.port or 80))
+    proxy.start()
+    sent: list[httpx.Request] = []
+    http = httpx.Client(event_hooks={"request": [sent.append]}, timeout=30)
+    try:
+        via = PonderClient(f"http://127.0.0.1:{proxy.port}", stack.keys["acme"], http_client=http)
+        job = ponder.submit(QUESTION, strategy=sampled(4))  # ~1.2 s of calls
+        with pytest.raises(TimeoutError):
+            via.wait(job.id, timeout=0.2)
+        threading.Timer(0.3, proxy.cut).start()  # drops the long poll in flight
+        threading.Timer(0.5, proxy.restore).start()
+        done = via.wait(job.id, timeout=30)
+        assert done.status == "succeeded" and done.usage is not None
+        assert done.usage["calls"] == 4
+    finally:
+        http.close()
+        proxy.stop()
+    assert sent and all(r.url.path == f"/v1/jobs/{job.id}" for r in sent)
+    assert all(0 < float(r.url.params["wait"]) <= 30 for r in sent)
+    # The timed-out poll, the one cut under it, its retry: no polling loop.
+    assert 3 <= len(sent) <= 6
 
 
 def test_events_resume_after_a_dropped_connection(
