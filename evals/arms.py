@@ -1,9 +1,12 @@
 """The strategies an eval compares ("arms"): parsed, validated and labelled up front.
 
 A ``--strategy`` SPEC is JSON (``'{"kind": "self_consistency", "n": 4}'``), a bare
-kind (``direct``), or a shipped preset: its name (``embedded-router``) or
-``{"preset": "embedded-router", ...overrides}``. Each arm's label is its kind plus the
-parameters the user set, so two arms of one kind stay apart in tables and plots
+kind (``direct``), or a preset: its name (``embedded-router``) or
+``{"preset": "embedded-router", ...overrides}``. The presets are the ones Ponder ships
+and the tenant's stored ones (what ``ponder calibrate --preset`` writes) where the eval
+runs: the local database, or the server's with ``--url``; the arm keeps the resolved
+spec, so the results say what ran. Each arm's label is its kind plus the parameters the
+user set, so two arms of one kind stay apart in tables and plots
 (``self_consistency n=4``); a preset's arm is labelled by its name and overrides.
 """
 
@@ -48,24 +51,48 @@ def make_arm(spec: dict[str, Any], field: str = "strategy", label: str | None = 
     )
 
 
-def _shipped_spec(name: Any, field: str) -> dict[str, Any]:
-    """A shipped preset's spec. Only shipped ones: an eval may run with no database yet,
-    and its arms must be the same on every machine that runs the command."""
-    shipped = {p.name: p.spec for p in shipped_presets("default")}
-    if not isinstance(name, str) or name not in shipped:
-        shown = ", ".join(sorted(shipped)) or "none"
+Presets = Mapping[str, Mapping[str, Any]]
+"""Preset name to its spec."""
+
+
+def shipped() -> dict[str, Mapping[str, Any]]:
+    return {p.name: p.spec for p in shipped_presets("default")}
+
+
+def preset_names(texts: Iterable[str]) -> set[str]:
+    """The names ``--strategy`` values use as presets (any name that is not a strategy
+    kind): when there are any, the presets are looked up where the eval runs, since a
+    tenant's stored preset may also replace a shipped one of its name."""
+    names = set()
+    for text in texts:
+        stripped = text.strip()
+        if stripped.startswith("{"):
+            try:
+                spec = json.loads(stripped)
+            except json.JSONDecodeError:
+                continue  # parse_arm names the error
+            if isinstance(spec, dict) and isinstance(spec.get(PRESET_FIELD), str):
+                names.add(spec[PRESET_FIELD])
+        elif stripped not in STRATEGIES:
+            names.add(stripped)
+    return names
+
+
+def _preset_spec(name: Any, field: str, presets: Presets) -> dict[str, Any]:
+    if not isinstance(name, str) or name not in presets:
+        shown = ", ".join(sorted(presets)) or "none"
         raise InvalidInput(
-            f"{field}: no shipped preset named {name!r} (shipped presets: {shown})",
+            f"{field}: no preset named {name!r} (presets: {shown})",
             field="strategy.preset",
-            valid=sorted(shipped),
+            valid=sorted(presets),
         )
-    return dict(shipped[name])
+    return dict(presets[name])
 
 
-def _preset_arm(spec: dict[str, Any], field: str) -> Arm:
+def _preset_arm(spec: dict[str, Any], field: str, presets: Presets) -> Arm:
     name = spec[PRESET_FIELD]
     overrides = {k: v for k, v in spec.items() if k != PRESET_FIELD}
-    base = _shipped_spec(name, field)
+    base = _preset_spec(name, field, presets)
     if overrides.get("kind", base["kind"]) != base["kind"]:
         raise InvalidInput(
             f"{field}: preset {name!r} is a {base['kind']} spec; its kind cannot be overridden",
@@ -76,8 +103,10 @@ def _preset_arm(spec: dict[str, Any], field: str) -> Arm:
     return make_arm({**base, **overrides}, field=field, label=label)
 
 
-def parse_arm(text: str) -> Arm:
-    """One ``--strategy`` value: JSON object or bare kind."""
+def parse_arm(text: str, presets: Presets | None = None) -> Arm:
+    """One ``--strategy`` value: JSON object, bare kind or preset name. ``presets``: the
+    ones to resolve names among (default: those Ponder ships)."""
+    presets = shipped() if presets is None else presets
     stripped = text.strip()
     if stripped.startswith("{"):
         try:
@@ -87,18 +116,18 @@ def parse_arm(text: str) -> Arm:
                 f"--strategy {text!r} is not valid JSON ({exc.msg})", field="strategy"
             ) from None
         if isinstance(spec, dict) and PRESET_FIELD in spec:
-            return _preset_arm(spec, f"--strategy {text}")
+            return _preset_arm(spec, f"--strategy {text}", presets)
         if not isinstance(spec, dict) or "kind" not in spec:
             raise InvalidInput(f"--strategy {text!r} needs a 'kind'", field="strategy.kind")
-    elif stripped not in STRATEGIES and stripped in {p.name for p in shipped_presets("default")}:
-        return _preset_arm({PRESET_FIELD: stripped}, f"--strategy {text}")
+    elif stripped not in STRATEGIES and stripped in presets:
+        return _preset_arm({PRESET_FIELD: stripped}, f"--strategy {text}", presets)
     else:
         spec = {"kind": stripped}
     return make_arm(spec, field=f"--strategy {text}")
 
 
-def parse_arms(texts: Iterable[str]) -> list[Arm]:
-    arms = [parse_arm(t) for t in texts]
+def parse_arms(texts: Iterable[str], presets: Presets | None = None) -> list[Arm]:
+    arms = [parse_arm(t, presets) for t in texts]
     if not arms:
         raise InvalidInput("give at least one --strategy", field="strategy")
     labels = [a.label for a in arms]

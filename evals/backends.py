@@ -145,13 +145,25 @@ class RestBackend:
         try:
             catalog = await self.client.strategies()
         except httpx.HTTPError as exc:
-            raise InvalidInput(
-                f"cannot reach the Ponder server at {self.client.base_url}: {exc}",
-                field="url",
-            ) from None
+            raise self._unreachable(exc) from None
         except PonderAPIError as exc:
             raise _api_error(exc, "GET /v1/strategies") from None
         return [item.kind for item in catalog]
+
+    async def presets(self) -> dict[str, dict[str, Any]]:
+        """The presets the key's tenant runs: shipped ones and its own, by name."""
+        try:
+            listed = await self.client.presets()
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from None
+        except PonderAPIError as exc:
+            raise _api_error(exc, "GET /v1/presets") from None
+        return {p.name: p.spec for p in listed}
+
+    def _unreachable(self, exc: httpx.HTTPError) -> InvalidInput:
+        return InvalidInput(
+            f"cannot reach the Ponder server at {self.client.base_url}: {exc}", field="url"
+        )
 
     async def submit(
         self, question: str, spec: dict[str, Any], budget: dict[str, Any], seed: int

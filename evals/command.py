@@ -19,13 +19,14 @@ from pathlib import Path
 
 import httpx
 
+from core import presets
 from core.budget import parse_budget
 from core.errors import InvalidInput
 from core.runtime import Runtime
 from core.settings import Settings
 from core.specs import resolve_roles, validate_spec
 from evals import console
-from evals.arms import Arm, parse_arms
+from evals.arms import Arm, Presets, parse_arms, preset_names
 from evals.backends import Backend, LocalBackend, RestBackend
 from evals.dataset import Dataset, load_dataset
 from evals.difficulty import PROBE_KINDS, ProbeSettings, parse_thresholds
@@ -104,6 +105,19 @@ def _load(args: argparse.Namespace) -> Dataset | None:
     if not dataset.problems:
         raise InvalidInput(f"{path} holds no valid problem", field="dataset")
     return dataset
+
+
+async def _presets(args: argparse.Namespace, settings: Settings) -> Presets:
+    """The presets ``--strategy`` names resolve among: the server's for its key's tenant
+    (``--url``), else the local database's for tenant "default" (where ``ponder
+    calibrate --preset`` writes); shipped ones included, a stored one replacing its
+    namesake."""
+    if args.url:
+        timeout = httpx.Timeout(60.0, connect=5.0)
+        async with AsyncPonderClient(args.url, args.api_key or None, timeout=timeout) as client:
+            return await RestBackend(client).presets()
+    async with Runtime(settings) as rt, rt.sessions() as session:  # no pools: presets only
+        return {p.name: dict(p.spec) for p in await presets.list_presets(session, "default")}
 
 
 @asynccontextmanager
@@ -220,7 +234,8 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
     dataset = _load(args)
     if dataset is None:
         return 2
-    arms = parse_arms(args.strategy)
+    wanted = preset_names(args.strategy)
+    arms = parse_arms(args.strategy, await _presets(args, settings) if wanted else None)
     name = args.name or f"{dataset.path.stem}-{_stamp()}"
     async with _backend(args, settings, arms, probe) as (backend, store, described):
         options = _options(args, settings, name, described, probe)

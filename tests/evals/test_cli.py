@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -10,6 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from core.presets import save_preset
+from core.runtime import Runtime
+from core.settings import Settings
 from core.simulator.config import Latency
 from core.simulator.server import Simulator
 from tests.evals.conftest import ARMS, DIRECT_LABEL, PROBLEMS, script, write_lines
@@ -66,6 +70,35 @@ def test_eval_then_strict_replay_end_to_end(sim: Simulator, tmp_path: Path) -> N
     replayed = json.loads((tmp_path / "re" / "results.json").read_text())
     assert [s["accuracy"] for s in replayed["summary"]] == [0.5, 0.75, 0.75]
     assert [r["cost"] for r in replayed["rows"]] == [r["cost"] for r in results["rows"]]
+
+
+async def _store_preset(data_dir: Path, name: str, spec: dict[str, object]) -> None:
+    settings = Settings(data_dir=data_dir, _env_file=None)  # type: ignore[call-arg]
+    async with Runtime(settings) as rt:
+        await save_preset(rt.sessions, tenant="default", name=name, spec=spec)
+
+
+def test_a_preset_stored_in_the_local_database_is_an_arm_by_name(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """What ``ponder calibrate --preset`` writes, ``ponder eval --strategy NAME`` runs."""
+    asyncio.run(_store_preset(tmp_path / "data", "short", {"kind": "direct", "max_tokens": 48}))
+    data = write_lines(tmp_path / "d.jsonl", PROBLEMS[:2])
+    out = tmp_path / "out"
+    ran = ponder(cli_env(tmp_path, sim.url), "--dataset", str(data), "--difficulty-probe",
+                 "none", "--strategy", "short", "--strategy",
+                 '{"preset": "short", "max_tokens": 32}', "--out", str(out))  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    arms = json.loads((out / "results.json").read_text())["strategies"]
+    assert [(a["label"], a["params"]["kind"], a["params"]["max_tokens"]) for a in arms] == [
+        ("short", "direct", 48),
+        ("short max_tokens=32", "direct", 32),
+    ]
+    assert sim.stats.requests == 4
+    unknown = ponder(cli_env(tmp_path, sim.url), "--dataset", str(data),
+                     "--strategy", '{"preset": "nope"}', "--out", str(tmp_path / "o2"))  # fmt: skip
+    assert unknown.returncode == 2 and "no preset named 'nope'" in unknown.stderr
+    assert "short" in unknown.stderr and "Traceback" not in unknown.stderr
 
 
 def test_reject_mode_exits_2_before_running_anything(sim: Simulator, tmp_path: Path) -> None:

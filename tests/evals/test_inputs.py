@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from core.errors import InvalidInput
-from evals.arms import parse_arms, split_overrides
+from evals.arms import parse_arms, preset_names, split_overrides
 from evals.dataset import load_dataset
 from evals.stats import cost_of_pass, pareto_front, percentile, wilson_interval
 from tests.evals.conftest import write_lines
@@ -78,12 +79,29 @@ def test_a_shipped_preset_is_an_arm_by_name_with_overrides() -> None:
     assert overridden.label == "embedded-router easy_max=1.0"
     assert overridden.params["easy_max"] == 1.0
     assert overridden.params["hard_min"] == shipped["spec"]["hard_min"]
-    with pytest.raises(InvalidInput, match="no shipped preset named 'nope'") as unknown:
+    with pytest.raises(InvalidInput, match="no preset named 'nope'") as unknown:
         parse_arms(['{"preset": "nope"}'])
     assert unknown.value.field == "strategy.preset" and "embedded-router" in unknown.value.message
     with pytest.raises(InvalidInput, match="kind cannot be overridden") as kind:
         parse_arms(['{"preset": "embedded-router", "kind": "direct"}'])
     assert kind.value.field == "strategy.kind"
+
+
+def test_stored_presets_resolve_by_name_and_replace_a_shipped_namesake() -> None:
+    stored: dict[str, dict[str, Any]] = {
+        "short": {"kind": "direct", "max_tokens": 48},
+        "embedded-router": {"kind": "direct", "role": "large"},  # a tenant's replacement
+    }
+    texts = ["short", '{"preset": "short", "max_tokens": 32}', "embedded-router"]
+    assert preset_names([*texts, "direct", '{"kind": "direct"}']) == {"short", "embedded-router"}
+    short, shorter, replaced = parse_arms(texts, stored)
+    assert (short.label, short.params["kind"]) == ("short", "direct")
+    assert short.params["max_tokens"] == 48
+    assert (shorter.label, shorter.params["max_tokens"]) == ("short max_tokens=32", 32)
+    assert (replaced.label, replaced.params["kind"]) == ("embedded-router", "direct")
+    listed = r"no preset named 'nope' \(presets: embedded-router, short\)"
+    with pytest.raises(InvalidInput, match=listed):
+        parse_arms(['{"preset": "nope"}'], stored)
 
 
 def test_replay_overrides_go_to_the_strategies_that_have_them() -> None:

@@ -347,17 +347,24 @@ def test_eval_with_url_runs_on_the_server(
         {"id": "p2", "question": "What is 10 - 4?", "answer": "6"},
     ]
     dataset.write_text("".join(json.dumps(p) + "\n" for p in problems))
+    # The tenant's stored preset, resolved on the server: an arm by its name.
+    ponder.put_preset("url-short", {"kind": "direct", "max_tokens": 48})
     env = {k: v for k, v in os.environ.items() if not k.startswith("PONDER_")}
     env["PONDER_DATA_DIR"] = str(tmp_path / "data")
     ran = subprocess.run(
         [sys.executable, "-m", "app.cli", "eval", "--url", stack.url,
          "--api-key", stack.keys["acme"], "--dataset", str(dataset),
-         "--strategy", "direct", "--out", str(tmp_path / "out")],
+         "--strategy", "url-short", "--out", str(tmp_path / "out")],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert ran.returncode == 0, ran.stderr
     assert "50.0%" in ran.stdout
-    rows = json.loads((tmp_path / "out" / "results.json").read_text())["rows"]
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    (arm,) = results["strategies"]
+    assert (arm["label"], arm["params"]["kind"], arm["params"]["max_tokens"]) == (
+        "url-short", "direct", 48,
+    )  # fmt: skip
+    rows = results["rows"]
     assert [(r["problem_id"], r["answer"], r["correct"]) for r in rows] == [
         ("p1", "5", True),
         ("p2", "7", False),
