@@ -111,14 +111,16 @@ class ChatCompletionRequest(BaseModel):
 
 
 async def _base_spec(state: ApiState, tenant: str, model: str) -> dict[str, Any]:
-    """``ponder/<strategy>`` or ``ponder/<preset>`` as the start of a job's strategy."""
+    """``ponder/<strategy>`` or ``ponder/<preset>`` as the start of a job's strategy. A
+    preset is read here, once, as its spec: the submit has no name left to look up."""
     name = model[len(MODEL_PREFIX) :] if model.startswith(MODEL_PREFIX) else None
     if name in STRATEGIES:
         return {"kind": name}
     async with state.sessions() as session:
+        preset = await presets.get_preset(session, tenant, name) if name else None
+        if preset is not None:
+            return dict(preset.spec)
         names = [p.name for p in await presets.list_presets(session, tenant)]
-    if name in names:
-        return {"preset": name}
     valid = [MODEL_PREFIX + k for k in sorted(STRATEGIES)] + [MODEL_PREFIX + n for n in names]
     raise ModelNotFound(
         f"model {model!r} does not exist; models: {', '.join(valid)}",
@@ -211,7 +213,7 @@ def _job_request(body: ChatCompletionRequest, base: dict[str, Any]) -> JobCreate
             tool_choice=body.tool_choice,
             response_format=body.response_format,
             answer_kind=options.answer_kind,
-            strategy={**overrides, **base},
+            strategy={**base, **overrides},  # as a preset's overrides merge
             budget=options.budget,
             roles=options.roles,
             seed=body.seed,

@@ -154,6 +154,31 @@ def test_a_direct_chat_completion_on_the_lane_reads_nothing_after_its_run(
     assert sum(text == "COMMIT" for _, text in seen.run) == 2, report
 
 
+def test_a_preset_chat_completion_reads_its_preset_once(
+    lane: tuple[httpx.Client, Any], simulator: Simulator
+) -> None:
+    client, state = lane
+    simulator.set_config(script(Rule(replies=["The answer is 5."])))
+    saved = client.put("/v1/presets/short", json={"spec": {"kind": "direct", "max_tokens": 32}})
+    assert saved.status_code in (200, 201), saved.text
+    body = {**CHAT, "model": "ponder/short", "ponder": {"strategy": {"max_tokens": 16}}}
+    engines = {"async": state.engine.sync_engine, "trace": state.sync_engine}
+    with counting(engines) as seen:
+        answer = client.post("/v1/chat/completions", json=body)
+    assert answer.status_code == 200, answer.text
+    report = f"request path: {seen.request}"
+    # The preset, read once as its spec (not listed, then looked up again at submit)...
+    reads = [text for _, text in seen.request if text.startswith("SELECT")]
+    assert len(reads) == 1 and "presets" in reads[0], report
+    # ...then the job's one transaction, as for ponder/direct.
+    writes = [text.split(" ")[0] for _, text in seen.request if text.split(" ")[0] in
+              ("INSERT", "UPDATE", "COMMIT")]  # fmt: skip
+    assert writes == ["INSERT", "COMMIT"], report
+    # The request's parameters override the preset's, as on POST /v1/jobs.
+    strategy = client.get(f"/v1/jobs/{answer.json()['id']}").json()["strategy"]
+    assert (strategy["kind"], strategy["max_tokens"]) == ("direct", 16)
+
+
 # SQLite: PostgreSQL's JSONB reorders a vote's keys in the row (ties then rank apart).
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_the_lanes_answer_is_the_one_the_row_gives(
