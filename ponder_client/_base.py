@@ -187,9 +187,9 @@ def reconnectable(exc: PonderAPIError) -> bool:
     return exc.status == 429 or exc.status >= 500
 
 
-WAIT_STEP_S = 30.0
+WAIT_STEP_S = 20.0
 """One long poll's wait (``GET /v1/jobs/{id}?wait=``): under the server's 60 s cap and
-the idle timeout of the proxies in between."""
+the shortest idle timeouts of the proxies commonly in between (30 s)."""
 WAIT_READ_SLACK_S = 10.0
 """How much longer than its wait a long poll may take to answer before it is dead."""
 WAIT_RETRY_S = 1.0
