@@ -12,8 +12,9 @@ reports the original cost instead of zero.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import httpx
 
@@ -23,6 +24,8 @@ from core.events import DecisionEvent, ModelCallEvent
 from core.jobs import create_replay, submit_job
 from core.runtime import Runtime
 from ponder_client import AsyncPonderClient, PonderAPIError
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -142,28 +145,25 @@ class RestBackend:
 
     async def check(self) -> list[str]:
         """The server's strategy kinds; fails early on a bad URL or key."""
-        try:
-            catalog = await self.client.strategies()
-        except httpx.HTTPError as exc:
-            raise self._unreachable(exc) from None
-        except PonderAPIError as exc:
-            raise _api_error(exc, "GET /v1/strategies") from None
+        catalog = await self._first_contact("GET /v1/strategies", self.client.strategies())
         return [item.kind for item in catalog]
 
     async def presets(self) -> dict[str, dict[str, Any]]:
         """The presets the key's tenant runs: shipped ones and its own, by name."""
-        try:
-            listed = await self.client.presets()
-        except httpx.HTTPError as exc:
-            raise self._unreachable(exc) from None
-        except PonderAPIError as exc:
-            raise _api_error(exc, "GET /v1/presets") from None
+        listed = await self._first_contact("GET /v1/presets", self.client.presets())
         return {p.name: p.spec for p in listed}
 
-    def _unreachable(self, exc: httpx.HTTPError) -> InvalidInput:
-        return InvalidInput(
-            f"cannot reach the Ponder server at {self.client.base_url}: {exc}", field="url"
-        )
+    async def _first_contact(self, what: str, call: Awaitable[T]) -> T:
+        """A call made before any job: a server that cannot be reached, or refuses the
+        key, is bad input (``--url``, ``--api-key``), not a crash."""
+        try:
+            return await call
+        except httpx.HTTPError as exc:
+            raise InvalidInput(
+                f"cannot reach the Ponder server at {self.client.base_url}: {exc}", field="url"
+            ) from None
+        except PonderAPIError as exc:
+            raise _api_error(exc, what) from None
 
     async def submit(
         self, question: str, spec: dict[str, Any], budget: dict[str, Any], seed: int
