@@ -76,7 +76,6 @@ class WorkerRuntime:
     def start(self) -> None:
         self._thread.start()
         self.call(self._open(), timeout=_OPEN_TIMEOUT_S)
-        install_reload_handler(POOL_RELOAD_SIGNAL)
 
     async def _open(self) -> None:
         # Every configured pool: which roles a job needs is known only per job. No
@@ -186,6 +185,11 @@ def worker_runtime() -> WorkerRuntime:
     global _current
     with _lock:
         if _current is None or _current.pid != os.getpid():
+            # Before the settings are read, not once the runtime is open: a reload
+            # signalled while it opens is then handled (its thread waits for this lock and
+            # applies the file to the open runtime) instead of ignored, which left a pool
+            # process that was starting on the old file until the next SIGHUP.
+            install_reload_handler(POOL_RELOAD_SIGNAL)
             runtime = WorkerRuntime(Settings())
             runtime.start()
             _current = runtime

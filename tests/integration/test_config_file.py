@@ -314,6 +314,9 @@ def test_ponder_serve_passes_sighup_on_to_its_api_and_worker(
         wait_healthy(f"{url}/healthz", proc, log_path)
         before = api.wait(api.submit({"kind": "direct"}))
         assert before["result"]["answer"] == "5", before
+        # Both pool processes up (one ran the job; the other may still be opening on a
+        # loaded machine, and would read the new file at start, reloading nothing).
+        wait_log(log_path, "worker runtime ready", 2)
         config.write_text(pool_file(new_simulator.url, 0.002, 6000))
         proc.send_signal(signal.SIGHUP)
         wait_log(log_path, "config reloaded from")  # the API
