@@ -201,34 +201,20 @@ class AsyncPonderClient:
         Raises ``TimeoutError`` after ``timeout`` seconds (None: no limit); the job itself
         keeps running. An overload or outage is retried ``max_reconnects`` times in a row."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        poll = _base.LongPoll(job_id, deadline, self.max_reconnects)
         url = f"{self.base_url}/v1/jobs/{_base.seg(job_id)}"
-        failures = 0
         while True:
-            step = _base.wait_step(job_id, deadline)
-            started = time.monotonic()
             try:
-                request = _base.wait_request(self._http.timeout, step)
+                request = poll.request(self._http.timeout)
                 response = await self._http.get(url, headers=self._headers, **request)
-                job = _base.parse(JobOut, response)
-            except PonderAPIError as exc:
-                if not _base.reconnectable(exc):
-                    raise
-                error: Exception = exc
-                pause = exc.retry_after if exc.retry_after is not None else _base.WAIT_RETRY_S
             except httpx.TransportError as exc:
-                error, pause = exc, _base.WAIT_RETRY_S
+                pause = poll.failed(exc)
             else:
-                if job.done:
+                job, pause = poll.answered(response)
+                if job is not None:
                     return job
-                failures = 0
-                pause = _base.pause_after_early_answer(started, step)
-                if pause:
-                    await asyncio.sleep(min(pause, _base.wait_step(job_id, deadline)))
-                continue
-            failures += 1
-            if failures > self.max_reconnects:
-                raise error
-            await asyncio.sleep(min(pause, _base.wait_step(job_id, deadline)))
+            if pause:
+                await asyncio.sleep(pause)
 
     def events(self, job_id: str, last_event_id: str | None = None) -> AsyncIterator[Event]:
         """The job's trace as typed events, past ones first, then live until
@@ -236,19 +222,14 @@ class AsyncPonderClient:
         ``Last-Event-ID``: no event is skipped, and no span state (open, closed) is
         yielded twice. ``last_event_id``: start after it (an id from an earlier
         stream)."""
-        return self._events(job_id, Resumption(last_event_id=last_event_id), None)
+        return self._events(job_id, Resumption(last_event_id=last_event_id))
 
-    async def _events(
-        self, job_id: str, state: Resumption, deadline: float | None
-    ) -> AsyncIterator[Event]:
+    async def _events(self, job_id: str, state: Resumption) -> AsyncIterator[Event]:
         url = f"{self.base_url}/v1/jobs/{_base.seg(job_id)}/events"
         failures = 0
         while True:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise TimeoutError(f"job {job_id} is not final after the wait's timeout")
             headers = self._headers | state.headers() | {"Accept": "text/event-stream"}
-            timeout = _base.stream_timeout(self._http.timeout, remaining)
+            timeout = _base.stream_timeout(self._http.timeout)
             delay = state.retry_s
             try:
                 async with self._http.stream(
@@ -268,8 +249,6 @@ class AsyncPonderClient:
                             yield event
                         if state.finished:
                             return
-                        if deadline is not None and time.monotonic() > deadline:
-                            break
                 error: Exception = httpx.RemoteProtocolError(
                     "the event stream ended before job_finished"
                 )
@@ -280,13 +259,9 @@ class AsyncPonderClient:
                 delay = exc.retry_after if exc.retry_after is not None else delay
             except httpx.TransportError as exc:
                 error = exc
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"job {job_id} is not final after the wait's timeout")
             failures += 1
             if failures > self.max_reconnects:
                 raise error
-            if deadline is not None:
-                delay = max(0.0, min(delay, deadline - time.monotonic()))
             await asyncio.sleep(delay)
 
     async def trace(self, job_id: str) -> TraceOut:

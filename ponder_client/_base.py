@@ -15,6 +15,7 @@ import httpx
 from pydantic import BaseModel, TypeAdapter
 
 from ponder_client.errors import PonderAPIError
+from ponder_client.models import JobOut
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 """Where ``ponder serve`` listens by default."""
@@ -196,28 +197,56 @@ WAIT_RETRY_S = 1.0
 """The pause before a long poll follows one that failed (overload, outage, no route)."""
 
 
-def wait_step(job_id: str, deadline: float | None) -> float:
-    """The next long poll's wait; ``TimeoutError`` once the deadline has passed."""
-    remaining = None if deadline is None else deadline - time.monotonic()
-    if remaining is not None and remaining <= 0:
-        raise TimeoutError(f"job {job_id} is not final after the wait's timeout")
-    return WAIT_STEP_S if remaining is None else max(min(WAIT_STEP_S, remaining), 0.001)
+@dataclass
+class LongPoll:
+    """``wait()``'s decisions, without I/O: the next long poll's request, and after each
+    answer or failure the job (final) or how long to pause before the next one. Raises
+    ``TimeoutError`` at the deadline and the last error after ``max_failures`` in a row."""
+
+    job_id: str
+    deadline: float | None
+    max_failures: int
+    failures: int = 0
+    _step: float = 0.0
+    _sent: float = 0.0
+
+    def request(self, client_timeout: httpx.Timeout) -> dict[str, Any]:
+        """The next poll's query and timeout, for ``httpx.Client.get(url, **...)``."""
+        self._step = self._remaining(WAIT_STEP_S)
+        self._sent = time.monotonic()
+        timeout = httpx.Timeout(client_timeout.connect, read=self._step + WAIT_READ_SLACK_S,
+                                write=client_timeout.write, pool=client_timeout.pool)  # fmt: skip
+        return {"params": {"wait": round(self._step, 3)}, "timeout": timeout}
+
+    def answered(self, response: httpx.Response) -> tuple[JobOut | None, float]:
+        """The final job, or None and the pause before the next poll."""
+        try:
+            job = parse(JobOut, response)
+        except PonderAPIError as exc:
+            if not reconnectable(exc):
+                raise
+            return None, self.failed(exc, exc.retry_after)
+        if job.done:
+            return job, 0.0
+        self.failures = 0
+        # A server older than the long poll answers a running job at once: do not spin.
+        early = time.monotonic() - self._sent < self._step / 2
+        return None, self._remaining(0.5) if early else 0.0
+
+    def failed(self, error: Exception, pause: float | None = None) -> float:
+        """The pause after a poll that failed (overload, outage, no route)."""
+        self.failures += 1
+        if self.failures > self.max_failures:
+            raise error
+        return self._remaining(WAIT_RETRY_S if pause is None else pause)
+
+    def _remaining(self, at_most: float) -> float:
+        remaining = None if self.deadline is None else self.deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            raise TimeoutError(f"job {self.job_id} is not final after the wait's timeout")
+        return at_most if remaining is None else max(min(at_most, remaining), 0.001)
 
 
-def wait_request(client_timeout: httpx.Timeout, step: float) -> dict[str, Any]:
-    """The long poll's query and timeout, for ``httpx.Client.get(url, **...)``."""
-    timeout = httpx.Timeout(client_timeout.connect, read=step + WAIT_READ_SLACK_S,
-                            write=client_timeout.write, pool=client_timeout.pool)  # fmt: skip
-    return {"params": {"wait": round(step, 3)}, "timeout": timeout}
-
-
-def pause_after_early_answer(started: float, step: float) -> float:
-    """How long to pause after a long poll answered a running job well before its wait: a
-    server older than the long poll answers at once, and the loop must not spin on it."""
-    return 0.5 if time.monotonic() - started < step / 2 else 0.0
-
-
-def stream_timeout(client_timeout: httpx.Timeout, remaining_s: float | None) -> httpx.Timeout:
-    read = STREAM_READ_TIMEOUT_S if remaining_s is None else min(STREAM_READ_TIMEOUT_S, remaining_s)
-    return httpx.Timeout(client_timeout.connect, read=max(read, 0.001),
+def stream_timeout(client_timeout: httpx.Timeout) -> httpx.Timeout:
+    return httpx.Timeout(client_timeout.connect, read=STREAM_READ_TIMEOUT_S,
                          write=client_timeout.write, pool=client_timeout.pool)  # fmt: skip

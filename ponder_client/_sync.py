@@ -197,34 +197,20 @@ class PonderClient:
         Raises ``TimeoutError`` after ``timeout`` seconds (None: no limit); the job itself
         keeps running. An overload or outage is retried ``max_reconnects`` times in a row."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        poll = _base.LongPoll(job_id, deadline, self.max_reconnects)
         url = f"{self.base_url}/v1/jobs/{_base.seg(job_id)}"
-        failures = 0
         while True:
-            step = _base.wait_step(job_id, deadline)
-            started = time.monotonic()
             try:
-                request = _base.wait_request(self._http.timeout, step)
+                request = poll.request(self._http.timeout)
                 response = self._http.get(url, headers=self._headers, **request)
-                job = _base.parse(JobOut, response)
-            except PonderAPIError as exc:
-                if not _base.reconnectable(exc):
-                    raise
-                error: Exception = exc
-                pause = exc.retry_after if exc.retry_after is not None else _base.WAIT_RETRY_S
             except httpx.TransportError as exc:
-                error, pause = exc, _base.WAIT_RETRY_S
+                pause = poll.failed(exc)
             else:
-                if job.done:
+                job, pause = poll.answered(response)
+                if job is not None:
                     return job
-                failures = 0
-                pause = _base.pause_after_early_answer(started, step)
-                if pause:
-                    time.sleep(min(pause, _base.wait_step(job_id, deadline)))
-                continue
-            failures += 1
-            if failures > self.max_reconnects:
-                raise error
-            time.sleep(min(pause, _base.wait_step(job_id, deadline)))
+            if pause:
+                time.sleep(pause)
 
     def events(self, job_id: str, last_event_id: str | None = None) -> Iterator[Event]:
         """The job's trace as typed events, past ones first, then live until
@@ -232,17 +218,14 @@ class PonderClient:
         ``Last-Event-ID``: no event is skipped, and no span state (open, closed) is
         yielded twice. ``last_event_id``: start after it (an id from an earlier
         stream)."""
-        return self._events(job_id, Resumption(last_event_id=last_event_id), None)
+        return self._events(job_id, Resumption(last_event_id=last_event_id))
 
-    def _events(self, job_id: str, state: Resumption, deadline: float | None) -> Iterator[Event]:
+    def _events(self, job_id: str, state: Resumption) -> Iterator[Event]:
         url = f"{self.base_url}/v1/jobs/{_base.seg(job_id)}/events"
         failures = 0
         while True:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise TimeoutError(f"job {job_id} is not final after the wait's timeout")
             headers = self._headers | state.headers() | {"Accept": "text/event-stream"}
-            timeout = _base.stream_timeout(self._http.timeout, remaining)
+            timeout = _base.stream_timeout(self._http.timeout)
             delay = state.retry_s
             try:
                 with self._http.stream("GET", url, headers=headers, timeout=timeout) as response:
@@ -260,8 +243,6 @@ class PonderClient:
                             yield event
                         if state.finished:
                             return
-                        if deadline is not None and time.monotonic() > deadline:
-                            break
                 error: Exception = httpx.RemoteProtocolError(
                     "the event stream ended before job_finished"
                 )
@@ -272,13 +253,9 @@ class PonderClient:
                 delay = exc.retry_after if exc.retry_after is not None else delay
             except httpx.TransportError as exc:
                 error = exc
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"job {job_id} is not final after the wait's timeout")
             failures += 1
             if failures > self.max_reconnects:
                 raise error
-            if deadline is not None:
-                delay = max(0.0, min(delay, deadline - time.monotonic()))
             time.sleep(delay)
 
     def trace(self, job_id: str) -> TraceOut:

@@ -91,6 +91,7 @@ def with_calls_from_text(choices: list[Choice], request: ModelRequest) -> list[C
 
 
 _FENCE_LINE = re.compile(r"^\s*```[a-zA-Z]*\s*$", re.M)
+_SPACE = re.compile(r"\s*")
 _DECODER = json.JSONDecoder()
 
 
@@ -99,14 +100,14 @@ def _json_sequence(text: str) -> list[Any] | None:
     when the text is anything more."""
     body = _FENCE_LINE.sub("", text)
     values: list[Any] = []
-    at = len(body) - len(body.lstrip())
+    at = _SPACE.match(body).end()  # type: ignore[union-attr]  # \s* always matches
     while at < len(body):
         try:
             value, at = _DECODER.raw_decode(body, at)
         except ValueError:
             return None
         values.append(value)
-        at += len(body[at:]) - len(body[at:].lstrip())
+        at = _SPACE.match(body, at).end()  # type: ignore[union-attr]
     return values if len(values) > 1 else None
 
 
